@@ -1,0 +1,60 @@
+# mvgen — every workflow is a target here; the README names only `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+PB_DIR := services/common/pb
+PROTOS := $(wildcard proto/mvgen/v1/*.proto)
+DEMO_DIR := demo
+
+.PHONY: help setup proto lint test demo bench clean
+
+help:
+	@echo "make demo   set everything up, synthesize a song and make its music video"
+	@echo "make test   run the test suite (sets itself up)"
+	@echo "make bench  measure speed (table printed, results in bench/RESULTS.md)"
+	@echo "make proto  regenerate the gRPC stubs; make lint  buf lint"
+
+setup: $(VENV)/.installed ffmpeg-installed $(PB_DIR)/__init__.py
+
+# The environment: rebuilt when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[grpc,dev]'
+	$(PY) -m pip install -q --no-deps 'tinysoundfont==0.3.7'
+	touch $@
+
+# ffmpeg/ffprobe decode every input and encode every clip; Debian's package carries libx264 and aac.
+.PHONY: ffmpeg-installed
+ffmpeg-installed:
+	@command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || { \
+	  echo "installing ffmpeg (apt-get)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq ffmpeg >/dev/null; }
+
+# Generated stubs are git-ignored; imports are made package-relative as text-generation-inference does.
+proto: $(PB_DIR)/__init__.py
+$(PB_DIR)/__init__.py: $(PROTOS) $(VENV)/.installed
+	rm -rf $(PB_DIR) build/pb && mkdir -p $(PB_DIR) build/pb
+	$(PY) -m grpc_tools.protoc -I proto --python_out=build/pb --grpc_python_out=build/pb --pyi_out=build/pb $(PROTOS)
+	mv build/pb/mvgen/v1/* $(PB_DIR)/
+	sed -i -E 's/^from mvgen\.v1 import/from . import/' $(PB_DIR)/*.py $(PB_DIR)/*.pyi
+	touch $@
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/buf lint proto
+
+test: setup
+	$(PY) -m pytest -q
+
+demo: setup
+	$(PY) -m tools.synth_song $(DEMO_DIR)/demo-song.wav
+	$(VENV)/bin/mvgen generate $(DEMO_DIR)/demo-song.wav -o $(DEMO_DIR)/demo-video.mp4
+	@echo "Your music video: $(abspath $(DEMO_DIR)/demo-video.mp4)"
+
+bench: setup
+	$(PY) -m bench.run
+
+clean:
+	rm -rf $(VENV) $(PB_DIR) build runs $(DEMO_DIR)

@@ -1,0 +1,1 @@
+"""mvgen stage services: one package per pipeline stage, plus `common` for what they share."""

@@ -1,0 +1,112 @@
+"""Probing and decoding songs. Every stage reads audio through here, so all agree on what a song is.
+
+ffprobe/ffmpeg decode every container we accept (mp3, wav, flac, ogg, m4a, ...) at any rate and
+channel count; the decoded sample count, not the header, is the truth about a song's length.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from services.common import ffmpeg
+from services.common.errors import InvalidInputError
+
+ANALYSIS_SAMPLE_RATE = 22050
+MIN_SONG_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    duration: float  # seconds, from the decoded samples
+    sample_rate: int  # of the file's audio stream
+    channels: int
+    codec: str
+    container: str
+
+
+def probe(path: str | Path, max_seconds: float) -> AudioInfo:
+    """Check that `path` is a decodable song no longer than `max_seconds`, or raise InvalidInputError."""
+    path = Path(path)
+    if not path.exists():
+        raise InvalidInputError(f"{path}: no such file")
+    if not path.is_file():
+        raise InvalidInputError(f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise InvalidInputError(f"{path}: the file is empty")
+    try:
+        raw = ffmpeg.run(
+            "ffprobe",
+            ["-show_entries", "format=format_name,duration:stream=codec_type,codec_name,sample_rate,channels",
+             "-of", "json", str(path)],
+            timeout=60,
+        )
+        meta = json.loads(raw)
+    except ffmpeg.ToolError as exc:
+        raise InvalidInputError(f"{path}: not a readable audio file ({_short(exc.stderr)})") from exc
+    streams = [s for s in meta.get("streams", []) if s.get("codec_type") == "audio"]
+    if not streams:
+        raise InvalidInputError(f"{path}: the file holds no audio stream")
+    stream = streams[0]
+    header_seconds = _float(meta.get("format", {}).get("duration"))
+    if header_seconds is not None and header_seconds > max_seconds * 1.5:
+        # Refuse early, before decoding, but only when the header is far over: headers lie (VBR mp3).
+        raise InvalidInputError(_too_long(path, header_seconds, max_seconds))
+    samples = decode(path, sample_rate=8000, max_seconds=max_seconds + 1.0)
+    duration = samples.size / 8000
+    if duration < MIN_SONG_SECONDS:
+        raise InvalidInputError(f"{path}: the audio is {duration:.2f} s long; at least {MIN_SONG_SECONDS:.0f} s is needed")
+    if duration > max_seconds:
+        raise InvalidInputError(_too_long(path, duration, max_seconds))
+    return AudioInfo(
+        duration=duration,
+        sample_rate=int(stream.get("sample_rate") or 0),
+        channels=int(stream.get("channels") or 0),
+        codec=str(stream.get("codec_name", "unknown")),
+        container=str(meta.get("format", {}).get("format_name", "unknown")),
+    )
+
+
+def decode(
+    path: str | Path,
+    sample_rate: int = ANALYSIS_SAMPLE_RATE,
+    start: float = 0.0,
+    duration: float | None = None,
+    max_seconds: float | None = None,
+) -> np.ndarray:
+    """Decode to mono float32 at `sample_rate`, optionally only [start, start+duration)."""
+    args: list[str] = []
+    if start > 0:
+        args += ["-ss", f"{start:.6f}"]
+    args += ["-i", str(path)]
+    limit = duration if duration is not None else max_seconds
+    if limit is not None:
+        args += ["-t", f"{limit:.6f}"]
+    args += ["-vn", "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "-acodec", "pcm_f32le", "pipe:1"]
+    try:
+        raw = ffmpeg.run("ffmpeg", args, timeout=600)
+    except ffmpeg.ToolError as exc:
+        raise InvalidInputError(f"{path}: the audio cannot be decoded ({_short(exc.stderr)})") from exc
+    samples = np.frombuffer(raw, dtype=np.float32)
+    if samples.size and not np.isfinite(samples).all():
+        raise InvalidInputError(f"{path}: the audio contains NaN or infinite samples")
+    return samples
+
+
+def _float(value: object) -> float | None:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def _too_long(path: Path, seconds: float, max_seconds: float) -> str:
+    return f"{path}: the song is {seconds / 60:.1f} min long; the maximum is {max_seconds / 60:.1f} min"
+
+
+def _short(stderr: str) -> str:
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    return lines[-1][:160] if lines else "unknown format"

@@ -1,0 +1,107 @@
+"""The Python form of the stage contract (proto/mvgen/v1): what the orchestrator asks of each stage.
+
+Requests name their inputs and outputs by store key; media bytes never travel in a request.
+The in-process adapter passes these objects straight to the stage logic; the gRPC adapter
+converts them to and from the protobuf messages of the same names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SegmenterParams:
+    """Parameters of both segmentation algorithms; defaults are the ones documented in README."""
+
+    segmenter: str = "rules"  # "rules" (cuts like an editor) or "random" (uniform durations)
+    seed: int = 0  # random segmenter only
+    random_min_seconds: float = 4.0
+    random_max_seconds: float = 8.0
+    min_seconds: float = 2.0  # rules: no cut closer than this to the previous one
+    max_seconds: float = 7.0  # rules: a cut is forced when a segment reaches this length
+    beats_per_cut: int = 8  # rules: cut after this many beats without another cut
+    novelty_threshold: float = 1.5  # rules: a change is a novelty peak this many MADs above the local median
+    novelty_window_seconds: float = 2.0  # rules: the span compared before and after each instant
+    snap_tolerance_seconds: float = 0.15  # rules: a change cut moves to a beat at most this far away
+
+    def to_dict(self) -> dict[str, Any]:
+        common = {"segmenter": self.segmenter}
+        if self.segmenter == "random":
+            return common | {"seed": self.seed, "random_min_seconds": self.random_min_seconds,
+                             "random_max_seconds": self.random_max_seconds}
+        return common | {k: getattr(self, k) for k in (
+            "min_seconds", "max_seconds", "beats_per_cut", "novelty_threshold",
+            "novelty_window_seconds", "snap_tolerance_seconds")}
+
+
+@dataclass(frozen=True)
+class SegmentRequest:
+    song_key: str
+    params: SegmenterParams
+    segments_key: str  # segments.json
+    segments_text_key: str  # segments.txt
+
+
+@dataclass(frozen=True)
+class AnalyzeRequest:
+    song_key: str
+    segments_key: str
+    analyzer: str  # "descriptors" (CPU) or "clap"
+    labels_key: str
+    top_k: int = 3
+
+
+@dataclass(frozen=True)
+class ScriptInputs:
+    """What a person may add to the script prompt. Passed to writers as delimited data."""
+
+    story: str = ""  # story or structure cues
+    characters: str = ""  # type and number of characters
+    style: str = ""  # stylistic wishes (palette, atmosphere)
+
+
+@dataclass(frozen=True)
+class ScriptRequest:
+    labels_key: str
+    segments_key: str
+    writer: str  # "template" (no model), later "openai" / "vllm" / "llamacpp"
+    prompt_key: str  # prompt.txt: the rendered prompt, saved with the job
+    script_key: str  # script.json
+    script_text_key: str  # script.txt
+    inputs: ScriptInputs = field(default_factory=ScriptInputs)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ClipRequest:
+    index: int
+    song_key: str
+    script_key: str
+    start: float
+    end: float
+    frame_count: int  # exact frames this clip must have (cumulative rounding, see timing.py)
+    fps: int
+    width: int
+    height: int
+    generator: str  # "animatic" (CPU storyboard preview), later "wan" / "mochi"
+    clip_key: str
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class AssembleRequest:
+    song_key: str
+    clip_keys: list[str]
+    frame_counts: list[int]
+    fps: int
+    video_key: str  # final.mp4
+
+
+@dataclass
+class StageResult:
+    """What a stage reports back: the keys it wrote and a few facts worth showing."""
+
+    keys: dict[str, str]
+    info: dict[str, Any] = field(default_factory=dict)

@@ -44,6 +44,7 @@ $(PB_DIR)/__init__.py: $(PROTOS) $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/buf lint proto
+	$(VENV)/bin/buf format --diff --exit-code proto
 
 test: setup
 	$(PY) -m pytest -q

@@ -104,7 +104,11 @@ def _float(value: object) -> float | None:
 
 
 def _too_long(path: Path, seconds: float, max_seconds: float) -> str:
-    return f"{path}: the song is {seconds / 60:.1f} min long; the maximum is {max_seconds / 60:.1f} min"
+    return f"{path}: the song is {_span(seconds)} long; the maximum is {_span(max_seconds)}"
+
+
+def _span(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def _short(stderr: str) -> str:

@@ -21,9 +21,9 @@ def binary(name: str) -> str:
 
 def run(name: str, args: Sequence[str], *, stdin: bytes | None = None, timeout: float | None = None) -> bytes:
     """Run the tool quietly and return its stdout; a failure raises with the tool's own last words."""
-    cmd = [binary(name), "-hide_banner", "-nostdin", "-loglevel", "error", *args]
-    if name == "ffmpeg" and stdin is not None:
-        cmd.remove("-nostdin")
+    # -nostdin keeps ffmpeg from eating the terminal's input; ffprobe never reads stdin.
+    quiet_stdin = ["-nostdin"] if name == "ffmpeg" and stdin is None else []
+    cmd = [binary(name), "-hide_banner", *quiet_stdin, "-loglevel", "error", *args]
     try:
         done = subprocess.run(cmd, input=stdin, capture_output=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as exc:

@@ -1,0 +1,227 @@
+"""`mvgen`: the command line. `mvgen generate SONG` runs the whole pipeline in this process.
+
+Errors a person can fix (bad file, bad option) end in one line on stderr and exit code 2;
+a bug ends in one line and exit code 1, with the traceback written to the run folder's log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import logging
+import re
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from services.common import audio
+from services.common.errors import InvalidInputError, JobCancelledError, MvgenError
+from services.common.stage_api import ScriptInputs, SegmenterParams
+from services.common.store import LocalArtifactStore
+from gateway.job import JobLayout, JobOptions
+from gateway.orchestrator import JobSpec, Orchestrator
+from gateway.progress import ProgressDisplay
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+DEFAULTS = SegmenterParams()
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except where there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mvgen", description="Turn a song into a music video: segment, analyse, script, generate, assemble.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    gen = commands.add_parser(
+        "generate", help="make a music video from a song, in this process",
+        description="Make a music video from SONG (mp3, wav, flac, ogg, m4a, ...). Every intermediate "
+                    "(segments, labels, prompt, script, clips) is kept in the run folder.",
+        formatter_class=_HelpFormatter)
+    gen.add_argument("song", metavar="SONG", help="the audio file")
+    gen.add_argument("-o", "--output", metavar="OUT.mp4", help="also copy the final video here")
+    gen.add_argument("--run-dir", metavar="DIR",
+                     help="folder for the artifacts (default: runs/<song-stem>-<short-hash>)")
+
+    seg = gen.add_argument_group("segmentation")
+    seg.add_argument("--segmenter", choices=("rules", "random"), default=DEFAULTS.segmenter,
+                     help="rules: cut on spectral change, every N beats or at the maximum; random: 4-8 s segments")
+    seg.add_argument("--seed", type=int, default=0, help="seed for the random segmenter, the script and the clips")
+    seg.add_argument("--min-segment", type=float, default=DEFAULTS.min_seconds, metavar="S",
+                     help="rules: shortest segment, seconds")
+    seg.add_argument("--max-segment", type=float, default=DEFAULTS.max_seconds, metavar="S",
+                     help="rules: a cut is forced when a segment reaches this length, seconds")
+    seg.add_argument("--beats-per-cut", type=int, default=DEFAULTS.beats_per_cut, metavar="N",
+                     help="rules: cut after N beats without another cut")
+    seg.add_argument("--novelty-threshold", type=float, default=DEFAULTS.novelty_threshold, metavar="K",
+                     help="rules: a spectral change must stand K median deviations above its surroundings")
+    seg.add_argument("--random-min", type=float, default=DEFAULTS.random_min_seconds, metavar="S",
+                     help="random: shortest segment, seconds")
+    seg.add_argument("--random-max", type=float, default=DEFAULTS.random_max_seconds, metavar="S",
+                     help="random: longest segment, seconds")
+
+    stages = gen.add_argument_group("stages")
+    stages.add_argument("--analysis", default="descriptors", metavar="NAME",
+                        help="analyser: descriptors (librosa measures, CPU)")
+    stages.add_argument("--writer", default="template", metavar="NAME",
+                        help="script writer: template (deterministic, no model)")
+    stages.add_argument("--generator", default="animatic", metavar="NAME",
+                        help="clip generator: animatic (storyboard preview on CPU)")
+    stages.add_argument("--top-k", type=int, default=3, metavar="K", help="labels kept per group")
+    stages.add_argument("--clip-workers", type=int, default=None, metavar="N",
+                        help="clips generated at once (default: as many as cores, up to 2)")
+
+    story = gen.add_argument_group("script inputs (passed to the writer as data)")
+    story.add_argument("--story", default="", help="story or structure cues")
+    story.add_argument("--characters", default="", help="characters: type and number")
+    story.add_argument("--style", default="", help="stylistic wishes: palette, atmosphere")
+
+    video = gen.add_argument_group("video")
+    video.add_argument("--fps", type=int, default=24, help="frames per second of the final video")
+    video.add_argument("--size", default="640x360", metavar="WxH", help="frame size of the final video")
+    video.add_argument("--max-duration", type=float, default=15 * 60, metavar="S",
+                       help="longest song accepted, seconds")
+    video.add_argument("-q", "--quiet", action="store_true", help="print only the summary line")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return generate(args)
+    except InvalidInputError as exc:
+        return _fail(str(exc), EXIT_BAD_INPUT)
+    except JobCancelledError:
+        return _fail("cancelled; finished artifacts are kept and a rerun resumes", EXIT_INTERRUPTED)
+    except MvgenError as exc:
+        return _fail(str(exc), EXIT_FAILED)
+    except KeyboardInterrupt:
+        return _fail("interrupted", EXIT_INTERRUPTED)
+
+
+def generate(args: argparse.Namespace) -> int:
+    song_path = Path(args.song)
+    width, height = _parse_size(args.size)
+    options = JobOptions(
+        segmenter=SegmenterParams(
+            segmenter=args.segmenter, seed=args.seed, random_min_seconds=args.random_min,
+            random_max_seconds=args.random_max, min_seconds=args.min_segment, max_seconds=args.max_segment,
+            beats_per_cut=args.beats_per_cut, novelty_threshold=args.novelty_threshold),
+        analyzer=args.analysis, writer=args.writer, generator=args.generator,
+        script_inputs=ScriptInputs(story=args.story, characters=args.characters, style=args.style),
+        seed=args.seed, top_k=args.top_k, fps=args.fps, width=width, height=height)
+    _check_options(options, args)
+
+    info = audio.probe(song_path, max_seconds=args.max_duration)  # before anything is written
+    sha256 = _sha256(song_path)
+    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / f"{_slug(song_path.stem)}-{sha256[:8]}"
+    store = LocalArtifactStore(run_dir)
+    layout = JobLayout()
+    song_key = layout.song(song_path.suffix or ".audio")
+    song = {"sha256": sha256, "source_name": song_path.name, "duration": round(info.duration, 4),
+            "sample_rate": info.sample_rate, "channels": info.channels, "codec": info.codec, "key": song_key}
+
+    from gateway.inprocess import InProcessStages  # stage logic is loaded only in embedded mode
+
+    stages = InProcessStages(store, analyzer=options.analyzer, writer=options.writer,
+                             generator=options.generator, clip_workers=args.clip_workers)
+    display = ProgressDisplay(enabled=not args.quiet)
+    orchestrator = Orchestrator(store, stages, on_event=display.on_event)
+    job = JobSpec(job_id=run_dir.name, layout=layout, song_key=song_key, song=song, options=options)
+
+    async def load_and_run():
+        await stages.wait_ready()  # an unknown backend is refused here, before the run folder is made
+        if not store.exists(song_key):
+            store.put_file(song_key, song_path)
+        return await _run_cancellable(orchestrator, job)
+
+    started = time.monotonic()
+    try:
+        manifest = asyncio.run(load_and_run())
+    except (MvgenError, KeyboardInterrupt):
+        display.close()
+        raise
+    except Exception as exc:
+        display.close()
+        log = run_dir / "mvgen.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(traceback.format_exc())
+        raise MvgenError(f"internal error: {exc!r} (traceback in {log})") from exc
+    display.close()
+
+    final = store.path(layout.final)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(final, args.output)
+    segments = manifest.data["stages"]["segmentation"].get("info", {}).get("segments", "?")
+    frames = sum(c.get("frames", 0) for c in manifest.data["clips"].values())
+    print(f"mvgen: {args.output or final}  {_clock(info.duration)}, {segments} segments, {frames} frames at "
+          f"{options.fps} fps, made in {time.monotonic() - started:.1f} s  (run folder: {run_dir})")
+    return 0
+
+
+async def _run_cancellable(orchestrator: Orchestrator, job: JobSpec):
+    try:
+        return await orchestrator.run(job)
+    except asyncio.CancelledError:
+        # Ctrl-C: asyncio.run cancels this task; stop the clips and record the job as cancelled.
+        orchestrator.cancel()
+        raise JobCancelledError("cancelled") from None
+
+
+def _check_options(options: JobOptions, args: argparse.Namespace) -> None:
+    if not 1 <= options.fps <= 120:
+        raise InvalidInputError(f"--fps must be between 1 and 120, not {options.fps}")
+    if options.top_k < 1:
+        raise InvalidInputError("--top-k must be at least 1")
+    if args.max_duration <= 0:
+        raise InvalidInputError("--max-duration must be positive")
+    if args.clip_workers is not None and args.clip_workers < 1:
+        raise InvalidInputError("--clip-workers must be at least 1")
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"(\d+)x(\d+)", text.strip())
+    if not match:
+        raise InvalidInputError(f"--size must look like 640x360, not {text!r}")
+    width, height = int(match[1]), int(match[2])
+    if not (16 <= width <= 3840 and 16 <= height <= 2160) or width % 2 or height % 2:
+        raise InvalidInputError(f"--size {text}: width and height must be even, between 16x16 and 3840x2160")
+    return width, height
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._")[:48] or "song"
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds // 60)}:{seconds % 60:04.1f}"
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"mvgen: error: {message}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    sys.exit(main())

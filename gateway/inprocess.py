@@ -1,0 +1,97 @@
+"""Stage clients that call the stage logic in this process: the embedded mode behind `mvgen generate`.
+
+Stage packages are imported lazily, on first use, so that the deployed gateway (which talks to
+the stage services over gRPC) never imports model code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from typing import Any
+
+from services.common.stage_api import (
+    AnalyzeRequest,
+    AssembleRequest,
+    ClipRequest,
+    ScriptRequest,
+    SegmentRequest,
+    StageResult,
+)
+from services.common.store import ArtifactStore
+from gateway.job import STAGES as STAGE_NAMES
+from gateway.stage_clients import CancelCheck, ProgressCallback
+
+
+class InProcessStages:
+    def __init__(self, store: ArtifactStore, *, analyzer: str, writer: str, generator: str,
+                 clip_workers: int | None = None):
+        self.store = store
+        self._backends = {"analysis": analyzer, "scripting": writer, "video": generator}
+        self._clip_workers = clip_workers or min(2, os.cpu_count() or 1)
+        self._stages: dict[str, Any] = {}
+        self._load_lock = threading.Lock()
+
+    def clip_concurrency(self) -> int:
+        return self._clip_workers
+
+    async def wait_ready(self) -> None:
+        """Build and load every stage now (cog's setup), so a bad backend name fails before any work."""
+        for name in STAGE_NAMES:
+            await asyncio.to_thread(self._stage, name)
+
+    async def segment(self, req: SegmentRequest) -> StageResult:
+        return await self._call("segmentation", req)
+
+    async def analyze(self, req: AnalyzeRequest) -> StageResult:
+        return await self._call("analysis", req)
+
+    async def write_script(self, req: ScriptRequest) -> StageResult:
+        return await self._call("scripting", req)
+
+    async def generate_clip(self, req: ClipRequest, on_progress: ProgressCallback,
+                            is_cancelled: CancelCheck) -> StageResult:
+        loop = asyncio.get_running_loop()
+
+        def progress_from_worker(fraction: float) -> None:
+            # Hand progress to the event loop's thread: sinks (progress bars, streams) are not thread-safe.
+            loop.call_soon_threadsafe(on_progress, fraction)
+
+        return await self._call("video", req, progress_from_worker, is_cancelled)
+
+    async def assemble(self, req: AssembleRequest) -> StageResult:
+        return await self._call("assembly", req)
+
+    async def _call(self, name: str, *args: Any) -> StageResult:
+        # Both loading and running happen off the event loop, which keeps serving progress events.
+        return await asyncio.to_thread(lambda: self._stage(name).run(*args))
+
+    def _stage(self, name: str) -> Any:
+        with self._load_lock:
+            if name not in self._stages:
+                stage = self._build(name)
+                stage.load()
+                self._stages[name] = stage
+            return self._stages[name]
+
+    def _build(self, name: str) -> Any:
+        if name == "segmentation":
+            from services.segmentation.stage import SegmentationStage
+
+            return SegmentationStage(self.store)
+        if name == "analysis":
+            from services.analysis.stage import AnalysisStage
+
+            return AnalysisStage(self.store, enabled=(self._backends["analysis"],))
+        if name == "scripting":
+            from services.scripting.stage import ScriptingStage
+
+            return ScriptingStage(self.store, enabled=(self._backends["scripting"],))
+        if name == "video":
+            from services.video.stage import VideoStage
+
+            return VideoStage(self.store, enabled=(self._backends["video"],))
+        from services.assembly.stage import AssemblyStage
+
+        return AssemblyStage(self.store)

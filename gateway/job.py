@@ -1,0 +1,149 @@
+"""What a job is: its options, where its artifacts live, and its manifest.
+
+The manifest (manifest.json in the job's folder/prefix) is the job's memory: stage states,
+fingerprints of what produced each output, per-clip status and timings. It lives in the store
+beside the artifacts, so a restarted process resumes a job by reading it back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from services.common.stage_api import ScriptInputs, SegmenterParams
+from services.common.store import ArtifactStore
+
+STAGES = ("segmentation", "analysis", "scripting", "video", "assembly")
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    segmenter: SegmenterParams = field(default_factory=SegmenterParams)
+    analyzer: str = "descriptors"
+    writer: str = "template"
+    generator: str = "animatic"
+    script_inputs: ScriptInputs = field(default_factory=ScriptInputs)
+    seed: int = 0
+    top_k: int = 3
+    fps: int = 24
+    width: int = 640
+    height: int = 360
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["segmenter"] = self.segmenter.to_dict()
+        return d
+
+
+@dataclass(frozen=True)
+class JobLayout:
+    """Keys of a job's artifacts below its prefix ('' for a run folder, 'jobs/<id>/' in S3)."""
+
+    prefix: str = ""
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    def song(self, extension: str) -> str:
+        return self.key(f"song{extension.lower()}")
+
+    @property
+    def manifest(self) -> str:
+        return self.key("manifest.json")
+
+    @property
+    def segments(self) -> str:
+        return self.key("segments.json")
+
+    @property
+    def segments_text(self) -> str:
+        return self.key("segments.txt")
+
+    @property
+    def labels(self) -> str:
+        return self.key("labels.json")
+
+    @property
+    def prompt(self) -> str:
+        return self.key("prompt.txt")
+
+    @property
+    def script(self) -> str:
+        return self.key("script.json")
+
+    @property
+    def script_text(self) -> str:
+        return self.key("script.txt")
+
+    def clip(self, index: int) -> str:
+        return self.key(f"clips/{index:04d}.mp4")
+
+    @property
+    def final(self) -> str:
+        return self.key("final.mp4")
+
+
+def fingerprint(*parts: Any) -> str:
+    """A content key: the same inputs, stage, configuration and model give the same fingerprint."""
+    blob = json.dumps(parts, sort_keys=True, default=_jsonable).encode()
+    return hashlib.sha256(blob).hexdigest()[:20]
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    return asdict(value)
+
+
+class Manifest:
+    """manifest.json, read and written through the store. Every change is saved at once."""
+
+    def __init__(self, store: ArtifactStore, layout: JobLayout, data: dict[str, Any]):
+        self.store = store
+        self.layout = layout
+        self.data = data
+
+    @classmethod
+    def open(cls, store: ArtifactStore, layout: JobLayout, job_id: str, song: dict[str, Any],
+             options: JobOptions) -> Manifest:
+        if store.exists(layout.manifest):
+            data = json.loads(store.get_bytes(layout.manifest))
+        else:
+            data = {"job_id": job_id, "created_at": utc_now(), "stages": {}, "clips": {}}
+        data.update(song=song, options=options.to_dict(), state="running", error=None)
+        manifest = cls(store, layout, data)
+        manifest.save()
+        return manifest
+
+    def save(self) -> None:
+        self.data["updated_at"] = utc_now()
+        self.store.put_bytes(self.layout.manifest, (json.dumps(self.data, indent=2) + "\n").encode())
+
+    def stage(self, name: str) -> dict[str, Any]:
+        return self.data["stages"].setdefault(name, {"state": "pending"})
+
+    def clip(self, index: int) -> dict[str, Any]:
+        return self.data["clips"].setdefault(f"{index:04d}", {"state": "pending"})
+
+    def is_fresh(self, record: dict[str, Any], fp: str) -> bool:
+        """True when `record` was produced from the same fingerprint and all its outputs still exist."""
+        outputs = record.get("outputs", {})
+        return (record.get("state") == "succeeded" and record.get("fingerprint") == fp
+                and bool(outputs) and all(self.store.exists(k) for k in outputs.values()))
+
+    def mark(self, record: dict[str, Any], state: str, **fields: Any) -> None:
+        record["state"] = state
+        record.update(fields)
+        self.save()
+
+    def finish(self, state: str, error: str | None = None) -> None:
+        self.data["state"] = state
+        self.data["error"] = error
+        self.save()
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -1,0 +1,87 @@
+"""Progress on the terminal: a line per stage, a bar for the clips and one per clip in flight."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from tqdm import tqdm
+
+from gateway.orchestrator import JobEvent
+
+
+class ProgressDisplay:
+    def __init__(self, enabled: bool = True, stream=sys.stderr):
+        self.enabled = enabled
+        self.stream = stream
+        self.bars_enabled = enabled and stream.isatty()
+        self._stage_started: dict[str, float] = {}
+        self._clips_bar: tqdm | None = None
+        self._clip_bars: dict[int, tuple[tqdm, int]] = {}  # clip index -> (bar, screen line)
+        self._free_positions: list[int] = []
+
+    def on_event(self, event: JobEvent) -> None:
+        if not self.enabled:
+            return
+        if event.kind == "stage":
+            self._on_stage(event)
+        else:
+            self._on_clip(event)
+
+    def _on_stage(self, event: JobEvent) -> None:
+        detail = event.detail or {}
+        if event.state == "running":
+            self._stage_started[event.stage] = time.monotonic()
+            if event.stage == "video" and self.bars_enabled:
+                self._clips_bar = tqdm(total=detail.get("clips", 0), desc="video", unit="clip",
+                                       file=self.stream, position=0, leave=True)
+            return
+        self._close_bars()
+        seconds = time.monotonic() - self._stage_started.get(event.stage, time.monotonic())
+        summary = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in detail.items()
+                            if isinstance(v, (int, float, str)) and k != "error")
+        if event.state == "cached":
+            self._write(f"  = {event.stage:<13} unchanged, kept from the last run")
+        elif event.state == "succeeded":
+            self._write(f"  ✓ {event.stage:<13} {summary}  ({seconds:.1f} s)")
+        elif event.state == "failed":
+            self._write(f"  ✗ {event.stage:<13} {detail.get('error', '')}")
+
+    def _on_clip(self, event: JobEvent) -> None:
+        if not self.bars_enabled or event.clip_index is None:
+            return
+        index = event.clip_index
+        if event.state == "running":
+            position = self._free_positions.pop() if self._free_positions else len(self._clip_bars) + 1
+            frames = (event.detail or {}).get("frames", 0)
+            bar = tqdm(total=frames, desc=f"  clip {index:04d}", unit="frame",
+                       file=self.stream, position=position, leave=False)
+            self._clip_bars[index] = (bar, position)
+        elif event.state == "progress" and index in self._clip_bars:
+            bar, _ = self._clip_bars[index]
+            bar.update(round(event.fraction * bar.total) - bar.n)
+        elif event.state in ("succeeded", "cached"):
+            if index in self._clip_bars:
+                bar, position = self._clip_bars.pop(index)
+                self._free_positions.append(position)
+                bar.close()
+            if self._clips_bar is not None:
+                self._clips_bar.update(1)
+
+    def _write(self, line: str) -> None:
+        if self.bars_enabled:
+            tqdm.write(line, file=self.stream)
+        else:
+            print(line, file=self.stream, flush=True)
+
+    def _close_bars(self) -> None:
+        for bar, _ in self._clip_bars.values():
+            bar.close()
+        self._clip_bars.clear()
+        self._free_positions.clear()
+        if self._clips_bar is not None:
+            self._clips_bar.close()
+            self._clips_bar = None
+
+    def close(self) -> None:
+        self._close_bars()

@@ -1,0 +1,43 @@
+"""The interface through which the orchestrator drives the five stages.
+
+Two implementations: `InProcessStages` (the CLI: stage logic called in this process) and, in the
+deployed system, gRPC clients of the stage services. The orchestrator cannot tell them apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from services.common.stage_api import (
+    AnalyzeRequest,
+    AssembleRequest,
+    ClipRequest,
+    ScriptRequest,
+    SegmentRequest,
+    StageResult,
+)
+
+ProgressCallback = Callable[[float], None]
+CancelCheck = Callable[[], bool]
+
+
+class StageClients(Protocol):
+    async def wait_ready(self) -> None:
+        """Return once every stage can serve (backends loaded, services healthy)."""
+        ...
+
+    async def segment(self, req: SegmentRequest) -> StageResult: ...
+
+    async def analyze(self, req: AnalyzeRequest) -> StageResult: ...
+
+    async def write_script(self, req: ScriptRequest) -> StageResult: ...
+
+    async def generate_clip(self, req: ClipRequest, on_progress: ProgressCallback,
+                            is_cancelled: CancelCheck) -> StageResult: ...
+
+    async def assemble(self, req: AssembleRequest) -> StageResult: ...
+
+    def clip_concurrency(self) -> int:
+        """How many clips may be generated at once (in-process workers, or ready video replicas)."""
+        ...

@@ -1,0 +1,40 @@
+"""ffprobe readings that tests assert on."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+
+def probe_streams(path: str | Path, count_frames: bool = False) -> dict:
+    args = ["ffprobe", "-v", "error", "-show_format", "-show_streams", "-of", "json"]
+    if count_frames:
+        args.append("-count_frames")
+    out = subprocess.run([*args, str(path)], capture_output=True, check=True, text=True).stdout
+    return json.loads(out)
+
+
+def video_stream(info: dict) -> dict:
+    (stream,) = [s for s in info["streams"] if s["codec_type"] == "video"]
+    return stream
+
+
+def audio_stream(info: dict) -> dict:
+    (stream,) = [s for s in info["streams"] if s["codec_type"] == "audio"]
+    return stream
+
+
+def counted_frames(path: str | Path) -> int:
+    return int(video_stream(probe_streams(path, count_frames=True))["nb_read_frames"])
+
+
+def tone(path: Path, seconds: float, *, rate: int = 44100, channels: int = 2, extra: list[str] | None = None) -> Path:
+    """A sine tone in whatever format `path`'s extension names, made by ffmpeg."""
+    layout = {1: "mono", 2: "stereo", 6: "5.1", 8: "7.1"}[channels]
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
+         f"sine=frequency=440:sample_rate={rate}:duration={seconds}",
+         "-af", f"aformat=channel_layouts={layout}", *(extra or []), str(path)],
+        check=True)
+    return path

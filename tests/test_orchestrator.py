@@ -1,0 +1,80 @@
+"""The orchestrator over the in-process stages: cancellation keeps what finished, a rerun resumes."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+
+import pytest
+
+from services.common.errors import InvalidInputError, JobCancelledError
+from services.common.stage_api import SegmenterParams
+from services.common.store import LocalArtifactStore
+from gateway.inprocess import InProcessStages
+from gateway.job import JobLayout, JobOptions
+from gateway.orchestrator import JobSpec, Orchestrator
+from tests.media import tone
+
+OPTIONS = JobOptions(segmenter=SegmenterParams(segmenter="random", seed=1), fps=12, width=160, height=90)
+
+
+def make_job(tmp_path, options: JobOptions = OPTIONS):
+    store = LocalArtifactStore(tmp_path / "run")
+    tone(tmp_path / "song.wav", 30.0)
+    store.put_file("song.wav", tmp_path / "song.wav")
+    sha = hashlib.sha256((tmp_path / "song.wav").read_bytes()).hexdigest()
+    job = JobSpec("job-1", JobLayout(), "song.wav", {"sha256": sha, "duration": 30.0}, options)
+    stages = InProcessStages(store, analyzer=options.analyzer, writer=options.writer,
+                             generator=options.generator, clip_workers=1)
+    return store, stages, job
+
+
+def test_cancel_keeps_finished_clips_and_a_rerun_resumes(tmp_path):
+    store, stages, job = make_job(tmp_path)
+    events = []
+
+    def cancel_after_two_clips(event):
+        events.append(event)
+        if event.kind == "clip" and event.state == "succeeded" and event.clip_index == 1:
+            orchestrator.cancel()
+
+    orchestrator = Orchestrator(store, stages, on_event=cancel_after_two_clips)
+    with pytest.raises(JobCancelledError):
+        asyncio.run(orchestrator.run(job))
+
+    manifest = json.loads(store.get_bytes("manifest.json"))
+    assert manifest["state"] == "cancelled"
+    finished = sorted(k for k, c in manifest["clips"].items() if c["state"] == "succeeded")
+    assert finished == ["0000", "0001"]
+    assert all(store.exists(f"clips/{k}.mp4") for k in finished)
+    assert not store.exists("final.mp4")
+
+    resumed_events = []
+    asyncio.run(Orchestrator(store, stages, on_event=resumed_events.append).run(job))
+    cached = {e.clip_index for e in resumed_events if e.kind == "clip" and e.state == "cached"}
+    generated = {e.clip_index for e in resumed_events if e.kind == "clip" and e.state == "succeeded"}
+    assert cached == {0, 1}
+    assert generated and generated.isdisjoint(cached)
+    assert [e.stage for e in resumed_events if e.kind == "stage" and e.state == "cached"] == \
+        ["segmentation", "analysis", "scripting"]
+    assert json.loads(store.get_bytes("manifest.json"))["state"] == "succeeded"
+    assert store.exists("final.mp4")
+
+
+def test_changed_settings_rerun_the_stages_they_touch(tmp_path):
+    store, stages, job = make_job(tmp_path)
+    asyncio.run(Orchestrator(store, stages).run(job))
+    other_seed = JobOptions(segmenter=SegmenterParams(segmenter="random", seed=2), fps=12, width=160, height=90)
+    events = []
+    asyncio.run(Orchestrator(store, stages, on_event=events.append).run(
+        JobSpec(job.job_id, job.layout, job.song_key, job.song, other_seed)))
+    ran = [e.stage for e in events if e.kind == "stage" and e.state == "succeeded"]
+    assert ran == ["segmentation", "analysis", "scripting", "video", "assembly"]
+
+
+def test_an_unknown_backend_is_refused_before_any_work(tmp_path):
+    store, stages, _ = make_job(tmp_path, JobOptions(generator="nonesuch"))
+    with pytest.raises(InvalidInputError, match="nonesuch"):
+        asyncio.run(stages.wait_ready())
+    assert not store.exists("manifest.json")

@@ -22,8 +22,8 @@ class SegmenterParams:
     min_seconds: float = 2.0  # rules: no cut closer than this to the previous one
     max_seconds: float = 7.0  # rules: a cut is forced when a segment reaches this length
     beats_per_cut: int = 8  # rules: cut after this many beats without another cut
-    novelty_threshold: float = 1.5  # rules: a change is a novelty peak this many MADs above the local median
-    novelty_window_seconds: float = 2.0  # rules: the span compared before and after each instant
+    novelty_threshold: float = 3.0  # rules: a change is a novelty peak this many MADs above the local median
+    novelty_window_seconds: float = 2.5  # rules: the span compared before and after each instant
     snap_tolerance_seconds: float = 0.15  # rules: a change cut moves to a beat at most this far away
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,0 +1,70 @@
+"""The analysis stage: labels for every segment and for the whole track (labels.json).
+
+Reads the song and segments.json from the store, runs the requested analyser, writes labels.json.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import cast
+
+from services.analysis.analyzer import Analyzer
+from services.analysis.descriptors import DescriptorAnalyzer
+from services.common import artifacts
+from services.common.artifacts import Segmentation
+from services.common.audio import ANALYSIS_SAMPLE_RATE, decode
+from services.common.errors import InvalidInputError, TransientError
+from services.common.lifecycle import pick_backend
+from services.common.stage_api import AnalyzeRequest, StageResult
+from services.common.store import ArtifactStore
+
+ANALYZERS: dict[str, type[Analyzer]] = {"descriptors": DescriptorAnalyzer}
+
+
+class AnalysisStage:
+    def __init__(self, store: ArtifactStore, enabled: Sequence[str] = ("descriptors",)):
+        self.store = store
+        self.analyzers = {
+            name: cast(type[Analyzer], pick_backend("analysis", name, dict(ANALYZERS)))() for name in enabled}
+
+    def load(self) -> None:
+        for analyzer in self.analyzers.values():
+            analyzer.load()
+
+    @property
+    def ready(self) -> bool:
+        return all(analyzer.ready for analyzer in self.analyzers.values())
+
+    def run(self, req: AnalyzeRequest) -> StageResult:
+        analyzer = self.analyzers.get(req.analyzer)
+        if analyzer is None:
+            raise InvalidInputError(
+                f"analyzer {req.analyzer!r} is not enabled here; choose one of: {', '.join(sorted(self.analyzers))}")
+        if not analyzer.ready:
+            raise TransientError(f"analyzer {req.analyzer!r} is not ready ({analyzer.state.value})")
+        segmentation = _read_segmentation(self.store, req.segments_key)
+        try:
+            with self.store.local_path(req.song_key) as path:
+                samples = decode(path, sample_rate=ANALYSIS_SAMPLE_RATE)
+        except KeyError as exc:
+            raise InvalidInputError(f"no song at {req.song_key!r}") from exc
+        labels = analyzer.analyze(samples, ANALYSIS_SAMPLE_RATE, segmentation, req.top_k)
+        self.store.put_bytes(req.labels_key, artifacts.dumps(labels))
+        return StageResult(
+            keys={"labels": req.labels_key},
+            info={
+                "analyzer": labels.analyzer,
+                "segments": len(labels.segments),
+                **{g: labels.track[g].top() for g in ("tempo_range", "mood", "visual_style") if g in labels.track},
+            },
+        )
+
+
+def _read_segmentation(store: ArtifactStore, key: str) -> Segmentation:
+    try:
+        return Segmentation.from_dict(json.loads(store.get_text(key)))
+    except KeyError as exc:
+        raise InvalidInputError(f"no segmentation at {key!r} ({exc})") from exc
+    except (TypeError, ValueError) as exc:  # ValueError covers bad JSON and bad UTF-8
+        raise InvalidInputError(f"{key} is not a segmentation ({exc})") from exc

@@ -14,8 +14,8 @@ from typing import Any
 from services.common.stage_api import (
     AnalyzeRequest,
     AssembleRequest,
-    ClipRequest,
-    ScriptRequest,
+    GenerateClipRequest,
+    WriteScriptRequest,
     SegmentRequest,
     StageResult,
 )
@@ -47,10 +47,10 @@ class InProcessStages:
     async def analyze(self, req: AnalyzeRequest) -> StageResult:
         return await self._call("analysis", req)
 
-    async def write_script(self, req: ScriptRequest) -> StageResult:
+    async def write_script(self, req: WriteScriptRequest) -> StageResult:
         return await self._call("scripting", req)
 
-    async def generate_clip(self, req: ClipRequest, on_progress: ProgressCallback,
+    async def generate_clip(self, req: GenerateClipRequest, on_progress: ProgressCallback,
                             is_cancelled: CancelCheck) -> StageResult:
         loop = asyncio.get_running_loop()
 

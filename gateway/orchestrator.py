@@ -12,7 +12,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from services.common import artifacts, timing
@@ -20,8 +20,8 @@ from services.common.errors import JobCancelledError, MvgenError
 from services.common.stage_api import (
     AnalyzeRequest,
     AssembleRequest,
-    ClipRequest,
-    ScriptRequest,
+    GenerateClipRequest,
+    WriteScriptRequest,
     SegmentRequest,
     StageResult,
 )
@@ -55,10 +55,15 @@ class JobSpec:
 
 
 class Orchestrator:
-    def __init__(self, store: ArtifactStore, stages: StageClients, on_event: EventSink | None = None):
+    def __init__(self, store: ArtifactStore, stages: StageClients, on_event: EventSink | None = None,
+                 share_outputs: bool = False):
+        """`share_outputs`: publish every output under its fingerprint (cache/<fp>.json in the store)
+        and reuse what other jobs published, so that a song rerun with the same settings as a new
+        job regenerates nothing. Off for the CLI, whose run folder is its own cache."""
         self.store = store
         self.stages = stages
         self.on_event = on_event or (lambda event: None)
+        self.share_outputs = share_outputs
         self._cancelled = asyncio.Event()
 
     def cancel(self) -> None:
@@ -95,7 +100,7 @@ class Orchestrator:
 
         script_fp = fingerprint("scripting", labels_fp, opts.writer, opts.script_inputs, opts.seed)
         await self._stage(manifest, "scripting", script_fp, opts.writer, lambda: self.stages.write_script(
-            ScriptRequest(layout.labels, layout.segments, opts.writer, layout.prompt, layout.script,
+            WriteScriptRequest(layout.labels, layout.segments, opts.writer, layout.prompt, layout.script,
                           layout.script_text, opts.script_inputs, opts.seed)))
         # Read back, not taken from the stage's answer: a person may have edited script.json.
         script = artifacts.Script.from_dict(self._read_json(layout.script))
@@ -106,12 +111,12 @@ class Orchestrator:
         final_fp = fingerprint("assembly", song_fp, clip_fps, opts.fps)
         await self._stage(manifest, "assembly", final_fp, "ffmpeg", lambda: self.stages.assemble(
             AssembleRequest(job.song_key, [layout.clip(s.index) for s in segmentation.segments],
-                            frame_counts, opts.fps, layout.final)))
+                            frame_counts, opts.fps, opts.width, opts.height, layout.final)))
 
     async def _stage(self, manifest: Manifest, name: str, fp: str, backend: str,
                      call: Callable[[], Awaitable[StageResult]]) -> None:
         record = manifest.stage(name)
-        if manifest.is_fresh(record, fp):
+        if manifest.is_fresh(record, fp) or await self._reuse(manifest, record, fp):
             self.on_event(JobEvent("stage", name, "cached", detail=record.get("info")))
             return
         self._check_cancelled()
@@ -126,6 +131,7 @@ class Orchestrator:
             raise
         manifest.mark(record, "succeeded", outputs=result.keys, info=result.info,
                       seconds=round(time.monotonic() - started, 3))
+        await self._publish(manifest, fp, result)
         self.on_event(JobEvent("stage", name, "succeeded", detail=result.info))
 
     async def _clips(self, job: JobSpec, manifest: Manifest, segmentation: artifacts.Segmentation,
@@ -135,25 +141,27 @@ class Orchestrator:
         if len(script.scenes) != len(segmentation.segments):
             raise MvgenError(f"the script has {len(script.scenes)} scenes for {len(segmentation.segments)} segments")
         scenes = {scene.index: scene for scene in script.scenes}
-        requests: list[tuple[ClipRequest, str]] = []
+        requests: list[tuple[GenerateClipRequest, str]] = []
         for segment in segmentation.segments:
             frames = timing.frame_count(segment.start, segment.end, opts.fps)
             seed = int(fingerprint("clip-seed", opts.seed, segment.index), 16) % 2**31
-            req = ClipRequest(segment.index, job.song_key, layout.script, segment.start, segment.end, frames,
+            req = GenerateClipRequest(segment.index, job.song_key, layout.script, segment.start, segment.end, frames,
                               opts.fps, opts.width, opts.height, opts.generator, layout.clip(segment.index), seed)
-            # The clip depends on its own scene and the shared style, not on the rest of the script.
+            # The clip depends on its own scene and the shared style, not on the rest of the script,
+            # nor on where this job keeps its files.
             clip_fp = fingerprint("video", job.song["sha256"], scenes[segment.index].text, script.style,
-                                  script.characters, req)
+                                  script.characters, replace(req, song_key="", script_key="", clip_key=""))
             requests.append((req, clip_fp))
 
         manifest.mark(stage, "running", backend=opts.generator, started_at=stage.get("started_at") or utc_now())
         self.on_event(JobEvent("stage", "video", "running", detail={"clips": len(requests)}))
         started = time.monotonic()
-        limit = asyncio.Semaphore(max(1, self.stages.clip_concurrency()))
+        limit = ClipLimit(self.stages.clip_concurrency)
+        generated: list[int] = []
 
-        async def one(req: ClipRequest, clip_fp: str) -> None:
+        async def one(req: GenerateClipRequest, clip_fp: str) -> None:
             record = manifest.clip(req.index)
-            if manifest.is_fresh(record, clip_fp):
+            if manifest.is_fresh(record, clip_fp) or await self._reuse(manifest, record, clip_fp):
                 self.on_event(JobEvent("clip", "video", "cached", req.index, 1.0, {"frames": req.frame_count}))
                 return
             async with limit:
@@ -172,6 +180,8 @@ class Orchestrator:
                     raise
                 manifest.mark(record, "succeeded", outputs=result.keys,
                               seconds=round(time.monotonic() - clip_started, 3))
+                await self._publish(manifest, clip_fp, result)
+                generated.append(req.index)
                 self.on_event(JobEvent("clip", "video", "succeeded", req.index, 1.0, {"frames": req.frame_count}))
 
         tasks = [asyncio.ensure_future(one(req, fp)) for req, fp in requests]
@@ -183,9 +193,37 @@ class Orchestrator:
             await asyncio.gather(*tasks, return_exceptions=True)
             manifest.mark(stage, "failed", error=str(exc))
             raise
-        manifest.mark(stage, "succeeded", seconds=round(time.monotonic() - started, 3), info={"clips": len(requests)})
-        self.on_event(JobEvent("stage", "video", "succeeded", detail={"clips": len(requests)}))
+        info = {"clips": len(requests), "generated": len(generated)}
+        manifest.mark(stage, "succeeded", seconds=round(time.monotonic() - started, 3), info=info)
+        self.on_event(JobEvent("stage", "video", "succeeded" if generated else "cached", detail=info))
         return [fp for _, fp in requests]
+
+    async def _publish(self, manifest: Manifest, fp: str, result: StageResult) -> None:
+        if self.share_outputs:
+            entry = {"prefix": manifest.layout.prefix, "outputs": result.keys, "info": result.info}
+            await asyncio.to_thread(self.store.put_bytes, shared_output_key(fp), json.dumps(entry).encode())
+
+    async def _reuse(self, manifest: Manifest, record: dict[str, Any], fp: str) -> bool:
+        """Copy another job's outputs of the same fingerprint into this job, if there are any."""
+        if not self.share_outputs:
+            return False
+        return await asyncio.to_thread(self._reuse_blocking, manifest, record, fp)
+
+    def _reuse_blocking(self, manifest: Manifest, record: dict[str, Any], fp: str) -> bool:
+        try:
+            entry = json.loads(self.store.get_bytes(shared_output_key(fp)))
+        except KeyError:
+            return False
+        prefix, outputs = entry["prefix"], entry["outputs"]
+        if not all(key.startswith(prefix) and self.store.exists(key) for key in outputs.values()):
+            return False
+        copied = {name: manifest.layout.key(key[len(prefix):]) for name, key in outputs.items()}
+        for name, key in outputs.items():
+            if key != copied[name]:
+                self.store.copy(key, copied[name])
+        manifest.mark(record, "succeeded", fingerprint=fp, outputs=copied, info=entry.get("info", {}),
+                      reused_from=prefix)
+        return True
 
     def _check_cancelled(self) -> None:
         if self._cancelled.is_set():
@@ -193,3 +231,31 @@ class Orchestrator:
 
     def _read_json(self, key: str) -> dict[str, Any]:
         return json.loads(self.store.get_bytes(key))
+
+
+def shared_output_key(fp: str) -> str:
+    return f"cache/{fp}.json"
+
+
+class ClipLimit:
+    """Clips in flight at once, at most `capacity()`; read again as clips finish and every second,
+    so video replicas that appear (a scale-up) are used by the job already running."""
+
+    def __init__(self, capacity: Callable[[], int]):
+        self.capacity = capacity
+        self.in_flight = 0
+        self._changed = asyncio.Condition()
+
+    async def __aenter__(self) -> None:
+        async with self._changed:
+            while self.in_flight >= max(1, self.capacity()):
+                try:
+                    await asyncio.wait_for(self._changed.wait(), timeout=1.0)
+                except asyncio.TimeoutError:
+                    pass
+            self.in_flight += 1
+
+    async def __aexit__(self, *exc: object) -> None:
+        async with self._changed:
+            self.in_flight -= 1
+            self._changed.notify_all()

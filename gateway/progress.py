@@ -38,8 +38,7 @@ class ProgressDisplay:
             return
         self._close_bars()
         seconds = time.monotonic() - self._stage_started.get(event.stage, time.monotonic())
-        summary = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in detail.items()
-                            if isinstance(v, (int, float, str)) and k != "error")
+        summary = stage_summary(event.stage, detail)
         if event.state == "cached":
             self._write(f"  = {event.stage:<13} unchanged, kept from the last run")
         elif event.state == "succeeded":
@@ -85,3 +84,20 @@ class ProgressDisplay:
 
     def close(self) -> None:
         self._close_bars()
+
+
+def stage_summary(stage: str, info: dict) -> str:
+    """A few words on what a stage produced, from the info it reported."""
+    if stage == "segmentation":
+        tempo = f", {info['tempo_bpm']:.0f} BPM" if info.get("tempo_bpm") else ""
+        return f"{info.get('segments', '?')} segments{tempo}"
+    if stage == "analysis":
+        return " · ".join(str(info[k]) for k in ("tempo_range", "mood", "visual_style") if info.get(k))
+    if stage == "scripting":
+        return f"{info.get('scenes', '?')} scenes by the {info.get('writer', '?')} writer"
+    if stage == "video":
+        return f"{info.get('clips', '?')} clips"
+    if stage == "assembly":
+        return (f"{info.get('frames', '?')} frames, {info.get('duration', 0):.1f} s, "
+                f"{info.get('clips_reencoded', 0)} clips re-encoded")
+    return ""

@@ -12,8 +12,8 @@ from typing import Protocol
 from services.common.stage_api import (
     AnalyzeRequest,
     AssembleRequest,
-    ClipRequest,
-    ScriptRequest,
+    GenerateClipRequest,
+    WriteScriptRequest,
     SegmentRequest,
     StageResult,
 )
@@ -31,9 +31,9 @@ class StageClients(Protocol):
 
     async def analyze(self, req: AnalyzeRequest) -> StageResult: ...
 
-    async def write_script(self, req: ScriptRequest) -> StageResult: ...
+    async def write_script(self, req: WriteScriptRequest) -> StageResult: ...
 
-    async def generate_clip(self, req: ClipRequest, on_progress: ProgressCallback,
+    async def generate_clip(self, req: GenerateClipRequest, on_progress: ProgressCallback,
                             is_cancelled: CancelCheck) -> StageResult: ...
 
     async def assemble(self, req: AssembleRequest) -> StageResult: ...

@@ -144,3 +144,11 @@ def test_bad_options_are_refused(tmp_path):
         assert done.returncode == 2, (args, done.stderr)
         assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
         assert not (tmp_path / "run/final.mp4").exists()
+
+
+def test_surround_high_rate_song_becomes_stereo_compatible_aac(tmp_path):
+    tone(tmp_path / "song.flac", 6.0, rate=192000, channels=8)
+    done = mvgen("generate", "song.flac", "--run-dir", "run", "--size", "160x90", "-q", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    sound = audio_stream(probe_streams(tmp_path / "run/final.mp4"))
+    assert sound["codec_name"] == "aac" and int(sound["sample_rate"]) == 48000

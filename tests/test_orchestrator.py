@@ -78,3 +78,19 @@ def test_an_unknown_backend_is_refused_before_any_work(tmp_path):
     with pytest.raises(InvalidInputError, match="nonesuch"):
         asyncio.run(stages.wait_ready())
     assert not store.exists("manifest.json")
+
+
+def test_a_second_job_with_the_same_song_and_settings_reuses_every_output(tmp_path):
+    store, stages, job = make_job(tmp_path)
+    first = JobSpec("a", JobLayout("jobs/a/"), job.song_key, job.song, job.options)
+    second = JobSpec("b", JobLayout("jobs/b/"), job.song_key, job.song, job.options)
+    asyncio.run(Orchestrator(store, stages, share_outputs=True).run(first))
+    events = []
+    manifest = asyncio.run(Orchestrator(store, stages, on_event=events.append, share_outputs=True).run(second))
+
+    assert not [e for e in events if e.state == "succeeded"]  # nothing generated again
+    assert {e.stage for e in events if e.kind == "stage" and e.state == "cached"} == \
+        {"segmentation", "analysis", "scripting", "video", "assembly"}
+    assert all(c["reused_from"] == "jobs/a/" for c in manifest.data["clips"].values())
+    assert store.get_bytes("jobs/b/final.mp4") == store.get_bytes("jobs/a/final.mp4")
+    assert store.list("jobs/b/clips/") == [k.replace("jobs/a/", "jobs/b/") for k in store.list("jobs/a/clips/")]

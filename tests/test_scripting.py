@@ -16,7 +16,7 @@ from services.common.artifacts import (
     Character, LabelGroup, Labels, LabelScore, Scene, Script, Segment, Segmentation, SegmentLabels, StyleBible,
 )
 from services.common.errors import InvalidInputError, StageFailedError
-from services.common.stage_api import ScriptInputs, ScriptRequest
+from services.common.stage_api import ScriptInputs, WriteScriptRequest
 from services.common.store import LocalArtifactStore
 from services.common.vocabulary import PROMPTS_DIR
 from services.scripting.prompt import TRUNCATION_MARK, USER_TEXT_LIMITS, render_prompt
@@ -278,11 +278,11 @@ def test_validator_rejects_bad_indices_palette_and_characters():
 
 # --- the stage --------------------------------------------------------------------------------------
 
-def _request(**overrides) -> ScriptRequest:
+def _request(**overrides) -> WriteScriptRequest:
     fields = dict(labels_key="job/labels.json", segments_key="job/segments.json", writer="template",
                   prompt_key="job/prompt.txt", script_key="job/script.json", script_text_key="job/script.txt",
                   inputs=ScriptInputs(story=INJECTION), seed=5)
-    return ScriptRequest(**(fields | overrides))
+    return WriteScriptRequest(**(fields | overrides))
 
 
 def _store_with_inputs(tmp_path, labels: Labels, segmentation: Segmentation) -> LocalArtifactStore:

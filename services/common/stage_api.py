@@ -63,7 +63,7 @@ class ScriptInputs:
 
 
 @dataclass(frozen=True)
-class ScriptRequest:
+class WriteScriptRequest:
     labels_key: str
     segments_key: str
     writer: str  # "template" (no model), later "openai" / "vllm" / "llamacpp"
@@ -75,7 +75,7 @@ class ScriptRequest:
 
 
 @dataclass(frozen=True)
-class ClipRequest:
+class GenerateClipRequest:
     index: int
     song_key: str
     script_key: str
@@ -96,6 +96,8 @@ class AssembleRequest:
     clip_keys: list[str]
     frame_counts: list[int]
     fps: int
+    width: int  # of the final video; a clip of another size is scaled and padded to it
+    height: int
     video_key: str  # final.mp4
 
 

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 from services.common.errors import InvalidInputError
+from services.common.settings import StoreSettings
 
 
 def check_key(key: str) -> str:
@@ -40,6 +41,10 @@ class ArtifactStore(ABC):
         """Copy a local file into the store under `key`."""
 
     @abstractmethod
+    def list(self, prefix: str) -> list[str]:
+        """Keys that start with `prefix`, sorted."""
+
+    @abstractmethod
     @contextmanager
     def local_path(self, key: str) -> Iterator[Path]:
         """A local file holding the artifact, valid inside the `with` block (a download for remote stores)."""
@@ -51,6 +56,11 @@ class ArtifactStore(ABC):
             path = Path(scratch) / f"artifact{suffix or PurePosixPath(key).suffix}"
             yield path
             self.put_file(key, path)
+
+    def copy(self, source: str, target: str) -> None:
+        """Copy an artifact to another key (another job reusing an output)."""
+        with self.local_path(source) as path:
+            self.put_file(target, path)
 
     def get_text(self, key: str) -> str:
         return self.get_bytes(key).decode()
@@ -85,6 +95,12 @@ class LocalArtifactStore(ArtifactStore):
         with self._atomic(key) as tmp:
             shutil.copyfile(path, tmp)
 
+    def list(self, prefix: str) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        keys = (p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
+        return sorted(k for k in keys if k.startswith(prefix) and not Path(k).name.startswith("."))
+
     @contextmanager
     def local_path(self, key: str) -> Iterator[Path]:
         path = self.path(key)
@@ -110,3 +126,14 @@ class LocalArtifactStore(ArtifactStore):
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def open_store(settings: StoreSettings) -> ArtifactStore:
+    """The store the settings name; the S3 client is imported only when used."""
+    if settings.kind == "local":
+        return LocalArtifactStore(settings.root)
+    if settings.kind == "s3":
+        from services.common.s3_store import S3ArtifactStore
+
+        return S3ArtifactStore(settings)
+    raise InvalidInputError(f"MVGEN_STORE must be 'local' or 's3', not {settings.kind!r}")

@@ -14,7 +14,7 @@ from services.common import artifacts
 from services.common.artifacts import Labels, Segmentation
 from services.common.errors import InvalidInputError, TransientError
 from services.common.lifecycle import pick_backend
-from services.common.stage_api import ScriptRequest, StageResult
+from services.common.stage_api import WriteScriptRequest, StageResult
 from services.common.store import ArtifactStore
 from services.scripting.prompt import render_prompt
 from services.scripting.template_writer import TemplateWriter
@@ -40,7 +40,7 @@ class ScriptingStage:
     def ready(self) -> bool:
         return all(writer.ready for writer in self.writers.values())
 
-    def run(self, req: ScriptRequest) -> StageResult:
+    def run(self, req: WriteScriptRequest) -> StageResult:
         writer = self.writers.get(req.writer)
         if writer is None:
             raise InvalidInputError(

@@ -1,0 +1,116 @@
+"""The S3 implementation of ArtifactStore, through the `minio` SDK: MinIO in compose and
+Kubernetes, or any S3-compatible endpoint by configuration.
+
+Transient faults (connection refused, timeouts, 5xx) are retried with exponential backoff, then
+raised as TransientError so that callers answer UNAVAILABLE and the job can be retried.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlparse
+
+import urllib3
+from minio import Minio
+from minio.commonconfig import CopySource
+from minio.error import S3Error
+
+from services.common.errors import StageFailedError, TransientError
+from services.common.settings import StoreSettings
+from services.common.store import ArtifactStore, check_key
+
+T = TypeVar("T")
+RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0)  # seconds between tries; about 8 s of outage is absorbed
+NOT_FOUND = ("NoSuchKey", "NoSuchObject", "NoSuchBucket")
+
+
+class S3ArtifactStore(ArtifactStore):
+    def __init__(self, settings: StoreSettings, retry_delays: tuple[float, ...] = RETRY_DELAYS):
+        parsed = urlparse(settings.endpoint if "://" in settings.endpoint else f"//{settings.endpoint}")
+        secure = parsed.scheme == "https" if parsed.scheme else settings.secure
+        self.bucket = settings.bucket
+        self.retry_delays = retry_delays
+        # Short timeouts and no urllib3 retries: our own retry loop decides, and a dead store is seen quickly.
+        http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=3.0, read=60.0), retries=False, maxsize=16)
+        self.client = Minio(parsed.netloc, access_key=settings.access_key or None,
+                            secret_key=settings.secret_key or None, secure=secure,
+                            region=settings.region, http_client=http)
+
+    def ensure_bucket(self) -> None:
+        if not self._retry(lambda: self.client.bucket_exists(self.bucket)):
+            self._retry(lambda: self.client.make_bucket(self.bucket))
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._retry(lambda: self.client.stat_object(self.bucket, check_key(key)))
+            return True
+        except KeyError:
+            return False
+
+    def get_bytes(self, key: str) -> bytes:
+        def get() -> bytes:
+            response = self.client.get_object(self.bucket, check_key(key))
+            try:
+                return response.read()
+            finally:
+                response.close()
+                response.release_conn()
+
+        return self._retry(get)
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self._retry(lambda: self.client.put_object(self.bucket, check_key(key), io.BytesIO(data), len(data)))
+
+    def put_file(self, key: str, path: str | Path) -> None:
+        self._retry(lambda: self.client.fput_object(self.bucket, check_key(key), str(path)))
+
+    def copy(self, source: str, target: str) -> None:
+        # Server-side: the bytes never leave the store.
+        self._retry(lambda: self.client.copy_object(self.bucket, check_key(target),
+                                                    CopySource(self.bucket, check_key(source))))
+
+    @contextmanager
+    def local_path(self, key: str) -> Iterator[Path]:
+        with tempfile.TemporaryDirectory(prefix="mvgen-s3-") as scratch:
+            path = Path(scratch) / Path(key).name
+            self._retry(lambda: self.client.fget_object(self.bucket, check_key(key), str(path)))
+            yield path
+
+    def list(self, prefix: str) -> list[str]:
+        return sorted(self._retry(lambda: [o.object_name for o in self.client.list_objects(
+            self.bucket, prefix=prefix, recursive=True)]))
+
+    def presigned_get(self, key: str, expires: timedelta) -> str:
+        return self.client.presigned_get_object(self.bucket, check_key(key), expires=expires)
+
+    def presigned_put(self, key: str, expires: timedelta) -> str:
+        return self.client.presigned_put_object(self.bucket, check_key(key), expires=expires)
+
+    def _retry(self, call: Callable[[], T]) -> T:
+        for attempt, delay in enumerate((*self.retry_delays, None)):
+            try:
+                return call()
+            except S3Error as exc:
+                if exc.code in NOT_FOUND:
+                    raise KeyError(exc.object_name or exc.code) from exc
+                if not _transient_s3(exc):
+                    raise StageFailedError(f"the object store refused: {exc.code}: {exc.message}") from exc
+                if delay is None:
+                    raise TransientError(f"object store error: {exc.code}: {exc.message}") from exc
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                if delay is None:
+                    raise TransientError(f"object store unreachable after {attempt + 1} tries: {exc}") from exc
+            time.sleep(delay)
+        raise AssertionError("unreachable")
+
+
+def _transient_s3(exc: S3Error) -> bool:
+    status = getattr(exc.response, "status", 0) if exc.response is not None else 0
+    return status >= 500 or exc.code in ("SlowDown", "RequestTimeout", "InternalError")

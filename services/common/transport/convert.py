@@ -1,0 +1,71 @@
+"""Dataclass <-> protobuf conversion, by field name.
+
+The proto messages mirror the dataclasses of stage_api.py and artifacts.py field for field
+(tests/test_contract.py holds them to it), so one generic pair of functions converts them all.
+A proto field with presence that the sender left unset means "the Python default".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any, TypeVar
+
+from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
+from services.common.stage_api import StageResult
+
+T = TypeVar("T")
+M = TypeVar("M", bound=Message)
+
+
+def to_message(obj: Any, message_type: type[M]) -> M:
+    message = message_type()
+    for field in dataclasses.fields(obj):
+        value = getattr(obj, field.name)
+        target = getattr(message, field.name)
+        if dataclasses.is_dataclass(value):
+            target.CopyFrom(to_message(value, type(target)))
+        elif isinstance(value, (list, tuple)):
+            target.extend(value)
+        elif isinstance(value, dict):
+            target.update(value)
+        else:
+            setattr(message, field.name, value)
+    return message
+
+
+def from_message(message: Message, cls: type[T]) -> T:
+    hints = typing.get_type_hints(cls)
+    fields = message.DESCRIPTOR.fields_by_name
+    kwargs: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        descriptor = fields[field.name]
+        repeated = descriptor.label == FieldDescriptor.LABEL_REPEATED
+        if not repeated and descriptor.has_presence and not message.HasField(field.name):
+            continue
+        value = getattr(message, field.name)
+        if repeated:
+            kwargs[field.name] = dict(value) if descriptor.message_type and \
+                descriptor.message_type.GetOptions().map_entry else list(value)
+        elif descriptor.message_type is not None:
+            kwargs[field.name] = from_message(value, hints[field.name])
+        else:
+            kwargs[field.name] = value
+    return cls(**kwargs)
+
+
+def result_to_message(result: StageResult, message_type: type[M]) -> M:
+    message = message_type()
+    message.keys.update(result.keys)
+    message.info.update(result.info)
+    return message
+
+
+def result_from_message(message: Message) -> StageResult:
+    info = json_format.MessageToDict(message.info)  # type: ignore[attr-defined]
+    # Struct carries every number as a double: give whole numbers back their integer form.
+    info = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in info.items()}
+    return StageResult(keys=dict(message.keys), info=info)  # type: ignore[attr-defined]

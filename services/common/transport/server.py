@@ -1,0 +1,116 @@
+"""The lifecycle every gRPC service shares (cog's load/ready model over grpc.aio):
+
+start listening at once with health NOT_SERVING, load the backends in a worker thread, then
+SERVING; on SIGTERM or SIGINT go NOT_SERVING (so load balancers stop sending), let in-flight
+calls finish within the grace period, and exit. Reflection is on, so grpcurl works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.common.errors import ResourceExhaustedError
+from services.common.settings import ServiceSettings
+from services.common.transport.errors import ErrorMappingInterceptor
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class ServiceRunner:
+    def __init__(self, *, name: str, service_names: Sequence[str], host: str, port: int,
+                 grace_seconds: float, load: Callable[[], None]):
+        self.name = name
+        self.service_names = tuple(service_names)
+        self.address = f"{host}:{port}"
+        self.grace_seconds = grace_seconds
+        self.load = load
+        self.health = health.aio.HealthServicer()
+        self.server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()])
+        self.stopping = asyncio.Event()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME), self.server)
+        self.port = self.server.add_insecure_port(self.address)
+
+    async def set_serving(self, serving: bool) -> None:
+        status = SERVING if serving else NOT_SERVING
+        for service in ("", *self.service_names):
+            await self.health.set(service, status)
+
+    async def run(self) -> None:
+        await self.set_serving(False)
+        await self.server.start()
+        log.info("%s listening on %s, loading", self.name, self.address)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        try:
+            await asyncio.to_thread(self.load)
+        except Exception:
+            # Keep answering health (NOT_SERVING) so the orchestrator sees why; Kubernetes restarts us.
+            log.exception("%s failed to load; health stays NOT_SERVING", self.name)
+        else:
+            await self.set_serving(True)
+            log.info("%s ready", self.name)
+        await self.stopping.wait()
+        log.info("%s stopping: NOT_SERVING, draining for up to %.0f s", self.name, self.grace_seconds)
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.grace_seconds)
+
+
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+class CallLimit:
+    """At most `limit` calls at once; one more is refused with RESOURCE_EXHAUSTED at once, so the
+    caller can send it to another replica instead of queueing behind a busy GPU."""
+
+    def __init__(self, limit: int, what: str):
+        self.limit = max(1, limit)
+        self.what = what
+        self.active = 0
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        if self.active >= self.limit:
+            raise ResourceExhaustedError(f"busy: this replica is already {self.what} ({self.active} of {self.limit})")
+        self.active += 1
+        try:
+            return await asyncio.to_thread(fn, *args)
+        finally:
+            self.active -= 1
+
+
+async def serve(runner_args: dict, add_servicers: Callable[[grpc.aio.Server], None]) -> None:
+    """Build the runner inside the event loop (grpc.aio needs one), register the servicers, run."""
+    runner = ServiceRunner(**runner_args)
+    add_servicers(runner.server)
+    await runner.run()
+
+
+def stage_main(*, name: str, service_name: str, default_port: int, default_backends: tuple[str, ...],
+               build: Callable[[ServiceSettings], tuple[Callable[[], None], Callable[[grpc.aio.Server], None]]],
+               default_max_concurrent: int = 4) -> None:
+    """Entry point of a stage service: settings from the environment, build, serve until SIGTERM.
+
+    `build(settings)` returns (load, add_servicers): what to load before SERVING, and how to
+    register the servicers on the server."""
+    configure_logging()
+    settings = ServiceSettings.from_env(default_port=default_port, default_backends=default_backends,
+                                        default_max_concurrent=default_max_concurrent)
+    load, add_servicers = build(settings)
+    runner_args = dict(name=name, service_names=[service_name], host=settings.host, port=settings.port,
+                       grace_seconds=settings.grace_seconds, load=load)
+    asyncio.run(serve(runner_args, add_servicers))

@@ -1,0 +1,42 @@
+"""The scripting gRPC service: a thin layer over ScriptingStage. (TellStory, the LALM pipeline,
+answers UNIMPLEMENTED until its writer exists.)"""
+
+from __future__ import annotations
+
+import grpc
+
+from services.common.pb import scripting_service_pb2 as pb
+from services.common.pb import scripting_service_pb2_grpc as pb_grpc
+from services.common.pb import stage_pb2
+from services.common.settings import ServiceSettings
+from services.common.stage_api import WriteScriptRequest
+from services.common.store import open_store
+from services.common.transport.convert import from_message, result_to_message
+from services.common.transport.server import CallLimit, stage_main
+from services.scripting.stage import ScriptingStage
+
+
+class ScriptingServicer(pb_grpc.ScriptingServiceServicer):
+    def __init__(self, stage: ScriptingStage, calls: CallLimit):
+        self.stage = stage
+        self.calls = calls
+
+    async def WriteScript(self, request: pb.WriteScriptRequest,
+                          context: grpc.aio.ServicerContext) -> pb.WriteScriptResponse:
+        result = await self.calls.run(self.stage.run, from_message(request, WriteScriptRequest))
+        return pb.WriteScriptResponse(result=result_to_message(result, stage_pb2.StageResult))
+
+
+def build(settings: ServiceSettings):
+    stage = ScriptingStage(open_store(settings.store), enabled=settings.backends)
+    servicer = ScriptingServicer(stage, CallLimit(settings.max_concurrent, "writing scripts"))
+    return stage.load, lambda server: pb_grpc.add_ScriptingServiceServicer_to_server(servicer, server)
+
+
+def main() -> None:
+    stage_main(name="scripting", service_name="mvgen.v1.ScriptingService", default_port=50053,
+               default_backends=("template",), build=build)
+
+
+if __name__ == "__main__":
+    main()

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 from pathlib import Path
+
+import numpy as np
 
 
 def probe_streams(path: str | Path, count_frames: bool = False) -> dict:
@@ -38,3 +41,21 @@ def tone(path: Path, seconds: float, *, rate: int = 44100, channels: int = 2, ex
          "-af", f"aformat=channel_layouts={layout}", *(extra or []), str(path)],
         check=True)
     return path
+
+
+def top_level_boxes(path: Path) -> list[str]:
+    """The MP4's top-level box types in file order (faststart puts moov before mdat)."""
+    boxes, data, offset = [], path.read_bytes(), 0
+    while offset + 8 <= len(data):
+        size, kind = struct.unpack(">I4s", data[offset:offset + 8])
+        if size == 1:
+            size = struct.unpack(">Q", data[offset + 8:offset + 16])[0]
+        boxes.append(kind.decode("latin-1"))
+        offset = len(data) if size == 0 else offset + size
+    return boxes
+
+
+def decode_frames(path: Path, width: int, height: int) -> np.ndarray:
+    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+                         check=True, capture_output=True).stdout
+    return np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import struct
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -18,6 +17,7 @@ from services.common.artifacts import Scene, Script, StyleBible, dumps
 from services.common.errors import InvalidInputError
 from services.common.stage_api import AssembleRequest, GenerateClipRequest
 from services.common.store import LocalArtifactStore
+from tests.media import decode_frames, top_level_boxes
 from services.common.timing import frame_at, frame_count
 from services.video.stage import VideoStage
 
@@ -80,23 +80,6 @@ def video_packet_hashes(path: Path) -> list[str]:
     out = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-map", "0:v:0", "-c", "copy", "-f", "framemd5", "-"],
                          check=True, capture_output=True, text=True).stdout
     return [line.rsplit(",", 1)[1].strip() for line in out.splitlines() if line and not line.startswith("#")]
-
-
-def top_level_boxes(path: Path) -> list[str]:
-    boxes, data, offset = [], path.read_bytes(), 0
-    while offset + 8 <= len(data):
-        size, kind = struct.unpack(">I4s", data[offset:offset + 8])
-        if size == 1:
-            size = struct.unpack(">Q", data[offset + 8:offset + 16])[0]
-        boxes.append(kind.decode("latin-1"))
-        offset = len(data) if size == 0 else offset + size
-    return boxes
-
-
-def decode_frames(path: Path, width: int, height: int) -> np.ndarray:
-    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
-                         check=True, capture_output=True).stdout
-    return np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3)
 
 
 def check_final_video(path: Path, frames: int, song_seconds: float) -> dict:

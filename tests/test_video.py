@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import struct
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -17,6 +16,7 @@ from services.common.artifacts import Scene, Script, StyleBible, dumps
 from services.common.errors import InvalidInputError, JobCancelledError
 from services.common.stage_api import GenerateClipRequest
 from services.common.store import LocalArtifactStore
+from tests.media import decode_frames, top_level_boxes
 from services.common.timing import frame_count
 from services.video.animatic import parse_palette
 from services.video.stage import VideoStage, clip_meta_key
@@ -81,23 +81,6 @@ def ffprobe_video(path: Path) -> dict:
          "stream=codec_name,pix_fmt,width,height,r_frame_rate,nb_read_frames", "-of", "json", str(path)],
         check=True, capture_output=True, text=True).stdout
     return json.loads(out)["streams"][0]
-
-
-def top_level_boxes(path: Path) -> list[str]:
-    boxes, data, offset = [], path.read_bytes(), 0
-    while offset + 8 <= len(data):
-        size, kind = struct.unpack(">I4s", data[offset:offset + 8])
-        if size == 1:
-            size = struct.unpack(">Q", data[offset + 8:offset + 16])[0]
-        boxes.append(kind.decode("latin-1"))
-        offset = len(data) if size == 0 else offset + size
-    return boxes
-
-
-def decode_frames(path: Path, width: int, height: int) -> np.ndarray:
-    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
-                         check=True, capture_output=True).stdout
-    return np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3)
 
 
 @pytest.mark.parametrize("start, end, fps, width, height", [
@@ -210,7 +193,7 @@ def test_cancelling_mid_clip_leaves_nothing_in_the_store(stage: VideoStage, stor
     ({"fps": 0}, "fps"),
     ({"start": 3.0, "end": 2.0}, "segment"),
     ({"index": 99}, "no scene 99"),
-    ({"generator": "nope"}, "unknown video generator"),
+    ({"generator": "nope"}, "video backend .nope. is not enabled"),
     ({"script_key": "nothing.json"}, "no script"),
     ({"song_key": "nothing.wav"}, "no song"),
 ])

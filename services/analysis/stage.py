@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import cast
 
 from services.analysis.analyzer import Analyzer
 from services.analysis.descriptors import DescriptorAnalyzer
 from services.common import artifacts
 from services.common.artifacts import Segmentation
 from services.common.audio import ANALYSIS_SAMPLE_RATE, decode
-from services.common.errors import InvalidInputError, TransientError
-from services.common.lifecycle import pick_backend
+from services.common.errors import InvalidInputError
+from services.common.lifecycle import BackendSet
 from services.common.stage_api import AnalyzeRequest, StageResult
 from services.common.store import ArtifactStore
 
@@ -25,24 +24,17 @@ ANALYZERS: dict[str, type[Analyzer]] = {"descriptors": DescriptorAnalyzer}
 class AnalysisStage:
     def __init__(self, store: ArtifactStore, enabled: Sequence[str] = ("descriptors",)):
         self.store = store
-        self.analyzers = {
-            name: cast(type[Analyzer], pick_backend("analysis", name, dict(ANALYZERS)))() for name in enabled}
+        self.analyzers = BackendSet("analysis", ANALYZERS, enabled)
 
     def load(self) -> None:
-        for analyzer in self.analyzers.values():
-            analyzer.load()
+        self.analyzers.load()
 
     @property
     def ready(self) -> bool:
-        return all(analyzer.ready for analyzer in self.analyzers.values())
+        return self.analyzers.ready
 
     def run(self, req: AnalyzeRequest) -> StageResult:
         analyzer = self.analyzers.get(req.analyzer)
-        if analyzer is None:
-            raise InvalidInputError(
-                f"analyzer {req.analyzer!r} is not enabled here; choose one of: {', '.join(sorted(self.analyzers))}")
-        if not analyzer.ready:
-            raise TransientError(f"analyzer {req.analyzer!r} is not ready ({analyzer.state.value})")
         segmentation = _read_segmentation(self.store, req.segments_key)
         try:
             with self.store.local_path(req.song_key) as path:

@@ -46,10 +46,6 @@ def _check_request(req: AssembleRequest) -> None:
     bad_counts = [i for i, n in enumerate(req.frame_counts) if n < 1]
     if bad_counts:
         problems.append(f"frame counts must be at least 1 (clips {bad_counts[:10]})")
-    if not 0 < req.fps <= encoding.MAX_FPS:
-        problems.append(f"fps must be between 1 and {encoding.MAX_FPS} (got {req.fps})")
-    for side, value in (("width", req.width), ("height", req.height)):
-        if not 16 <= value <= encoding.MAX_SIDE or value % 2:
-            problems.append(f"{side} must be even and between 16 and {encoding.MAX_SIDE} (got {value})")
+    problems += encoding.format_problems(req.fps, req.width, req.height)
     if problems:
         raise InvalidInputError("bad assembly request: " + "; ".join(problems))

@@ -28,12 +28,24 @@ TICKS_PER_FRAME = 1000  # mp4 track timescale = fps * 1000, so every frame lasts
 MAX_FPS = 120  # the highest rate a clip or the final video may have
 MAX_SIDE = 4096  # the largest width or height a clip or the final video may have
 
+
 # Options of ffmpeg's scale filter that convert RGB or any YUV to BT.709 limited range, which the
 # encoder arguments below tag, so that players show the intended colours.
 COLOUR_CONVERSION = "out_color_matrix=bt709:out_range=tv"
 # Every filter chain ends in square pixels: the pixel aspect is written into the stream headers,
 # and headers must be identical for clips to join by copy.
 RGB_TO_YUV_FILTER = f"scale={COLOUR_CONVERSION},format={PIX_FMT},setsar=1"
+
+
+def format_problems(fps: int, width: int, height: int) -> list[str]:
+    """What is wrong with a video format this encoding is asked for (empty when it is fine)."""
+    problems = []
+    if not 0 < fps <= MAX_FPS:
+        problems.append(f"fps must be between 1 and {MAX_FPS} (got {fps})")
+    for side, value in (("width", width), ("height", height)):
+        if not 16 <= value <= MAX_SIDE or value % 2:
+            problems.append(f"{side} must be even and between 16 and {MAX_SIDE} for yuv420p video (got {value})")
+    return problems
 
 
 def track_timescale(fps: int) -> int:

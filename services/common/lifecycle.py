@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import enum
 import threading
-from abc import ABC, abstractmethod
+from abc import ABC
+from collections.abc import Mapping, Sequence
+from typing import Generic, TypeVar
+
+from services.common.errors import InvalidInputError
 
 
 class BackendState(enum.Enum):
@@ -48,12 +52,36 @@ class Backend(ABC):
         return self.state is BackendState.READY
 
 
-def pick_backend(kind: str, name: str, registry: dict[str, type[Backend]]) -> type[Backend]:
-    from services.common.errors import InvalidInputError
+B = TypeVar("B", bound=Backend)
 
+
+def _pick(kind: str, name: str, registry: Mapping[str, type[B]]) -> type[B]:
     if name not in registry:
-        choices = ", ".join(sorted(registry))
-        raise InvalidInputError(f"unknown {kind} backend {name!r}; choose one of: {choices}")
+        raise InvalidInputError(f"unknown {kind} backend {name!r}; choose one of: {', '.join(sorted(registry))}")
     return registry[name]
 
 
+class BackendSet(Generic[B]):
+    """The backends one stage serves: built from its registry by name, loaded together, chosen per request.
+
+    A deployment enables a few (MVGEN_BACKENDS); a request naming another is refused with the list."""
+
+    def __init__(self, kind: str, registry: Mapping[str, type[B]], enabled: Sequence[str]):
+        self.kind = kind
+        self.backends: dict[str, B] = {name: _pick(kind, name, registry)() for name in enabled}
+
+    def load(self) -> None:
+        for backend in self.backends.values():
+            backend.load()
+
+    @property
+    def ready(self) -> bool:
+        return all(backend.ready for backend in self.backends.values())
+
+    def get(self, name: str) -> B:
+        backend = self.backends.get(name)
+        if backend is None:
+            raise InvalidInputError(f"{self.kind} backend {name!r} is not enabled here; "
+                                    f"choose one of: {', '.join(sorted(self.backends)) or 'none'}")
+        backend.load()  # no-op once loaded; a stage used without load() still works
+        return backend

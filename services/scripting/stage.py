@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from services.common import artifacts
 from services.common.artifacts import Labels, Segmentation
-from services.common.errors import InvalidInputError, TransientError
-from services.common.lifecycle import pick_backend
+from services.common.errors import InvalidInputError
+from services.common.lifecycle import BackendSet
 from services.common.stage_api import WriteScriptRequest, StageResult
 from services.common.store import ArtifactStore
 from services.scripting.prompt import render_prompt
@@ -29,24 +29,17 @@ T = TypeVar("T")
 class ScriptingStage:
     def __init__(self, store: ArtifactStore, enabled: Sequence[str] = ("template",)):
         self.store = store
-        self.writers = {
-            name: cast(type[ScriptWriter], pick_backend("scripting", name, dict(WRITERS)))() for name in enabled}
+        self.writers = BackendSet("scripting", WRITERS, enabled)
 
     def load(self) -> None:
-        for writer in self.writers.values():
-            writer.load()
+        self.writers.load()
 
     @property
     def ready(self) -> bool:
-        return all(writer.ready for writer in self.writers.values())
+        return self.writers.ready
 
     def run(self, req: WriteScriptRequest) -> StageResult:
         writer = self.writers.get(req.writer)
-        if writer is None:
-            raise InvalidInputError(
-                f"writer {req.writer!r} is not enabled here; choose one of: {', '.join(sorted(self.writers))}")
-        if not writer.ready:
-            raise TransientError(f"writer {req.writer!r} is not ready ({writer.state.value})")
         labels = _read(self.store, req.labels_key, Labels.from_dict)
         segmentation = _read(self.store, req.segments_key, Segmentation.from_dict)
         prompt = render_prompt(labels, segmentation, req.inputs)

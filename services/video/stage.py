@@ -9,7 +9,7 @@ from pathlib import PurePosixPath
 from services.common import encoding
 from services.common.artifacts import Script, dumps
 from services.common.errors import InvalidInputError
-from services.common.lifecycle import pick_backend
+from services.common.lifecycle import BackendSet
 from services.common.stage_api import GenerateClipRequest, StageResult
 from services.common.store import ArtifactStore
 from services.video.animatic import AnimaticGenerator
@@ -26,28 +26,24 @@ def clip_meta_key(clip_key: str) -> str:
 class VideoStage:
     def __init__(self, store: ArtifactStore, enabled: Sequence[str] = ("animatic",)):
         self.store = store
-        for name in enabled:
-            pick_backend("video", name, GENERATORS)  # refuses an unknown name, listing the choices
-        self.generators: dict[str, ClipGenerator] = {name: GENERATORS[name]() for name in enabled}
+        self.generators = BackendSet("video", GENERATORS, enabled)
 
     def load(self) -> None:
-        for generator in self.generators.values():
-            generator.load()
+        self.generators.load()
 
     @property
     def ready(self) -> bool:
-        return all(generator.ready for generator in self.generators.values())
+        return self.generators.ready
 
     def run(self, req: GenerateClipRequest, on_progress: Callable[[float], None] | None = None,
             is_cancelled: Callable[[], bool] | None = None) -> StageResult:
         _check_request(req)
-        generator = self._generator(req.generator)
+        generator = self.generators.get(req.generator)
         script = self._script(req.script_key)
         if not any(scene.index == req.index for scene in script.scenes):
             raise InvalidInputError(f"the script {req.script_key} has no scene {req.index}")
         if not self.store.exists(req.song_key):
             raise InvalidInputError(f"no song in the store at {req.song_key!r}")
-        generator.load()  # no-op once loaded; a stage used without load() still works
 
         meta_key = clip_meta_key(req.clip_key)
         with self.store.local_path(req.song_key) as song_path, self.store.writing(req.clip_key) as out_path:
@@ -59,14 +55,6 @@ class VideoStage:
             keys={"clip": req.clip_key, "clip_meta": meta_key},
             info={"generator": req.generator, "frames": req.frame_count, "seconds": meta["seconds"]},
         )
-
-    def _generator(self, name: str) -> ClipGenerator:
-        if name in self.generators:
-            return self.generators[name]
-        enabled = ", ".join(sorted(self.generators)) or "none"
-        if name in GENERATORS:
-            raise InvalidInputError(f"video generator {name!r} is not enabled on this server (enabled: {enabled})")
-        raise InvalidInputError(f"unknown video generator {name!r}; enabled: {enabled}")
 
     def _script(self, key: str) -> Script:
         try:
@@ -83,11 +71,7 @@ def _check_request(req: GenerateClipRequest) -> None:
     problems = []
     if req.frame_count < 1:
         problems.append(f"frame_count must be at least 1 (got {req.frame_count})")
-    if not 0 < req.fps <= encoding.MAX_FPS:
-        problems.append(f"fps must be between 1 and {encoding.MAX_FPS} (got {req.fps})")
-    for side, value in (("width", req.width), ("height", req.height)):
-        if not 16 <= value <= encoding.MAX_SIDE or value % 2:
-            problems.append(f"{side} must be even and between 16 and {encoding.MAX_SIDE} for yuv420p video (got {value})")
+    problems += encoding.format_problems(req.fps, req.width, req.height)
     if req.start < 0 or req.end <= req.start:
         problems.append(f"the segment [{req.start}, {req.end}) is empty or starts before 0")
     if problems:

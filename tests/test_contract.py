@@ -26,6 +26,7 @@ from google.protobuf import descriptor_pb2, json_format, struct_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from services.common import artifacts, stage_api
+from services.common.transport.convert import is_repeated
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTO_ROOT = ROOT / "proto"
@@ -237,11 +238,6 @@ def stage_class(proto_name: str) -> type:
             return getattr(stage_api, name)
     assert proto_name == "TellStoryRequest", f"stage_api has none of {STAGE_MIRRORS[proto_name][1]}"
     return SuggestedTellStoryRequest
-
-
-def is_repeated(field: FieldDescriptor) -> bool:
-    flag = getattr(field, "is_repeated", None)
-    return flag if flag is not None else field.label == FieldDescriptor.LABEL_REPEATED
 
 
 def is_map(field: FieldDescriptor) -> bool:

@@ -43,7 +43,7 @@ def from_message(message: Message, cls: type[T]) -> T:
     kwargs: dict[str, Any] = {}
     for field in dataclasses.fields(cls):  # type: ignore[arg-type]
         descriptor = fields[field.name]
-        repeated = descriptor.label == FieldDescriptor.LABEL_REPEATED
+        repeated = is_repeated(descriptor)
         if not repeated and descriptor.has_presence and not message.HasField(field.name):
             continue
         value = getattr(message, field.name)
@@ -55,6 +55,12 @@ def from_message(message: Message, cls: type[T]) -> T:
         else:
             kwargs[field.name] = value
     return cls(**kwargs)
+
+
+def is_repeated(field: FieldDescriptor) -> bool:
+    # protobuf 6 added `is_repeated` and protobuf 7 removed `label`.
+    flag = getattr(field, "is_repeated", None)
+    return flag if flag is not None else field.label == FieldDescriptor.LABEL_REPEATED
 
 
 def result_to_message(result: StageResult, message_type: type[M]) -> M:

@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from services.common.errors import ResourceExhaustedError
 from services.common.settings import ServiceSettings
 from services.common.transport.errors import ErrorMappingInterceptor
+from services.common.transport.options import SERVER_OPTIONS
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -36,7 +37,7 @@ class ServiceRunner:
         self.grace_seconds = grace_seconds
         self.load = load
         self.health = health.aio.HealthServicer()
-        self.server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()])
+        self.server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()], options=SERVER_OPTIONS)
         self.stopping = asyncio.Event()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

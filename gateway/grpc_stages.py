@@ -1,0 +1,240 @@
+"""Stage clients that call the five stage services over gRPC: the deployed system's `StageClients`.
+
+Each call turns the stage_api dataclass into its request message, calls with a deadline, and turns
+the StageResult back; a status code comes back as the error it stands for (INVALID_ARGUMENT as
+InvalidInputError, and so on), with the server's message. The four unary stages are retried with
+backoff while they are unavailable or busy; clips go through the video replica pool
+(gateway/video_pool.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common.errors import TransientError
+from services.common.pb import (
+    analysis_service_pb2,
+    analysis_service_pb2_grpc,
+    assembly_service_pb2,
+    assembly_service_pb2_grpc,
+    scripting_service_pb2,
+    scripting_service_pb2_grpc,
+    segmentation_service_pb2,
+    segmentation_service_pb2_grpc,
+)
+from services.common.settings import env_float, env_str
+from services.common.stage_api import (
+    AnalyzeRequest,
+    AssembleRequest,
+    GenerateClipRequest,
+    SegmentRequest,
+    StageResult,
+    WriteScriptRequest,
+)
+from services.common.transport.convert import result_from_message, to_message
+from services.common.transport.errors import error_for_status
+from gateway.stage_clients import CancelCheck, ProgressCallback, StageClients
+from gateway.video_pool import VideoPool, backoff_seconds, open_channel
+
+log = logging.getLogger(__name__)
+
+READY_POLL_SECONDS = 0.25
+RETRIED_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+# Spreads calls over every address a name resolves to (replicas of a CPU stage behind a headless Service).
+ROUND_ROBIN = ("grpc.lb_policy_name", "round_robin")
+
+
+@dataclass(frozen=True)
+class _UnaryStage:
+    stub: type
+    method: str
+    request_type: type[Message]
+    service: str  # the name health is checked under
+
+
+def _unary_stage(pb: Any, pb_grpc: Any, service: str, method: str, request: str) -> _UnaryStage:
+    return _UnaryStage(getattr(pb_grpc, f"{service}Stub"), method, getattr(pb, request),
+                       pb.DESCRIPTOR.services_by_name[service].full_name)
+
+
+UNARY_STAGES = {
+    "segmentation": _unary_stage(segmentation_service_pb2, segmentation_service_pb2_grpc,
+                                 "SegmentationService", "Segment", "SegmentRequest"),
+    "analysis": _unary_stage(analysis_service_pb2, analysis_service_pb2_grpc,
+                             "AnalysisService", "Analyze", "AnalyzeRequest"),
+    "scripting": _unary_stage(scripting_service_pb2, scripting_service_pb2_grpc,
+                              "ScriptingService", "WriteScript", "WriteScriptRequest"),
+    "assembly": _unary_stage(assembly_service_pb2, assembly_service_pb2_grpc,
+                             "AssemblyService", "Assemble", "AssembleRequest"),
+}
+
+
+@dataclass(frozen=True)
+class GrpcStagesSettings:
+    """Where the stage services are and how long to wait for them; `from_env()` reads the environment."""
+
+    segmentation_address: str = "localhost:50051"  # MVGEN_SEGMENTATION_ADDR
+    analysis_address: str = "localhost:50052"  # MVGEN_ANALYSIS_ADDR
+    scripting_address: str = "localhost:50053"  # MVGEN_SCRIPTING_ADDR
+    # MVGEN_VIDEO_ADDR: host:port, a comma-separated list of replicas, or dns:///name:port (re-resolved)
+    video_address: str = "localhost:50054"
+    assembly_address: str = "localhost:50055"  # MVGEN_ASSEMBLY_ADDR
+    stage_timeout_seconds: float = 600.0  # MVGEN_STAGE_TIMEOUT_SECONDS: deadline of one unary stage call
+    clip_timeout_seconds: float = 1800.0  # MVGEN_CLIP_TIMEOUT_SECONDS: deadline of one clip's generation
+    # MVGEN_RETRY_SECONDS: how long a call keeps retrying an unavailable or busy stage, and how long a
+    # clip keeps trying after a replica refused or lost it, or while no video replica serves
+    retry_seconds: float = 300.0
+    ready_timeout_seconds: float = 300.0  # MVGEN_READY_TIMEOUT_SECONDS: how long wait_ready() waits
+    video_resolve_seconds: float = 10.0  # MVGEN_VIDEO_RESOLVE_SECONDS: how often dns:/// is re-resolved
+
+    @classmethod
+    def from_env(cls) -> GrpcStagesSettings:
+        d = cls()
+        return cls(
+            segmentation_address=env_str("MVGEN_SEGMENTATION_ADDR", d.segmentation_address),
+            analysis_address=env_str("MVGEN_ANALYSIS_ADDR", d.analysis_address),
+            scripting_address=env_str("MVGEN_SCRIPTING_ADDR", d.scripting_address),
+            video_address=env_str("MVGEN_VIDEO_ADDR", d.video_address),
+            assembly_address=env_str("MVGEN_ASSEMBLY_ADDR", d.assembly_address),
+            stage_timeout_seconds=env_float("MVGEN_STAGE_TIMEOUT_SECONDS", d.stage_timeout_seconds),
+            clip_timeout_seconds=env_float("MVGEN_CLIP_TIMEOUT_SECONDS", d.clip_timeout_seconds),
+            retry_seconds=env_float("MVGEN_RETRY_SECONDS", d.retry_seconds),
+            ready_timeout_seconds=env_float("MVGEN_READY_TIMEOUT_SECONDS", d.ready_timeout_seconds),
+            video_resolve_seconds=env_float("MVGEN_VIDEO_RESOLVE_SECONDS", d.video_resolve_seconds),
+        )
+
+    def address(self, stage: str) -> str:
+        return getattr(self, f"{stage}_address")
+
+
+class GrpcStageClients(StageClients):
+    """Channels are opened on first use, in the running event loop, and belong to it: use one
+    instance in one loop. `close()` (or `async with`) closes them."""
+
+    def __init__(self, settings: GrpcStagesSettings):
+        self.settings = settings
+        self.video_pool = VideoPool.for_target(
+            settings.video_address, clip_timeout_seconds=settings.clip_timeout_seconds,
+            retry_seconds=settings.retry_seconds, resolve_seconds=settings.video_resolve_seconds)
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._start_lock = asyncio.Lock()
+
+    @classmethod
+    def from_env(cls) -> GrpcStageClients:
+        return cls(GrpcStagesSettings.from_env())
+
+    async def start(self) -> None:
+        """Open a channel to each unary stage and start finding and polling the video replicas (once)."""
+        async with self._start_lock:
+            if self._channels:
+                return
+            await self.video_pool.start()
+            self._channels = {stage: open_channel(self.settings.address(stage), ROUND_ROBIN)
+                              for stage in UNARY_STAGES}
+
+    async def close(self) -> None:
+        await self.video_pool.close()
+        await asyncio.gather(*(channel.close() for channel in self._channels.values()))
+        self._channels = {}
+
+    async def __aenter__(self) -> GrpcStageClients:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    def clip_concurrency(self) -> int:
+        return max(1, self.video_pool.serving_count())
+
+    async def wait_ready(self) -> None:
+        """Return once every unary stage and at least one video replica answer SERVING; else raise
+        TransientError naming each stage that does not, with what it last answered."""
+        await self.start()
+        timeout = self.settings.ready_timeout_seconds
+        problems = await asyncio.gather(*(self._wait_serving(stage, timeout) for stage in UNARY_STAGES),
+                                        self._wait_video_serving(timeout))
+        not_ready = [p for p in problems if p]
+        if not_ready:
+            raise TransientError(f"not serving after {timeout:.0f} s: " + "; ".join(not_ready))
+
+    async def segment(self, req: SegmentRequest) -> StageResult:
+        return await self._call("segmentation", req)
+
+    async def analyze(self, req: AnalyzeRequest) -> StageResult:
+        return await self._call("analysis", req)
+
+    async def write_script(self, req: WriteScriptRequest) -> StageResult:
+        return await self._call("scripting", req)
+
+    async def generate_clip(self, req: GenerateClipRequest, on_progress: ProgressCallback,
+                            is_cancelled: CancelCheck) -> StageResult:
+        await self.start()
+        return await self.video_pool.generate_clip(req, on_progress, is_cancelled)
+
+    async def assemble(self, req: AssembleRequest) -> StageResult:
+        return await self._call("assembly", req)
+
+    async def _call(self, stage: str, req: Any) -> StageResult:
+        await self.start()
+        spec = UNARY_STAGES[stage]
+        method = getattr(spec.stub(self._channels[stage]), spec.method)
+        request = to_message(req, spec.request_type)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        attempt = 0
+        while True:
+            try:
+                response = await method(request, timeout=self.settings.stage_timeout_seconds)
+                return result_from_message(response.result)
+            except grpc.aio.AioRpcError as exc:
+                code, details = exc.code(), exc.details() or ""
+                delay = backoff_seconds(attempt)
+                if code in RETRIED_CODES and loop.time() - started + delay <= self.settings.retry_seconds:
+                    log.warning("%s stage at %s: %s %s; retrying in %.1f s", stage, self.settings.address(stage),
+                                code.name, details, delay)
+                    await asyncio.sleep(delay)
+                    attempt += 1
+                    continue
+                raise error_for_status(code, self._explain(stage, code, details, attempt + 1,
+                                                           loop.time() - started)) from exc
+
+    def _explain(self, stage: str, code: grpc.StatusCode, details: str, attempts: int, seconds: float) -> str:
+        """The server's own message, or for a failure of the connection, which stage and how long we tried."""
+        address = self.settings.address(stage)
+        if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+            return f"the {stage} stage at {address} did not answer within {self.settings.stage_timeout_seconds:.0f} s"
+        if code in RETRIED_CODES:
+            return f"the {stage} stage at {address} failed {attempts} times over {seconds:.1f} s: {details}"
+        return details
+
+    async def _wait_serving(self, stage: str, timeout: float) -> str | None:
+        health = health_pb2_grpc.HealthStub(self._channels[stage])
+        request = health_pb2.HealthCheckRequest(service=UNARY_STAGES[stage].service)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                answer = await health.Check(request, timeout=max(0.1, min(2.0, deadline - loop.time())))
+                if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                    return None
+                state = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+            except grpc.aio.AioRpcError as exc:
+                state = f"unreachable ({exc.code().name}: {exc.details()})"
+            if loop.time() + READY_POLL_SECONDS > deadline:
+                return f"the {stage} stage at {self.settings.address(stage)} is {state}"
+            await asyncio.sleep(READY_POLL_SECONDS)
+
+    async def _wait_video_serving(self, timeout: float) -> str | None:
+        if await self.video_pool.wait_serving(timeout):
+            return None
+        return f"no video replica at {self.settings.video_address} is serving ({self.video_pool.describe()})"

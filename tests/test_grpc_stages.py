@@ -1,0 +1,338 @@
+"""The gRPC stage clients against the five stage servers as real processes on loopback sockets.
+
+The servers share one local folder store (the stand-in for S3); each test's job has its own prefix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+
+import grpc
+import pytest
+
+from services.common import artifacts
+from services.common.errors import InvalidInputError, JobCancelledError, TransientError
+from services.common.pb import video_service_pb2, video_service_pb2_grpc
+from services.common.stage_api import (
+    AnalyzeRequest,
+    GenerateClipRequest,
+    SegmenterParams,
+    StageResult,
+    WriteScriptRequest,
+)
+from services.common.store import LocalArtifactStore
+from services.common.timing import frame_at, frame_count
+from services.common.transport.convert import to_message
+from gateway.grpc_stages import GrpcStageClients, GrpcStagesSettings
+from gateway.job import JobLayout, JobOptions
+from gateway.orchestrator import JobEvent, JobSpec, Orchestrator
+from gateway.video_pool import VideoPool
+from tests.media import counted_frames
+from tests.servers import StageServer, free_port, local_store_env, serving, stage_server
+from tools.synth_song import render_song
+
+OPTIONS = JobOptions(segmenter=SegmenterParams(segmenter="random", seed=1), fps=12, width=160, height=90)
+SONG_KEY = "songs/song.wav"
+UNARY = ("segmentation", "analysis", "scripting", "assembly")
+
+
+@dataclass
+class Cluster:
+    store: LocalArtifactStore
+    servers: dict[str, StageServer]  # the unary stages by name, and two video replicas: video_a, video_b
+    song: dict
+
+    def settings(self, video: str, **overrides) -> GrpcStagesSettings:
+        addresses = {f"{stage}_address": self.servers[stage].address for stage in UNARY}
+        return replace(GrpcStagesSettings(**addresses, video_address=video, retry_seconds=30.0,
+                                          ready_timeout_seconds=30.0), **overrides)
+
+    def job(self, job_id: str, options: JobOptions = OPTIONS) -> JobSpec:
+        return JobSpec(job_id, JobLayout(f"jobs/{job_id}/"), SONG_KEY, self.song, options)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Iterator[Cluster]:
+    root = tmp_path_factory.mktemp("grpc-stages")
+    store = LocalArtifactStore(root / "store")
+    render_song(root / "song.wav", seconds=20)
+    store.put_file(SONG_KEY, root / "song.wav")
+    song = {"sha256": hashlib.sha256((root / "song.wav").read_bytes()).hexdigest(), "duration": 20.0}
+    env = local_store_env(root / "store")
+    servers = {stage: stage_server(stage, root, env) for stage in UNARY}
+    servers |= {name: stage_server("video", root, env) for name in ("video_a", "video_b")}
+    with serving(*servers.values()):
+        yield Cluster(store, servers, song)
+
+
+@dataclass
+class FinishedJob:
+    job: JobSpec
+    manifest: dict
+    events: list[JobEvent]
+    replicas: dict  # address -> ReplicaStats after the job
+    concurrency: int
+
+
+@pytest.fixture(scope="module")
+def finished_job(cluster) -> FinishedJob:
+    """One whole job through the stage services, its clips spread over two video replicas."""
+    a, b = cluster.servers["video_a"], cluster.servers["video_b"]
+    job = cluster.job("two-replicas")
+    events: list[JobEvent] = []
+
+    async def run():
+        async with GrpcStageClients(cluster.settings(f"{a.address},{b.address}")) as stages:
+            await stages.wait_ready()
+            await until(lambda: stages.clip_concurrency() == 2)
+            concurrency = stages.clip_concurrency()
+            manifest = await Orchestrator(cluster.store, stages, on_event=events.append).run(job)
+            return manifest, {r.address: r for r in stages.video_pool.stats()}, concurrency
+
+    manifest, replicas, concurrency = asyncio.run(run())
+    return FinishedJob(job, manifest.data, events, replicas, concurrency)
+
+
+async def until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+def segmentation_of(cluster: Cluster, job: JobSpec) -> artifacts.Segmentation:
+    return artifacts.Segmentation.from_dict(json.loads(cluster.store.get_bytes(job.layout.segments)))
+
+
+def assert_complete(cluster: Cluster, job: JobSpec, manifest: dict) -> None:
+    """Succeeded, every clip there exactly once with its frames, and the final video frame-exact."""
+    segments = segmentation_of(cluster, job).segments
+    assert manifest["state"] == "succeeded"
+    assert {k: c["state"] for k, c in manifest["clips"].items()} == \
+        {f"{s.index:04d}": "succeeded" for s in segments}
+    clips = cluster.store.list(job.layout.key("clips/"))
+    assert clips == sorted(job.layout.clip(s.index)[:-4] + ext for s in segments for ext in (".json", ".mp4"))
+    for s in segments:
+        assert counted_frames(cluster.store.path(job.layout.clip(s.index))) == frame_count(s.start, s.end, OPTIONS.fps)
+    assert counted_frames(cluster.store.path(job.layout.final)) == frame_at(segments[-1].end, OPTIONS.fps)
+
+
+def test_a_job_runs_through_the_stage_services_with_its_clips_spread_over_two_replicas(cluster, finished_job):
+    assert_complete(cluster, finished_job.job, finished_job.manifest)
+    assert finished_job.concurrency == 2
+    clips = len(finished_job.manifest["clips"])
+    assert clips >= 3
+    done = {address: r.clips_done for address, r in finished_job.replicas.items()}
+    assert sum(done.values()) == clips and all(n >= 1 for n in done.values()), done
+    progress = [e.fraction for e in finished_job.events if e.state == "progress"]
+    assert progress and all(0.0 < f <= 1.0 for f in progress)
+
+
+def test_an_unknown_backend_comes_back_as_invalid_input_with_the_servers_message(cluster):
+    job = cluster.job("bad-generator", replace(OPTIONS, generator="nonesuch"))
+    video = cluster.servers["video_a"].address
+
+    async def run():
+        async with GrpcStageClients(cluster.settings(video)) as stages:
+            # The server's message, word for word: it names the backend and what is enabled instead.
+            with pytest.raises(InvalidInputError, match="^analysis backend 'nonesuch' is not enabled here; "
+                                                        "choose one of: descriptors$"):
+                await stages.analyze(AnalyzeRequest(SONG_KEY, "jobs/none/segments.json", "nonesuch",
+                                                    "jobs/none/labels.json"))
+            with pytest.raises(InvalidInputError, match="^video backend 'nonesuch' is not enabled here"):
+                await Orchestrator(cluster.store, stages).run(job)
+
+    asyncio.run(run())
+    manifest = json.loads(cluster.store.get_bytes(job.layout.manifest))
+    assert manifest["state"] == "failed" and "video backend 'nonesuch'" in manifest["error"]
+
+
+def test_a_busy_replica_sends_the_clip_to_another(cluster, finished_job):
+    a, b = cluster.servers["video_a"], cluster.servers["video_b"]
+    segment = segmentation_of(cluster, finished_job.job).segments[0]
+    clip = GenerateClipRequest(segment.index, SONG_KEY, finished_job.job.layout.script, segment.start, segment.end,
+                               frame_count(segment.start, segment.end, OPTIONS.fps), OPTIONS.fps, OPTIONS.width,
+                               OPTIONS.height, "animatic", "jobs/busy/clips/0000.mp4")
+    # Another caller's large clip keeps replica a busy.
+    large = replace(clip, fps=24, width=640, height=360, clip_key="jobs/busy/large.mp4",
+                    frame_count=frame_count(segment.start, segment.end, 24))
+
+    async def run():
+        pool = VideoPool.for_target(f"{a.address},{b.address}", clip_timeout_seconds=60, retry_seconds=30,
+                                    resolve_seconds=10)
+        await pool.start()
+        async with grpc.aio.insecure_channel(a.address) as channel:
+            other = video_service_pb2_grpc.VideoServiceStub(channel).GenerateClip(
+                to_message(large, video_service_pb2.GenerateClipRequest))
+            try:
+                await other.read()  # its first progress: a is generating
+                await until(lambda: pool.serving_count() == 2)
+                result = await pool.generate_clip(clip, lambda fraction: None, lambda: False)
+                return result, {r.address: r for r in pool.stats()}
+            finally:
+                other.cancel()
+                await pool.close()
+
+    result, replicas = asyncio.run(run())
+    assert result.keys["clip"] == clip.clip_key and cluster.store.exists(clip.clip_key)
+    assert (replicas[a.address].refusals, replicas[a.address].clips_done) == (1, 0)
+    assert replicas[b.address].clips_done == 1
+
+
+def test_cancelling_a_job_stops_its_clip_on_the_replica(cluster, finished_job):
+    replica = cluster.servers["video_b"]
+    segment = segmentation_of(cluster, finished_job.job).segments[0]
+    large = GenerateClipRequest(segment.index, SONG_KEY, finished_job.job.layout.script, segment.start, segment.end,
+                                frame_count(segment.start, segment.end, 24), 24, 640, 360, "animatic",
+                                "jobs/cancelled/clips/0000.mp4")
+    cancelled_at: list[float] = []
+
+    async def run() -> tuple[float, int]:
+        loop = asyncio.get_running_loop()
+
+        def cancel_at_first_progress(fraction: float) -> None:
+            if not cancelled_at:
+                cancelled_at.append(loop.time())
+
+        async with GrpcStageClients(cluster.settings(replica.address)) as stages:
+            await stages.wait_ready()
+            with pytest.raises(JobCancelledError):
+                await stages.generate_clip(large, cancel_at_first_progress, lambda: bool(cancelled_at))
+            seconds_to_cancel = loop.time() - cancelled_at[0]
+            # The replica stops at its next frame, so it takes the next clip.
+            await stages.generate_clip(replace(large, clip_key="jobs/cancelled/clips/again.mp4", fps=12,
+                                               frame_count=frame_count(segment.start, segment.end, 12),
+                                               width=160, height=90), lambda fraction: None, lambda: False)
+            return seconds_to_cancel, stages.video_pool.clips_in_flight
+
+    seconds_to_cancel, in_flight = asyncio.run(run())
+    assert seconds_to_cancel < 1.0 and in_flight == 0
+    assert not cluster.store.exists(large.clip_key)  # a cancelled clip writes nothing
+    assert cluster.store.exists("jobs/cancelled/clips/again.mp4")
+
+
+def test_a_replica_killed_mid_clip_and_restarted_finishes_the_job_with_every_clip_once(cluster):
+    replica = cluster.servers["video_a"]
+    job = cluster.job("killed-replica")
+    killed_during: list[int] = []
+
+    async def run():
+        loop = asyncio.get_running_loop()
+
+        def kill_during_clip_1(event: JobEvent) -> None:
+            if (event.state == "progress" and event.clip_index == 1 and event.fraction < 0.5
+                    and not killed_during):
+                replica.kill()
+                killed_during.append(event.clip_index)
+                loop.call_later(0.5, replica.start)
+
+        async with GrpcStageClients(cluster.settings(replica.address)) as stages:
+            await stages.wait_ready()
+            manifest = await Orchestrator(cluster.store, stages, on_event=kill_during_clip_1).run(job)
+            return manifest, stages.video_pool.stats()
+
+    try:
+        manifest, (stats,) = asyncio.run(run())
+    finally:
+        replica.wait_serving()  # restarted: the other tests find it serving
+    assert killed_during == [1]
+    assert stats.failures == 1
+    assert stats.clips_done == len(manifest.data["clips"])
+    assert_complete(cluster, job, manifest.data)
+
+
+def test_clip_concurrency_follows_replicas_appearing_and_disappearing(cluster):
+    a, b = cluster.servers["video_a"], cluster.servers["video_b"]
+    addresses = [a.address, b.address, f"127.0.0.1:{free_port()}"]  # the third: nothing listens
+
+    async def resolve() -> list[str]:
+        return list(addresses)
+
+    async def run():
+        pool = VideoPool(resolve, name="test replicas", refresh_seconds=0.1, clip_timeout_seconds=60,
+                         retry_seconds=30)
+        await pool.start()
+        try:
+            await until(lambda: pool.serving_count() == 2)
+            # A replica that stops (SIGTERM: NOT_SERVING, then gone) stops counting, and counts again when back.
+            await asyncio.to_thread(b.stop)
+            await until(lambda: pool.serving_count() == 1)
+            b.start()
+            await until(lambda: pool.serving_count() == 2)
+            # The resolved addresses change (kubectl scale): the pool follows without a restart.
+            addresses.remove(a.address)
+            await until(lambda: pool.serving_count() == 1 and len(pool.stats()) == 2)
+            addresses.append(a.address)
+            await until(lambda: pool.serving_count() == 2)
+        finally:
+            await pool.close()
+
+    asyncio.run(run())
+
+
+def test_a_dns_video_address_resolves_to_its_replicas(cluster):
+    a = cluster.servers["video_a"]
+
+    async def run():
+        async with GrpcStageClients(cluster.settings(f"dns:///localhost:{a.port}")) as stages:
+            await until(lambda: stages.clip_concurrency() == 1 and stages.video_pool.serving_count() == 1)
+            return [r.address for r in stages.video_pool.stats()]
+
+    assert a.address in asyncio.run(run())
+
+
+def test_wait_ready_names_the_stages_that_are_not_serving(cluster):
+    nowhere = f"127.0.0.1:{free_port()}"
+
+    async def run():
+        # Built outside any call, as the gateway does; the first call opens the channels.
+        stages = GrpcStageClients(cluster.settings(nowhere, assembly_address=nowhere, ready_timeout_seconds=1.0))
+        assert stages.clip_concurrency() == 1  # at least one, even with no replica serving
+        try:
+            await stages.wait_ready()
+        finally:
+            await stages.close()
+
+    with pytest.raises(TransientError) as caught:
+        asyncio.run(run())
+    message = str(caught.value)
+    assert f"the assembly stage at {nowhere} is unreachable" in message
+    assert f"no video replica at {nowhere} is serving" in message
+    assert "segmentation" not in message and "analysis" not in message
+
+
+def test_a_unary_stage_that_comes_up_late_is_retried(cluster, tmp_path, finished_job):
+    layout = finished_job.job.layout
+    late = stage_server("scripting", tmp_path, local_store_env(cluster.store.root))
+    request = WriteScriptRequest(layout.labels, layout.segments, "template", "jobs/late/prompt.txt",
+                                 "jobs/late/script.json", "jobs/late/script.txt")
+
+    async def run() -> StageResult:
+        settings = cluster.settings(cluster.servers["video_a"].address, scripting_address=late.address)
+        async with GrpcStageClients(settings) as stages:
+            asyncio.get_running_loop().call_later(0.5, late.start)
+            return await stages.write_script(request)
+
+    try:
+        result = asyncio.run(run())
+    finally:
+        late.close()
+    assert result.keys["script"] == "jobs/late/script.json"
+    assert cluster.store.exists("jobs/late/script.json")
+
+
+def test_settings_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("MVGEN_VIDEO_ADDR", "dns:///video-headless.mvgen.svc.cluster.local:50054")
+    monkeypatch.setenv("MVGEN_ASSEMBLY_ADDR", "assembly:7000")
+    monkeypatch.setenv("MVGEN_CLIP_TIMEOUT_SECONDS", "90")
+    monkeypatch.delenv("MVGEN_SEGMENTATION_ADDR", raising=False)
+    settings = GrpcStageClients.from_env().settings
+    assert settings.video_address == "dns:///video-headless.mvgen.svc.cluster.local:50054"
+    assert settings.assembly_address == "assembly:7000"
+    assert settings.segmentation_address == "localhost:50051"
+    assert settings.clip_timeout_seconds == 90.0

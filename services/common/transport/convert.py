@@ -44,8 +44,9 @@ def from_message(message: Message, cls: type[T]) -> T:
     for field in dataclasses.fields(cls):  # type: ignore[arg-type]
         descriptor = fields[field.name]
         repeated = is_repeated(descriptor)
-        if not repeated and descriptor.has_presence and not message.HasField(field.name):
-            continue
+        unset = not repeated and descriptor.has_presence and not message.HasField(field.name)
+        if unset and _has_default(field):
+            continue  # the Python default; an unset message without one becomes its defaults below
         value = getattr(message, field.name)
         if repeated:
             kwargs[field.name] = dict(value) if descriptor.message_type and \
@@ -55,6 +56,10 @@ def from_message(message: Message, cls: type[T]) -> T:
         else:
             kwargs[field.name] = value
     return cls(**kwargs)
+
+
+def _has_default(field: dataclasses.Field) -> bool:
+    return field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING
 
 
 def is_repeated(field: FieldDescriptor) -> bool:

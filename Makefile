@@ -20,9 +20,9 @@ setup: $(VENV)/.installed ffmpeg-installed $(PB_DIR)/__init__.py
 # The environment: rebuilt when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[grpc,dev]'
-	$(PY) -m pip install -q --no-deps 'tinysoundfont==0.3.7'
+	$(PY) -m pip install -q 'torch==2.13.0'
+	$(PY) -m pip install -q -e '.[grpc,models,dev]'
+	$(PY) -m pip install -q --no-deps 'tinysoundfont==0.3.7' 'msclap==1.3.4'
 	touch $@
 
 # ffmpeg/ffprobe decode every input and encode every clip; Debian's package carries libx264 and aac.
@@ -59,3 +59,26 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) $(PB_DIR) build runs $(DEMO_DIR)
+
+# ---- Deployment: docker-compose (needs Docker) and the same system on loopback without Docker.
+.PHONY: up down dev-up dev-down compose-check
+DOCKER_COMPOSE ?= docker compose
+
+up:
+	@test -f .env || { echo "no .env: cp .env.example .env and fill in the secrets it leaves empty"; exit 1; }
+	$(DOCKER_COMPOSE) up -d --build
+
+down:
+	$(DOCKER_COMPOSE) down
+
+# moto stands in for MinIO; the services and the gateway run as local processes (tools/dev_stack.py).
+# DEV_STACK_ARGS=--free-ports picks unused ports; --no-gateway starts the stage services only.
+dev-up: setup
+	$(PY) -m tools.dev_stack up $(DEV_STACK_ARGS)
+
+dev-down:
+	$(PY) -m tools.dev_stack down
+
+# compose config -q (the real Compose binary), hadolint, and the structural checks of the files.
+compose-check: $(VENV)/.installed
+	$(PY) -m pytest -q tests/test_deploy_files.py

@@ -21,6 +21,7 @@ from services.common import audio
 from services.common.errors import InvalidInputError, JobCancelledError, MvgenError
 from services.common.stage_api import ScriptInputs, SegmenterParams
 from services.common.store import LocalArtifactStore
+from gateway.client import COMMANDS as CLIENT_COMMANDS, add_client_commands, run_client_command
 from gateway.job import JobLayout, JobOptions
 from gateway.orchestrator import JobSpec, Orchestrator
 from gateway.progress import ProgressDisplay
@@ -93,11 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     video.add_argument("--max-duration", type=float, default=15 * 60, metavar="S",
                        help="longest song accepted, seconds")
     video.add_argument("-q", "--quiet", action="store_true", help="print only the summary line")
+    add_client_commands(commands, _HelpFormatter)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in CLIENT_COMMANDS:
+        return run_client_command(args)
     try:
         return generate(args)
     except InvalidInputError as exc:
@@ -181,10 +185,7 @@ async def _run_cancellable(orchestrator: Orchestrator, job: JobSpec):
 
 
 def _check_options(options: JobOptions, args: argparse.Namespace) -> None:
-    if not 1 <= options.fps <= 120:
-        raise InvalidInputError(f"--fps must be between 1 and 120, not {options.fps}")
-    if options.top_k < 1:
-        raise InvalidInputError("--top-k must be at least 1")
+    options.check()
     if args.max_duration <= 0:
         raise InvalidInputError("--max-duration must be positive")
     if args.clip_workers is not None and args.clip_workers < 1:
@@ -195,10 +196,7 @@ def _parse_size(text: str) -> tuple[int, int]:
     match = re.fullmatch(r"(\d+)x(\d+)", text.strip())
     if not match:
         raise InvalidInputError(f"--size must look like 640x360, not {text!r}")
-    width, height = int(match[1]), int(match[2])
-    if not (16 <= width <= 3840 and 16 <= height <= 2160) or width % 2 or height % 2:
-        raise InvalidInputError(f"--size {text}: width and height must be even, between 16x16 and 3840x2160")
-    return width, height
+    return int(match[1]), int(match[2])
 
 
 def _sha256(path: Path) -> str:

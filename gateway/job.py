@@ -13,10 +13,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from services.common import encoding
+from services.common.errors import InvalidInputError
 from services.common.stage_api import ScriptInputs, SegmenterParams
 from services.common.store import ArtifactStore
 
 STAGES = ("segmentation", "analysis", "scripting", "video", "assembly")
+MAX_SCRIPT_INPUT_CHARS = 4000  # per user text; the writer trims further, this refuses the absurd
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,20 @@ class JobOptions:
     fps: int = 24
     width: int = 640
     height: int = 360
+
+    def check(self) -> None:
+        """Raise InvalidInputError for an option no stage could honour, before any work starts."""
+        self.segmenter.check()
+        problems = encoding.format_problems(self.fps, self.width, self.height)
+        if not 1 <= self.top_k <= 20:
+            problems.append(f"top_k must be between 1 and 20 (got {self.top_k})")
+        if self.seed < 0:
+            problems.append(f"seed must be >= 0 (got {self.seed})")
+        for name in ("story", "characters", "style"):
+            if len(getattr(self.script_inputs, name)) > MAX_SCRIPT_INPUT_CHARS:
+                problems.append(f"{name} is longer than {MAX_SCRIPT_INPUT_CHARS} characters")
+        if problems:
+            raise InvalidInputError("; ".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -138,7 +138,7 @@ def test_truncated_song_still_decodes_what_is_there(tmp_path):
 
 def test_bad_options_are_refused(tmp_path):
     tone(tmp_path / "song.wav", 3.0)
-    for args, message in ((["--size", "641x360"], "must be even"), (["--fps", "0"], "--fps"),
+    for args, message in ((["--size", "641x360"], "must be even"), (["--fps", "0"], "fps must be between 1 and 120"),
                           (["--generator", "nonesuch"], "nonesuch")):
         done = mvgen("generate", "song.wav", "--run-dir", "run", *args, cwd=tmp_path)
         assert done.returncode == 2, (args, done.stderr)

@@ -7,8 +7,14 @@ converts them to and from the protobuf messages of the same names.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
+
+from services.common.errors import InvalidInputError
+
+SEGMENTERS = ("rules", "random")
 
 
 @dataclass(frozen=True)
@@ -25,6 +31,35 @@ class SegmenterParams:
     novelty_threshold: float = 3.0  # rules: a change is a novelty peak this many MADs above the local median
     novelty_window_seconds: float = 2.5  # rules: the span compared before and after each instant
     snap_tolerance_seconds: float = 0.15  # rules: a change cut moves to a beat at most this far away
+
+    def check(self) -> None:
+        """Raise InvalidInputError, naming the parameter, when its segmenter cannot use these values."""
+        if self.segmenter not in SEGMENTERS:
+            raise InvalidInputError(f"unknown segmenter {self.segmenter!r}; choose one of: {', '.join(SEGMENTERS)}")
+        if self.segmenter == "random":
+            self._check_positive("random_min_seconds", "random_max_seconds")
+            self._check_order("random_min_seconds", "random_max_seconds")
+            if not _is_whole(self.seed) or self.seed < 0:
+                raise InvalidInputError(f"seed must be a whole number >= 0, not {self.seed!r}")
+            return
+        self._check_positive("min_seconds", "max_seconds", "novelty_window_seconds")
+        self._check_order("min_seconds", "max_seconds")
+        for name in ("novelty_threshold", "snap_tolerance_seconds"):
+            value = getattr(self, name)
+            if not _is_number(value) or value < 0:
+                raise InvalidInputError(f"{name} must be a number >= 0, not {value!r}")
+        if not _is_whole(self.beats_per_cut) or self.beats_per_cut < 1:
+            raise InvalidInputError(f"beats_per_cut must be a whole number >= 1, not {self.beats_per_cut!r}")
+
+    def _check_positive(self, *names: str) -> None:
+        for name in names:
+            value = getattr(self, name)
+            if not _is_number(value) or value <= 0:
+                raise InvalidInputError(f"{name} must be a positive number of seconds, not {value!r}")
+
+    def _check_order(self, low: str, high: str) -> None:
+        if getattr(self, low) > getattr(self, high):
+            raise InvalidInputError(f"{low} ({getattr(self, low)}) is greater than {high} ({getattr(self, high)})")
 
     def to_dict(self) -> dict[str, Any]:
         common = {"segmenter": self.segmenter}
@@ -107,3 +142,11 @@ class StageResult:
 
     keys: dict[str, str]
     info: dict[str, Any] = field(default_factory=dict)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_whole(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import numpy as np
 
 from services.common import artifacts
@@ -17,7 +14,6 @@ from services.common.store import ArtifactStore
 from services.segmentation.random_segmenter import segment_random
 from services.segmentation.rules_segmenter import segment_rules
 
-SEGMENTERS = ("rules", "random")
 
 
 class SegmentationStage(Backend):
@@ -36,7 +32,7 @@ class SegmentationStage(Backend):
         segment_rules(pulse, ANALYSIS_SAMPLE_RATE, SegmenterParams())
 
     def run(self, req: SegmentRequest) -> StageResult:
-        check_params(req.params)
+        req.params.check()
         try:
             with self.store.local_path(req.song_key) as path:
                 samples = decode(path, sample_rate=ANALYSIS_SAMPLE_RATE)
@@ -54,7 +50,7 @@ class SegmentationStage(Backend):
 
 def segment_samples(samples: np.ndarray, sample_rate: int, params: SegmenterParams) -> Segmentation:
     """Segment mono samples with the segmenter `params` names."""
-    check_params(params)
+    params.check()
     if samples.size == 0:
         raise InvalidInputError("the song holds no audio")
     duration = samples.size / sample_rate
@@ -63,43 +59,3 @@ def segment_samples(samples: np.ndarray, sample_rate: int, params: SegmenterPara
         return Segmentation("random", params.to_dict(), duration, None, [], segments)
     result = segment_rules(samples, sample_rate, params)
     return Segmentation("rules", params.to_dict(), duration, result.tempo_bpm, result.beats, result.segments)
-
-
-def check_params(params: SegmenterParams) -> None:
-    """Raise InvalidInputError, naming the parameter, when `params` cannot be used by its segmenter."""
-    if params.segmenter not in SEGMENTERS:
-        raise InvalidInputError(f"unknown segmenter {params.segmenter!r}; choose one of: {', '.join(SEGMENTERS)}")
-    if params.segmenter == "random":
-        _check_positive(params, "random_min_seconds", "random_max_seconds")
-        _check_order(params, "random_min_seconds", "random_max_seconds")
-        if not _is_whole(params.seed) or params.seed < 0:
-            raise InvalidInputError(f"seed must be a whole number >= 0, not {params.seed!r}")
-        return
-    _check_positive(params, "min_seconds", "max_seconds", "novelty_window_seconds")
-    _check_order(params, "min_seconds", "max_seconds")
-    for name in ("novelty_threshold", "snap_tolerance_seconds"):
-        value = getattr(params, name)
-        if not _is_number(value) or value < 0:
-            raise InvalidInputError(f"{name} must be a number >= 0, not {value!r}")
-    if not _is_whole(params.beats_per_cut) or params.beats_per_cut < 1:
-        raise InvalidInputError(f"beats_per_cut must be a whole number >= 1, not {params.beats_per_cut!r}")
-
-
-def _check_positive(params: SegmenterParams, *names: str) -> None:
-    for name in names:
-        value = getattr(params, name)
-        if not _is_number(value) or value <= 0:
-            raise InvalidInputError(f"{name} must be a positive number of seconds, not {value!r}")
-
-
-def _check_order(params: SegmenterParams, low: str, high: str) -> None:
-    if getattr(params, low) > getattr(params, high):
-        raise InvalidInputError(f"{low} ({getattr(params, low)}) is greater than {high} ({getattr(params, high)})")
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_whole(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)

@@ -1,0 +1,394 @@
+"""`mvgen submit | jobs | status | cancel`: the command line of a deployed gateway (MusicVideoService).
+
+The token comes from MVGEN_TOKEN, the address from --server or MVGEN_SERVER. Calls that are safe
+to repeat are retried while the gateway is UNAVAILABLE (a restart, a rolling update): the upload
+(content-addressed), CreateJob (same request id) and WatchJob (every stream starts with a snapshot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import mimetypes
+import os
+import re
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from services.common.pb import job_pb2, stage_pb2
+from services.common.pb import music_video_service_pb2 as api_pb2
+from services.common.pb import music_video_service_pb2_grpc as api_grpc
+from gateway.orchestrator import JobEvent
+from gateway.progress import ProgressDisplay
+
+T = TypeVar("T")
+COMMANDS = ("submit", "jobs", "status", "cancel")
+CHUNK_BYTES = 1 << 20
+RETRY_DELAYS = (0.5, 1, 2, 4, 8)  # seconds between tries of a call the gateway answered UNAVAILABLE
+RECONNECT_SECONDS = 120  # how long a lost watch keeps reconnecting
+EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
+BAD_INPUT_CODES = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED)
+STAGE_NAMES = {job_pb2.STAGE_SEGMENTATION: "segmentation", job_pb2.STAGE_ANALYSIS: "analysis",
+               job_pb2.STAGE_SCRIPTING: "scripting", job_pb2.STAGE_VIDEO: "video", job_pb2.STAGE_ASSEMBLY: "assembly"}
+TERMINAL = (job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED)
+
+
+class UsageError(Exception):
+    """Something the user can fix before any call (exit 2)."""
+
+
+def add_client_commands(commands: argparse._SubParsersAction, formatter: type[argparse.HelpFormatter]) -> None:
+    connection = argparse.ArgumentParser(add_help=False)
+    connection.add_argument("--server", default=os.environ.get("MVGEN_SERVER", "localhost:50050"),
+                            metavar="HOST:PORT",
+                            help="the gateway ($MVGEN_SERVER sets the default); the token is read from $MVGEN_TOKEN")
+
+    submit = commands.add_parser(
+        "submit", parents=[connection], formatter_class=formatter, help="make a music video on a gateway",
+        description="Upload SONG to the gateway, make its music video there, follow the progress and download "
+                    "the video. Options left out take the gateway's defaults.")
+    submit.add_argument("song", metavar="SONG", help="the audio file")
+    submit.add_argument("-o", "--output", metavar="OUT.mp4", help="where to save the video (default: <song>-<job>.mp4)")
+    submit.add_argument("--detach", action="store_true", help="print the job id and return without waiting")
+    submit.add_argument("-q", "--quiet", action="store_true", help="print only the summary line")
+    seg = submit.add_argument_group("segmentation")
+    seg.add_argument("--segmenter", choices=("rules", "random"),
+                     help="rules: cut on spectral change, every N beats or at the maximum; random: 4-8 s segments")
+    seg.add_argument("--seed", type=int, help="seed for the random segmenter, the script and the clips")
+    seg.add_argument("--min-segment", type=float, metavar="S", help="rules: shortest segment, seconds")
+    seg.add_argument("--max-segment", type=float, metavar="S", help="rules: longest segment, seconds")
+    seg.add_argument("--beats-per-cut", type=int, metavar="N", help="rules: cut after N beats without another cut")
+    seg.add_argument("--novelty-threshold", type=float, metavar="K", help="rules: spectral change threshold")
+    seg.add_argument("--random-min", type=float, metavar="S", help="random: shortest segment, seconds")
+    seg.add_argument("--random-max", type=float, metavar="S", help="random: longest segment, seconds")
+    stages = submit.add_argument_group("stages")
+    stages.add_argument("--pipeline", choices=("clap", "lalm"), help="how the script is written")
+    stages.add_argument("--analysis", metavar="NAME", help="analyser backend, e.g. descriptors or clap")
+    stages.add_argument("--writer", metavar="NAME", help="script writer backend, e.g. template or openai")
+    stages.add_argument("--generator", metavar="NAME", help="clip generator backend, e.g. animatic or wan")
+    stages.add_argument("--top-k", type=int, metavar="K", help="labels kept per group")
+    story = submit.add_argument_group("script inputs (passed to the writer as data)")
+    story.add_argument("--story", help="story or structure cues")
+    story.add_argument("--characters", help="characters: type and number")
+    story.add_argument("--style", help="stylistic wishes: palette, atmosphere")
+    video = submit.add_argument_group("video")
+    video.add_argument("--fps", type=int, help="frames per second of the final video")
+    video.add_argument("--size", metavar="WxH", help="frame size of the final video, e.g. 640x360")
+
+    jobs = commands.add_parser("jobs", parents=[connection], formatter_class=formatter,
+                               help="list your jobs on a gateway, newest first")
+    jobs.add_argument("--state", choices=("queued", "running", "succeeded", "failed", "cancelled"))
+    jobs.add_argument("--limit", type=int, default=20, help="most jobs to list")
+    status = commands.add_parser("status", parents=[connection], formatter_class=formatter,
+                                 help="show a job on a gateway")
+    status.add_argument("job_id", metavar="JOB_ID")
+    cancel = commands.add_parser("cancel", parents=[connection], formatter_class=formatter,
+                                 help="cancel a job on a gateway (finished clips are kept)")
+    cancel.add_argument("job_id", metavar="JOB_ID")
+
+
+def run_client_command(args: argparse.Namespace) -> int:
+    try:
+        token = os.environ.get("MVGEN_TOKEN", "").strip()
+        if not token:
+            raise UsageError("set MVGEN_TOKEN to your gateway token")
+        with grpc.insecure_channel(args.server) as channel:
+            gateway = Gateway(api_grpc.MusicVideoServiceStub(channel), token)
+            command = {"submit": submit, "jobs": list_jobs, "status": show_status, "cancel": cancel_job}[args.command]
+            return command(gateway, args)
+    except UsageError as exc:
+        return _fail(str(exc), EXIT_BAD_INPUT)
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            return _fail(f"cannot reach the gateway at {args.server}: {exc.details()}", EXIT_FAILED)
+        return _fail(exc.details() or exc.code().name, EXIT_BAD_INPUT if exc.code() in BAD_INPUT_CODES else EXIT_FAILED)
+    except OSError as exc:
+        return _fail(str(exc), EXIT_FAILED)
+
+
+class Gateway:
+    """The stub with the caller's token on every call."""
+
+    def __init__(self, stub: api_grpc.MusicVideoServiceStub, token: str):
+        self.stub = stub
+        self.metadata = (("authorization", f"Bearer {token}"),)
+
+
+# --- submit --------------------------------------------------------------------------------------------
+
+def submit(gateway: Gateway, args: argparse.Namespace) -> int:
+    song = Path(args.song)
+    if not song.is_file():
+        raise UsageError(f"{song}: no such file")
+    options = job_options(args)
+    started = time.monotonic()
+    uploaded = _retry_unavailable(lambda: gateway.stub.UploadSong(_upload_messages(song), metadata=gateway.metadata))
+    request = api_pb2.CreateJobRequest(request_id=str(uuid.uuid4()), song_id=uploaded.song.song_id, options=options)
+    job = _retry_unavailable(lambda: gateway.stub.CreateJob(request, metadata=gateway.metadata)).job
+    if args.detach:
+        print(job.job_id)
+        return 0
+    if not args.quiet:
+        print(f"mvgen: job {job.job_id} for {song.name} ({_clock(uploaded.song.duration_seconds)}) on {args.server}",
+              file=sys.stderr)
+    display = ProgressDisplay(enabled=not args.quiet)
+    try:
+        job = watch(gateway, job.job_id, ProgressTranslator(display).apply)
+    except KeyboardInterrupt:
+        display.close()
+        return _fail(f"stopped watching; the job goes on: mvgen status {job.job_id}, mvgen cancel {job.job_id}",
+                     EXIT_INTERRUPTED)
+    display.close()
+    if job.state == job_pb2.JOB_STATE_FAILED:
+        return _fail(f"job {job.job_id} failed: {job.error_message}", EXIT_FAILED)
+    if job.state == job_pb2.JOB_STATE_CANCELLED:
+        return _fail(f"job {job.job_id} was cancelled; finished clips are kept on the gateway", EXIT_FAILED)
+    result = gateway.stub.GetJob(api_pb2.GetJobRequest(job_id=job.job_id), metadata=gateway.metadata)
+    frames = sum(c.frame_count for c in job.clips)
+    summary = (f"{_clock(job.song.duration_seconds)}, {len(job.clips)} segments, {frames} frames at "
+               f"{job.options.fps} fps, made in {time.monotonic() - started:.1f} s  (job {job.job_id})")
+    if not result.video_url:
+        print(f"mvgen: the video is at {job.artifact_keys['video']} in the gateway's store, which gives no download "
+              f"URL (a local folder)  {summary}")
+        return 0
+    output = Path(args.output or f"{song.stem}-{job.job_id[:8]}.mp4")
+    download(result.video_url, output)
+    print(f"mvgen: {output}  {summary}")
+    return 0
+
+
+def job_options(args: argparse.Namespace) -> job_pb2.JobOptions:
+    """The options given on the command line; those left out stay unset and take the gateway's defaults."""
+    segmenter = stage_pb2.SegmenterParams()
+    for flag, field in (("segmenter", "segmenter"), ("min_segment", "min_seconds"), ("max_segment", "max_seconds"),
+                        ("beats_per_cut", "beats_per_cut"), ("novelty_threshold", "novelty_threshold"),
+                        ("random_min", "random_min_seconds"), ("random_max", "random_max_seconds")):
+        if getattr(args, flag) is not None:
+            setattr(segmenter, field, getattr(args, flag))
+    options = job_pb2.JobOptions(
+        segmenter=segmenter, analyzer=args.analysis or "", writer=args.writer or "", generator=args.generator or "",
+        top_k=args.top_k or 0, fps=args.fps or 0,
+        script_inputs=stage_pb2.ScriptInputs(story=args.story or "", characters=args.characters or "",
+                                             style=args.style or ""))
+    if args.pipeline:
+        options.pipeline = job_pb2.Pipeline.Value(f"PIPELINE_{args.pipeline.upper()}")
+    if args.seed is not None:
+        options.seed = segmenter.seed = args.seed
+    if args.size:
+        match = re.fullmatch(r"(\d+)x(\d+)", args.size.strip())
+        if not match:
+            raise UsageError(f"--size must look like 640x360, not {args.size!r}")
+        options.width, options.height = int(match[1]), int(match[2])
+    return options
+
+
+def _upload_messages(song: Path) -> Iterator[api_pb2.UploadSongRequest]:
+    digest = hashlib.sha256()
+    with song.open("rb") as file:
+        for block in iter(lambda: file.read(CHUNK_BYTES), b""):
+            digest.update(block)
+    content_type = mimetypes.guess_type(song.name)[0] or "application/octet-stream"
+    yield api_pb2.UploadSongRequest(metadata=api_pb2.UploadSongMetadata(
+        file_name=song.name, content_type=content_type, size_bytes=song.stat().st_size, sha256=digest.hexdigest()))
+    with song.open("rb") as file:
+        for block in iter(lambda: file.read(CHUNK_BYTES), b""):
+            yield api_pb2.UploadSongRequest(chunk=block)
+
+
+def watch(gateway: Gateway, job_id: str, on_message: Callable[[api_pb2.WatchJobResponse], None]) -> job_pb2.Job:
+    """Follow a job to its end; a lost stream is reopened, and its first snapshot brings us up to date."""
+    job = job_pb2.Job()
+    lost_since: float | None = None
+    while True:
+        try:
+            for message in gateway.stub.WatchJob(api_pb2.WatchJobRequest(job_id=job_id), metadata=gateway.metadata):
+                lost_since = None
+                apply_change(job, message)
+                on_message(message)
+            if job.state in TERMINAL:
+                return job
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+            lost_since = lost_since or time.monotonic()
+            if time.monotonic() - lost_since > RECONNECT_SECONDS:
+                raise
+            time.sleep(1.0)
+
+
+def apply_change(job: job_pb2.Job, message: api_pb2.WatchJobResponse) -> None:
+    """Bring `job` up to date with one WatchJob message (a snapshot, or one stage or clip)."""
+    kind = message.WhichOneof("event")
+    if kind == "job":
+        job.CopyFrom(message.job)
+    elif kind == "stage":
+        _replace(job.stages, lambda s: s.stage == message.stage.stage, message.stage)
+    elif kind == "clip":
+        _replace(job.clips, lambda c: c.index == message.clip.index, message.clip)
+
+
+def _replace(items: Any, matches: Callable[[Any], bool], new: Any) -> None:
+    for item in items:
+        if matches(item):
+            item.CopyFrom(new)
+            return
+    items.add().CopyFrom(new)
+
+
+class ProgressTranslator:
+    """Turns WatchJob messages into the JobEvents that `mvgen generate`'s progress display shows, so
+    a remote job looks like a local one. A reconnect's snapshot reports only what changed meanwhile."""
+
+    def __init__(self, display: ProgressDisplay):
+        self.display = display
+        self.job = job_pb2.Job()
+        self._stage_states: dict[int, int] = {}
+        self._clip_states: dict[int, int] = {}
+
+    def apply(self, message: api_pb2.WatchJobResponse) -> None:
+        apply_change(self.job, message)
+        kind = message.WhichOneof("event")
+        if kind == "job":
+            for stage in self.job.stages:
+                self._stage(stage)
+            for clip in self.job.clips:
+                self._clip(clip)
+        elif kind == "stage":
+            self._stage(message.stage)
+        elif kind == "clip":
+            self._clip(message.clip)
+
+    def _stage(self, stage: job_pb2.StageStatus) -> None:
+        if self._stage_states.get(stage.stage) == stage.state:
+            return
+        self._stage_states[stage.stage] = stage.state
+        name = STAGE_NAMES.get(stage.stage, "?")
+        if stage.state == job_pb2.STAGE_STATE_RUNNING:
+            self.display.on_event(JobEvent("stage", name, "running", detail={"clips": len(self.job.clips)}))
+        elif stage.state == job_pb2.STAGE_STATE_SUCCEEDED:
+            self.display.on_event(JobEvent("stage", name, "cached" if stage.cached else "succeeded",
+                                           detail=self._summary(name)))
+        elif stage.state == job_pb2.STAGE_STATE_FAILED:
+            self.display.on_event(JobEvent("stage", name, "failed", detail={"error": stage.error_message}))
+
+    def _clip(self, clip: job_pb2.ClipStatus) -> None:
+        previous = self._clip_states.get(clip.index)
+        self._clip_states[clip.index] = clip.state
+        if clip.state == job_pb2.CLIP_STATE_RUNNING:
+            if previous != job_pb2.CLIP_STATE_RUNNING:
+                self.display.on_event(JobEvent("clip", "video", "running", clip.index, 0.0,
+                                               {"frames": clip.frame_count}))
+            self.display.on_event(JobEvent("clip", "video", "progress", clip.index, clip.progress.fraction))
+        elif clip.state == job_pb2.CLIP_STATE_SUCCEEDED and previous != job_pb2.CLIP_STATE_SUCCEEDED:
+            self.display.on_event(JobEvent("clip", "video", "cached" if clip.cached else "succeeded", clip.index, 1.0))
+
+    def _summary(self, stage: str) -> dict[str, object]:
+        """What the progress display says about a finished stage, from what the Job tells."""
+        clips = len(self.job.clips)
+        return {"segmentation": {"segments": clips},
+                "scripting": {"scenes": clips, "writer": self.job.options.writer},
+                "video": {"clips": clips},
+                "assembly": {"frames": sum(c.frame_count for c in self.job.clips),
+                             "duration": self.job.song.duration_seconds, "clips_reencoded": "?"},
+                }.get(stage, {})
+
+
+def download(url: str, output: Path) -> None:
+    """Save `url` to `output`, whole or not at all."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(output.name + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, partial.open("wb") as file:
+            while block := response.read(CHUNK_BYTES):
+                file.write(block)
+        partial.replace(output)
+    except urllib.error.URLError as exc:
+        raise OSError(f"downloading the video failed: {exc.reason}") from None
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _retry_unavailable(call: Callable[[], T]) -> T:
+    for delay in (*RETRY_DELAYS, None):
+        try:
+            return call()
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or delay is None:
+                raise
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+# --- jobs, status, cancel ------------------------------------------------------------------------------
+
+def list_jobs(gateway: Gateway, args: argparse.Namespace) -> int:
+    state = job_pb2.JobState.Value(f"JOB_STATE_{args.state.upper()}") if args.state else 0
+    token, shown = "", 0
+    while shown < args.limit:
+        page = gateway.stub.ListJobs(api_pb2.ListJobsRequest(page_size=min(args.limit - shown, 100), page_token=token,
+                                                             state=state), metadata=gateway.metadata)
+        for job in page.jobs:
+            print(f"{job.job_id}  {_state(job.state):<9}  {job.create_time.ToDatetime():%Y-%m-%d %H:%M}  "
+                  f"{_clips_done(job):>7}  {job.song.file_name}")
+        shown += len(page.jobs)
+        token = page.next_page_token
+        if not token:
+            break
+    if not shown:
+        print("mvgen: no jobs", file=sys.stderr)
+    return 0
+
+
+def show_status(gateway: Gateway, args: argparse.Namespace) -> int:
+    result = gateway.stub.GetJob(api_pb2.GetJobRequest(job_id=args.job_id), metadata=gateway.metadata)
+    job = result.job
+    print(f"job {job.job_id}  {_state(job.state)}  {job.song.file_name} ({_clock(job.song.duration_seconds)})"
+          f"{'  ' + job.title if job.title else ''}")
+    for stage in job.stages:
+        state = job_pb2.StageState.Name(stage.state).removeprefix("STAGE_STATE_").lower()
+        print(f"  {STAGE_NAMES.get(stage.stage, '?'):<13} {state:<10} {stage.backend}"
+              f"{'  (cached)' if stage.cached else ''}{'  ' + stage.error_message if stage.error_message else ''}")
+    if job.clips:
+        print(f"  clips         {_clips_done(job)}")
+    if job.error_message:
+        print(f"  error: {job.error_message}")
+    if result.video_url:
+        print(f"  video: {result.video_url}")
+    elif "video" in job.artifact_keys:
+        print(f"  video: {job.artifact_keys['video']} (in the gateway's store)")
+    return 0
+
+
+def cancel_job(gateway: Gateway, args: argparse.Namespace) -> int:
+    job = gateway.stub.CancelJob(api_pb2.CancelJobRequest(job_id=args.job_id), metadata=gateway.metadata).job
+    if job.state == job_pb2.JOB_STATE_CANCELLED:
+        print(f"mvgen: job {job.job_id} cancelled; {_clips_done(job)} clips are kept")
+    else:
+        print(f"mvgen: job {job.job_id} had already ended: {_state(job.state)}")
+    return 0
+
+
+def _state(state: int) -> str:
+    return job_pb2.JobState.Name(state).removeprefix("JOB_STATE_").lower()
+
+
+def _clips_done(job: job_pb2.Job) -> str:
+    done = sum(c.state == job_pb2.CLIP_STATE_SUCCEEDED for c in job.clips)
+    return f"{done}/{len(job.clips)}" if job.clips else "-"
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds // 60)}:{seconds % 60:04.1f}"
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"mvgen: error: {message}", file=sys.stderr)
+    return code

@@ -1,0 +1,181 @@
+"""`mvgen submit | jobs | status | cancel` as a user runs them, against `python -m gateway.server` in
+its own process (stages in-process) with an S3 store (moto's server), so the video is downloaded.
+The gateway is also restarted under a watching `mvgen submit`, which reconnects and gets its video."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common.pb import job_pb2, music_video_service_pb2 as api_pb2, music_video_service_pb2_grpc as api_grpc
+from gateway.auth import token_digest
+from tests.media import audio_stream, probe_streams, tone, video_stream
+from tests.servers import FAST_RECONNECT, REPO_ROOT, free_port
+
+MVGEN = str(Path(sys.executable).parent / "mvgen")
+TOKEN = "token-of-the-cli-test"
+AUTH = (("authorization", f"Bearer {TOKEN}"),)
+SMALL = ["--segmenter", "random", "--seed", "2", "--fps", "12", "--size", "160x90"]
+
+
+class GatewayProcess:
+    """`python -m gateway.server` on a fixed loopback port, restartable; its output in `log`."""
+
+    def __init__(self, env: dict[str, str], log: Path):
+        self.port = free_port()
+        self.env = {**os.environ, **env, "MVGEN_HOST": "127.0.0.1", "MVGEN_PORT": str(self.port),
+                    "MVGEN_METRICS_PORT": str(free_port()), "MVGEN_GRACE_SECONDS": "2"}
+        self.log = log
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        with self.log.open("ab") as output:
+            self.process = subprocess.Popen([sys.executable, "-m", "gateway.server"], cwd=REPO_ROOT, env=self.env,
+                                            stdout=output, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        with grpc.insecure_channel(self.address, options=FAST_RECONNECT) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                assert self.process.poll() is None, f"the gateway exited:\n{self.log.read_text()}"
+                try:
+                    if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
+                            health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    time.sleep(0.1)
+        raise TimeoutError(f"the gateway did not serve within {timeout:.0f} s:\n{self.log.read_text()}")
+
+    def stop(self) -> int:
+        """SIGTERM: running jobs are left to resume, then the process exits; returns its exit code."""
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=30)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory) -> Iterator[GatewayProcess]:
+    from moto.server import ThreadedMotoServer
+
+    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    s3.start()
+    host, s3_port = s3.get_host_and_port()
+    env = {"MVGEN_STAGES": "inprocess", "MVGEN_GATEWAY_TOKENS_SHA256": token_digest(TOKEN), "MVGEN_STORE": "s3",
+           "MVGEN_S3_ENDPOINT": f"http://{host}:{s3_port}", "MVGEN_S3_BUCKET": "mvgen",
+           "MVGEN_S3_ACCESS_KEY": "test", "MVGEN_S3_SECRET_KEY": "test"}
+    running = GatewayProcess(env, tmp_path_factory.mktemp("gateway") / "gateway.log")
+    running.start()
+    try:
+        yield running
+        assert running.stop() == 0, running.log.read_text()
+    finally:
+        if running.process.poll() is None:
+            running.process.kill()
+        s3.stop()
+
+
+@pytest.fixture(scope="module")
+def songs(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("songs")
+    tone(folder / "song.wav", 12.0)
+    tone(folder / "long.wav", 60.0)
+    return folder
+
+
+def mvgen(*args: str, cwd: Path, token: str = TOKEN) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MVGEN_TOKEN": token}
+    return subprocess.run([MVGEN, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_submit_makes_and_downloads_the_video_then_jobs_and_status_show_it(gateway, songs, tmp_path):
+    done = mvgen("submit", str(songs / "song.wav"), "--server", gateway.address, "-o", "out/video.mp4", *SMALL,
+                 cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "mvgen: out/video.mp4" in done.stdout and "segments" in done.stdout
+    assert "✓ video" in done.stderr and "✓ assembly" in done.stderr  # the same progress lines as generate
+    info = probe_streams(tmp_path / "out/video.mp4")
+    assert video_stream(info)["width"] == 160 and audio_stream(info)["codec_name"] == "aac"
+    job_id = done.stdout.split("(job ")[1].split(")")[0]
+
+    listed = mvgen("jobs", "--server", gateway.address, cwd=tmp_path)
+    assert listed.returncode == 0 and f"{job_id}  succeeded" in listed.stdout
+    status = mvgen("status", job_id, "--server", gateway.address, cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert "succeeded" in status.stdout and "video: http://" in status.stdout
+    ended = mvgen("cancel", job_id, "--server", gateway.address, cwd=tmp_path)
+    assert ended.returncode == 0 and "already ended: succeeded" in ended.stdout
+
+
+def test_submit_follows_its_job_across_a_gateway_restart(gateway, songs, tmp_path):
+    submit = subprocess.Popen(
+        [MVGEN, "submit", str(songs / "long.wav"), "--server", gateway.address, "-o", "video.mp4", "--segmenter",
+         "random", "--seed", "4", "--fps", "24", "--size", "320x180"],
+        cwd=tmp_path, env={**os.environ, "MVGEN_TOKEN": TOKEN}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        with grpc.insecure_channel(gateway.address) as channel:
+            stub = api_grpc.MusicVideoServiceStub(channel)
+            job = wait_for(lambda: next((j for j in stub.ListJobs(api_pb2.ListJobsRequest(), metadata=AUTH).jobs
+                                         if j.state == job_pb2.JOB_STATE_RUNNING and clips_done(j) >= 1), None))
+        assert gateway.stop() == 0
+        gateway.start()
+        out, err = submit.communicate(timeout=120)
+    finally:
+        submit.kill()
+    assert submit.returncode == 0, err
+    assert f"resuming job {job.job_id}" in gateway.log.read_text()
+    assert "mvgen: video.mp4" in out and video_stream(probe_streams(tmp_path / "video.mp4"))["width"] == 320
+
+
+def wait_for(find, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while (found := find()) is None:
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+    return found
+
+
+def clips_done(job: job_pb2.Job) -> int:
+    return sum(c.state == job_pb2.CLIP_STATE_SUCCEEDED for c in job.clips)
+
+
+def test_cancel_a_detached_job(gateway, songs, tmp_path):
+    detached = mvgen("submit", str(songs / "long.wav"), "--server", gateway.address, "--detach",
+                     "--size", "320x180", cwd=tmp_path)
+    assert detached.returncode == 0, detached.stderr
+    job_id = detached.stdout.strip()
+    cancelled = mvgen("cancel", job_id, "--server", gateway.address, cwd=tmp_path)
+    assert cancelled.returncode == 0 and f"job {job_id} cancelled" in cancelled.stdout
+    status = mvgen("status", job_id, "--server", gateway.address, cwd=tmp_path)
+    assert f"job {job_id}  cancelled" in status.stdout
+
+
+def test_errors_are_one_line_with_the_right_exit_code(gateway, songs, tmp_path):
+    cases = (
+        (("jobs", "--server", gateway.address), "wrong-token", 2, "invalid token"),
+        (("jobs", "--server", gateway.address), "", 2, "MVGEN_TOKEN"),
+        (("status", "no-such-job", "--server", gateway.address), TOKEN, 1, "no job"),
+        (("submit", str(songs / "song.wav"), "--server", gateway.address, "--fps", "500"), TOKEN, 2, "fps"),
+        (("submit", "missing.wav", "--server", gateway.address), TOKEN, 2, "no such file"),
+        (("jobs", "--server", f"127.0.0.1:{free_port()}"), TOKEN, 1, "cannot reach the gateway"),
+    )
+    for args, token, code, says in cases:
+        done = mvgen(*args, cwd=tmp_path, token=token)
+        assert done.returncode == code, (args, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("mvgen: error: ") and says in lines[0], (args, done.stderr)

@@ -21,7 +21,7 @@ setup: $(VENV)/.installed ffmpeg-installed $(PB_DIR)/__init__.py
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q 'torch==2.13.0'
-	$(PY) -m pip install -q -e '.[grpc,models,dev]'
+	$(PY) -m pip install -q -e '.[models,dev]'
 	$(PY) -m pip install -q --no-deps 'tinysoundfont==0.3.7' 'msclap==1.3.4'
 	touch $@
 

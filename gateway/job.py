@@ -7,6 +7,7 @@ beside the artifacts, so a restarted process resumes a job by reading it back.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -116,12 +117,16 @@ def _jsonable(value: Any) -> Any:
 
 
 class Manifest:
-    """manifest.json, read and written through the store. Every change is saved at once."""
+    """manifest.json, read and written through the store. Every change is saved at once.
+
+    The async methods change the manifest on the event loop's thread and write it from a worker
+    thread, in order: a slow store (S3 retrying) never stalls the loop that serves progress."""
 
     def __init__(self, store: ArtifactStore, layout: JobLayout, data: dict[str, Any]):
         self.store = store
         self.layout = layout
         self.data = data
+        self._write_lock = asyncio.Lock()
 
     @classmethod
     def open(cls, store: ArtifactStore, layout: JobLayout, job_id: str, song: dict[str, Any],
@@ -136,8 +141,16 @@ class Manifest:
         return manifest
 
     def save(self) -> None:
+        self.store.put_bytes(self.layout.manifest, self._serialize())
+
+    async def save_async(self) -> None:
+        payload = self._serialize()  # a snapshot taken now; writes happen in the order of snapshots
+        async with self._write_lock:
+            await asyncio.to_thread(self.store.put_bytes, self.layout.manifest, payload)
+
+    def _serialize(self) -> bytes:
         self.data["updated_at"] = utc_now()
-        self.store.put_bytes(self.layout.manifest, (json.dumps(self.data, indent=2) + "\n").encode())
+        return (json.dumps(self.data, indent=2) + "\n").encode()
 
     def stage(self, name: str) -> dict[str, Any]:
         return self.data["stages"].setdefault(name, {"state": "pending"})
@@ -145,21 +158,22 @@ class Manifest:
     def clip(self, index: int) -> dict[str, Any]:
         return self.data["clips"].setdefault(f"{index:04d}", {"state": "pending"})
 
-    def is_fresh(self, record: dict[str, Any], fp: str) -> bool:
+    async def is_fresh(self, record: dict[str, Any], fp: str) -> bool:
         """True when `record` was produced from the same fingerprint and all its outputs still exist."""
         outputs = record.get("outputs", {})
-        return (record.get("state") == "succeeded" and record.get("fingerprint") == fp
-                and bool(outputs) and all(self.store.exists(k) for k in outputs.values()))
+        if record.get("state") != "succeeded" or record.get("fingerprint") != fp or not outputs:
+            return False
+        return await asyncio.to_thread(lambda: all(self.store.exists(k) for k in outputs.values()))
 
-    def mark(self, record: dict[str, Any], state: str, **fields: Any) -> None:
+    async def mark(self, record: dict[str, Any], state: str, **fields: Any) -> None:
         record["state"] = state
         record.update(fields)
-        self.save()
+        await self.save_async()
 
-    def finish(self, state: str, error: str | None = None) -> None:
+    async def finish(self, state: str, error: str | None = None) -> None:
         self.data["state"] = state
         self.data["error"] = error
-        self.save()
+        await self.save_async()
 
 
 def utc_now() -> str:

@@ -614,7 +614,7 @@ class JobRegistry:
                 except TransientError as exc:
                     log.warning("job %s waits for the stages: %s", view.record.job_id, exc)
                     await asyncio.sleep(STAGES_RETRY_SECONDS)
-            view.orchestrator = Orchestrator(self.store, self.stages, on_event=view.on_event)
+            view.orchestrator = Orchestrator(self.store, self.stages, on_event=view.on_event, share_outputs=True)
             await view.orchestrator.run(view.record.spec())
 
     def _settle(self, view: JobView, error: BaseException | None) -> None:

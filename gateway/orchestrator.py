@@ -70,19 +70,19 @@ class Orchestrator:
         self._cancelled.set()
 
     async def run(self, job: JobSpec) -> Manifest:
-        manifest = Manifest.open(self.store, job.layout, job.job_id, job.song, job.options)
+        manifest = await asyncio.to_thread(Manifest.open, self.store, job.layout, job.job_id, job.song, job.options)
         try:
             await self._run(job, manifest)
         except (JobCancelledError, asyncio.CancelledError):
-            manifest.finish("cancelled", "cancelled by the user")
+            await manifest.finish("cancelled", "cancelled by the user")
             raise
         except MvgenError as exc:
-            manifest.finish("failed", str(exc))
+            await manifest.finish("failed", str(exc))
             raise
         except BaseException as exc:
-            manifest.finish("failed", f"internal error: {exc!r}")
+            await manifest.finish("failed", f"internal error: {exc!r}")
             raise
-        manifest.finish("succeeded")
+        await manifest.finish("succeeded")
         return manifest
 
     async def _run(self, job: JobSpec, manifest: Manifest) -> None:
@@ -92,7 +92,7 @@ class Orchestrator:
         seg_fp = fingerprint("segmentation", song_fp, opts.segmenter)
         await self._stage(manifest, "segmentation", seg_fp, opts.segmenter.segmenter, lambda: self.stages.segment(
             SegmentRequest(job.song_key, opts.segmenter, layout.segments, layout.segments_text)))
-        segmentation = artifacts.Segmentation.from_dict(self._read_json(layout.segments))
+        segmentation = artifacts.Segmentation.from_dict(await self._read_json(layout.segments))
 
         labels_fp = fingerprint("analysis", seg_fp, opts.analyzer, opts.top_k)
         await self._stage(manifest, "analysis", labels_fp, opts.analyzer, lambda: self.stages.analyze(
@@ -103,7 +103,7 @@ class Orchestrator:
             WriteScriptRequest(layout.labels, layout.segments, opts.writer, layout.prompt, layout.script,
                           layout.script_text, opts.script_inputs, opts.seed)))
         # Read back, not taken from the stage's answer: a person may have edited script.json.
-        script = artifacts.Script.from_dict(self._read_json(layout.script))
+        script = artifacts.Script.from_dict(await self._read_json(layout.script))
 
         clip_fps = await self._clips(job, manifest, segmentation, script)
 
@@ -116,20 +116,20 @@ class Orchestrator:
     async def _stage(self, manifest: Manifest, name: str, fp: str, backend: str,
                      call: Callable[[], Awaitable[StageResult]]) -> None:
         record = manifest.stage(name)
-        if manifest.is_fresh(record, fp) or await self._reuse(manifest, record, fp):
+        if await manifest.is_fresh(record, fp) or await self._reuse(manifest, record, fp):
             self.on_event(JobEvent("stage", name, "cached", detail=record.get("info")))
             return
         self._check_cancelled()
         started = time.monotonic()
-        manifest.mark(record, "running", backend=backend, fingerprint=fp, started_at=utc_now())
+        await manifest.mark(record, "running", backend=backend, fingerprint=fp, started_at=utc_now())
         self.on_event(JobEvent("stage", name, "running"))
         try:
             result = await call()
         except BaseException as exc:
-            manifest.mark(record, "failed", error=str(exc), seconds=round(time.monotonic() - started, 3))
+            await manifest.mark(record, "failed", error=str(exc), seconds=round(time.monotonic() - started, 3))
             self.on_event(JobEvent("stage", name, "failed", detail={"error": str(exc)}))
             raise
-        manifest.mark(record, "succeeded", outputs=result.keys, info=result.info,
+        await manifest.mark(record, "succeeded", outputs=result.keys, info=result.info,
                       seconds=round(time.monotonic() - started, 3))
         await self._publish(manifest, fp, result)
         self.on_event(JobEvent("stage", name, "succeeded", detail=result.info))
@@ -153,7 +153,7 @@ class Orchestrator:
                                   script.characters, replace(req, song_key="", script_key="", clip_key=""))
             requests.append((req, clip_fp))
 
-        manifest.mark(stage, "running", backend=opts.generator, started_at=stage.get("started_at") or utc_now())
+        await manifest.mark(stage, "running", backend=opts.generator, started_at=stage.get("started_at") or utc_now())
         self.on_event(JobEvent("stage", "video", "running", detail={"clips": len(requests)}))
         started = time.monotonic()
         limit = ClipLimit(self.stages.clip_concurrency)
@@ -161,13 +161,13 @@ class Orchestrator:
 
         async def one(req: GenerateClipRequest, clip_fp: str) -> None:
             record = manifest.clip(req.index)
-            if manifest.is_fresh(record, clip_fp) or await self._reuse(manifest, record, clip_fp):
+            if await manifest.is_fresh(record, clip_fp) or await self._reuse(manifest, record, clip_fp):
                 self.on_event(JobEvent("clip", "video", "cached", req.index, 1.0, {"frames": req.frame_count}))
                 return
             async with limit:
                 self._check_cancelled()
                 clip_started = time.monotonic()
-                manifest.mark(record, "running", fingerprint=clip_fp, frames=req.frame_count)
+                await manifest.mark(record, "running", fingerprint=clip_fp, frames=req.frame_count)
                 self.on_event(JobEvent("clip", "video", "running", req.index, 0.0, {"frames": req.frame_count}))
 
                 def progress(fraction: float) -> None:
@@ -176,9 +176,9 @@ class Orchestrator:
                 try:
                     result = await self.stages.generate_clip(req, progress, self._cancelled.is_set)
                 except BaseException as exc:
-                    manifest.mark(record, "failed", error=str(exc))
+                    await manifest.mark(record, "failed", error=str(exc))
                     raise
-                manifest.mark(record, "succeeded", outputs=result.keys,
+                await manifest.mark(record, "succeeded", outputs=result.keys,
                               seconds=round(time.monotonic() - clip_started, 3))
                 await self._publish(manifest, clip_fp, result)
                 generated.append(req.index)
@@ -191,10 +191,10 @@ class Orchestrator:
             # One clip failed or the job was cancelled: stop the others, keep what finished.
             self._cancelled.set()
             await asyncio.gather(*tasks, return_exceptions=True)
-            manifest.mark(stage, "failed", error=str(exc))
+            await manifest.mark(stage, "failed", error=str(exc))
             raise
         info = {"clips": len(requests), "generated": len(generated)}
-        manifest.mark(stage, "succeeded", seconds=round(time.monotonic() - started, 3), info=info)
+        await manifest.mark(stage, "succeeded", seconds=round(time.monotonic() - started, 3), info=info)
         self.on_event(JobEvent("stage", "video", "succeeded" if generated else "cached", detail=info))
         return [fp for _, fp in requests]
 
@@ -207,30 +207,33 @@ class Orchestrator:
         """Copy another job's outputs of the same fingerprint into this job, if there are any."""
         if not self.share_outputs:
             return False
-        return await asyncio.to_thread(self._reuse_blocking, manifest, record, fp)
+        found = await asyncio.to_thread(self._copy_shared_outputs, manifest.layout, fp)
+        if found is None:
+            return False
+        outputs, info, source = found
+        await manifest.mark(record, "succeeded", fingerprint=fp, outputs=outputs, info=info, reused_from=source)
+        return True
 
-    def _reuse_blocking(self, manifest: Manifest, record: dict[str, Any], fp: str) -> bool:
+    def _copy_shared_outputs(self, layout: JobLayout, fp: str) -> tuple[dict[str, str], dict[str, Any], str] | None:
         try:
             entry = json.loads(self.store.get_bytes(shared_output_key(fp)))
         except KeyError:
-            return False
+            return None
         prefix, outputs = entry["prefix"], entry["outputs"]
         if not all(key.startswith(prefix) and self.store.exists(key) for key in outputs.values()):
-            return False
-        copied = {name: manifest.layout.key(key[len(prefix):]) for name, key in outputs.items()}
+            return None
+        copied = {name: layout.key(key[len(prefix):]) for name, key in outputs.items()}
         for name, key in outputs.items():
             if key != copied[name]:
                 self.store.copy(key, copied[name])
-        manifest.mark(record, "succeeded", fingerprint=fp, outputs=copied, info=entry.get("info", {}),
-                      reused_from=prefix)
-        return True
+        return copied, entry.get("info", {}), prefix
 
     def _check_cancelled(self) -> None:
         if self._cancelled.is_set():
             raise JobCancelledError("the job was cancelled")
 
-    def _read_json(self, key: str) -> dict[str, Any]:
-        return json.loads(self.store.get_bytes(key))
+    async def _read_json(self, key: str) -> dict[str, Any]:
+        return json.loads(await asyncio.to_thread(self.store.get_bytes, key))
 
 
 def shared_output_key(fp: str) -> str:

@@ -26,6 +26,7 @@ import grpc
 from services.common.pb import job_pb2, stage_pb2
 from services.common.pb import music_video_service_pb2 as api_pb2
 from services.common.pb import music_video_service_pb2_grpc as api_grpc
+from services.common.transport.convert import info_from_struct
 from gateway.orchestrator import JobEvent
 from gateway.progress import ProgressDisplay
 
@@ -275,7 +276,7 @@ class ProgressTranslator:
             self.display.on_event(JobEvent("stage", name, "running", detail={"clips": len(self.job.clips)}))
         elif stage.state == job_pb2.STAGE_STATE_SUCCEEDED:
             self.display.on_event(JobEvent("stage", name, "cached" if stage.cached else "succeeded",
-                                           detail=self._summary(name)))
+                                           detail=info_from_struct(stage.info)))
         elif stage.state == job_pb2.STAGE_STATE_FAILED:
             self.display.on_event(JobEvent("stage", name, "failed", detail={"error": stage.error_message}))
 
@@ -289,16 +290,6 @@ class ProgressTranslator:
             self.display.on_event(JobEvent("clip", "video", "progress", clip.index, clip.progress.fraction))
         elif clip.state == job_pb2.CLIP_STATE_SUCCEEDED and previous != job_pb2.CLIP_STATE_SUCCEEDED:
             self.display.on_event(JobEvent("clip", "video", "cached" if clip.cached else "succeeded", clip.index, 1.0))
-
-    def _summary(self, stage: str) -> dict[str, object]:
-        """What the progress display says about a finished stage, from what the Job tells."""
-        clips = len(self.job.clips)
-        return {"segmentation": {"segments": clips},
-                "scripting": {"scenes": clips, "writer": self.job.options.writer},
-                "video": {"clips": clips},
-                "assembly": {"frames": sum(c.frame_count for c in self.job.clips),
-                             "duration": self.job.song.duration_seconds, "clips_reencoded": "?"},
-                }.get(stage, {})
 
 
 def download(url: str, output: Path) -> None:

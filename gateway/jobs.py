@@ -259,6 +259,8 @@ class JobView:
             if name != "video":
                 job.artifact_keys.update(record.get("outputs", {}))
             status.error_message = (record.get("error") or "") if status.state == job_pb2.STAGE_STATE_FAILED else ""
+            status.info.Clear()
+            status.info.update(record.get("info") or {})
             if record.get("started_at") and not status.HasField("start_time"):
                 status.start_time.FromJsonString(record["started_at"])
             if (status.state in (job_pb2.STAGE_STATE_SUCCEEDED, job_pb2.STAGE_STATE_FAILED)

@@ -76,7 +76,10 @@ def result_to_message(result: StageResult, message_type: type[M]) -> M:
 
 
 def result_from_message(message: Message) -> StageResult:
-    info = json_format.MessageToDict(message.info)  # type: ignore[attr-defined]
+    return StageResult(keys=dict(message.keys), info=info_from_struct(message.info))  # type: ignore[attr-defined]
+
+
+def info_from_struct(struct: Message) -> dict[str, Any]:
+    info = json_format.MessageToDict(struct)
     # Struct carries every number as a double: give whole numbers back their integer form.
-    info = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in info.items()}
-    return StageResult(keys=dict(message.keys), info=info)  # type: ignore[attr-defined]
+    return {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in info.items()}

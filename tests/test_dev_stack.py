@@ -1,0 +1,188 @@
+"""`make dev-up` / `make dev-down` (tools/dev_stack.py): the whole system on loopback, moto for MinIO.
+
+The stack is started the way `make dev-up` starts it (the CLI, in a process of its own, so the
+services outlive it) on free ports, checked, and stopped the way `make dev-down` stops it (from
+the state file alone). The gateway is included when gateway/server.py exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+from services.common.s3_store import S3ArtifactStore
+from services.common.settings import StoreSettings
+from tools.dev_stack import STAGES, DevStack, DevStackError, _is_running, check_health, gateway_available
+
+REPO = Path(__file__).resolve().parents[1]
+GRPC_PROCESSES = [*STAGES, "gateway"]
+
+
+def dev_stack_cli(base_dir: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tools.dev_stack", "--base-dir", str(base_dir), *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    base_dir = tmp_path_factory.mktemp("dev-stack")
+    up = dev_stack_cli(base_dir, "up", "--free-ports")
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        state = json.loads((base_dir / "state.json").read_text())
+        yield base_dir, state, up
+    finally:
+        DevStack(base_dir).stop(grace_seconds=5)  # whatever the tests did, nothing is left running
+
+
+def store_of(state: dict) -> S3ArtifactStore:
+    s3 = state["s3"]
+    return S3ArtifactStore(StoreSettings(kind="s3", root="", endpoint=s3["endpoint"], bucket=s3["bucket"],
+                                         access_key=s3["access_key"], secret_key=s3["secret_key"],
+                                         region=s3["region"], secure=False))
+
+
+def test_up_says_how_to_submit_a_song(stack):
+    _, state, up = stack
+    if gateway_available():
+        server = state["gateway"]["server"]
+        assert f"MVGEN_TOKEN={state['gateway']['token']} .venv/bin/mvgen submit song.wav --server {server}" in up.stdout
+    else:
+        assert "gateway/server.py does not exist yet" in up.stderr
+        assert state["gateway"] is None and "gateway" in state["skipped"]
+    assert "make dev-down" in up.stdout
+
+
+def test_state_file_records_every_process_and_is_private(stack):
+    base_dir, state, _ = stack
+    assert stat.S_IMODE((base_dir / "state.json").stat().st_mode) == 0o600  # it holds the token and keys
+    expected = {"s3", *STAGES} | ({"gateway"} if gateway_available() else set())
+    assert set(state["processes"]) == expected
+    ports = [p["port"] for p in state["processes"].values()]
+    assert len(set(ports)) == len(ports)
+    for name, entry in state["processes"].items():
+        assert _is_running(entry["pid"]), name
+        assert Path(entry["log"]).parent == base_dir / "logs"
+        assert entry["address"] == f"127.0.0.1:{entry['port']}"  # loopback only
+    assert (base_dir / ".gitignore").read_text() == "*\n"
+
+
+def test_every_service_is_serving_and_reflects_its_service(stack):
+    _, state, _ = stack
+    for name in GRPC_PROCESSES:
+        if name not in state["processes"]:
+            continue
+        entry = state["processes"][name]
+        assert check_health(entry["address"]) == "SERVING", name
+        assert check_health(entry["address"], entry["service"]) == "SERVING", name
+        with grpc.insecure_channel(entry["address"]) as channel:
+            services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+        assert {entry["service"], "grpc.health.v1.Health"} <= services, (name, services)
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads the environment from /proc")
+def test_every_service_is_configured_for_the_moto_store(stack):
+    _, state, _ = stack
+    for name in GRPC_PROCESSES:
+        if name not in state["processes"]:
+            continue
+        raw = Path(f"/proc/{state['processes'][name]['pid']}/environ").read_bytes().split(b"\0")
+        env = dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+        assert env["MVGEN_STORE"] == "s3", name
+        assert env["MVGEN_S3_ENDPOINT"] == state["s3"]["endpoint"], name
+        assert env["MVGEN_S3_BUCKET"] == state["s3"]["bucket"], name
+        assert env["MVGEN_HOST"] == "127.0.0.1", name
+    if "gateway" in state["processes"]:
+        raw = Path(f"/proc/{state['processes']['gateway']['pid']}/environ").read_bytes().split(b"\0")
+        env = dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+        for stage in STAGES:
+            assert env[f"MVGEN_{stage.upper()}_ADDR"] == state["processes"][stage]["address"]
+        assert state["gateway"]["token"] not in env["MVGEN_GATEWAY_TOKENS_SHA256"]  # a digest, never the token
+
+
+def test_an_object_written_through_moto_is_readable(stack):
+    _, state, _ = stack
+    store = store_of(state)
+    store.put_bytes("dev-stack-test/hello.txt", b"hello from the dev stack")
+    assert store_of(state).get_bytes("dev-stack-test/hello.txt") == b"hello from the dev stack"
+    assert store.exists("dev-stack-test/hello.txt")
+    assert "dev-stack-test/hello.txt" in store.list("dev-stack-test/")
+
+
+@pytest.mark.skipif(not gateway_available(), reason="gateway/server.py does not exist yet")
+def test_the_gateway_accepts_the_printed_dev_token_only(stack):
+    from services.common.pb import music_video_service_pb2 as api_pb2
+    from services.common.pb import music_video_service_pb2_grpc as api_grpc
+
+    _, state, _ = stack
+    with grpc.insecure_channel(state["gateway"]["address"]) as channel:
+        gateway = api_grpc.MusicVideoServiceStub(channel)
+        gateway.ListJobs(api_pb2.ListJobsRequest(), timeout=10,
+                         metadata=(("authorization", f"Bearer {state['gateway']['token']}"),))
+        with pytest.raises(grpc.RpcError) as refused:
+            gateway.ListJobs(api_pb2.ListJobsRequest(), timeout=10,
+                             metadata=(("authorization", "Bearer not-the-dev-token"),))
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_second_up_is_refused_while_the_stack_runs(stack):
+    base_dir, state, _ = stack
+    again = dev_stack_cli(base_dir, "up", "--free-ports", timeout=60)
+    assert again.returncode == 1
+    assert "already running" in again.stderr
+    assert json.loads((base_dir / "state.json").read_text())["processes"] == state["processes"]
+
+
+def test_down_stops_every_process(stack):
+    # Last in this module: `make dev-down` works from the state file alone (the processes are not
+    # its children), SIGTERM first.
+    base_dir, state, _ = stack
+    down = dev_stack_cli(base_dir, "down", timeout=120)
+    assert down.returncode == 0, down.stdout + down.stderr
+    for name, entry in state["processes"].items():
+        assert not _is_running(entry["pid"]), f"{name} (pid {entry['pid']}) still runs"
+        assert f"{name}" in down.stdout
+    assert "killed" not in down.stdout, down.stdout  # every service drained and exited on SIGTERM
+    assert not (base_dir / "state.json").exists()
+    again = dev_stack_cli(base_dir, "down", timeout=60)
+    assert again.returncode == 0 and "nothing to stop" in again.stdout
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="lists child processes through /proc")
+def test_a_service_that_cannot_start_is_reported_and_nothing_is_left_running(tmp_path):
+    # An invalid port makes segmentation exit at once: start() must say so, with its log, and stop
+    # what it had started (moto and the other services).
+    stack = DevStack(tmp_path / "stack", free_ports=True, with_gateway=False, startup_timeout=120,
+                     env={"segmentation": {"MVGEN_PORT": "not-a-port"}})
+    started = time.monotonic()
+    with pytest.raises(DevStackError, match=r"(?s)segmentation exited .*MVGEN_PORT must be an integer"):
+        stack.start()
+    assert time.monotonic() - started < 60
+    assert stack.load_state() is None
+    logs = sorted(p.stem for p in (tmp_path / "stack" / "logs").iterdir())
+    assert "s3" in logs and "segmentation" in logs
+    for proc in live_children():
+        assert "services." not in proc and "moto.server" not in proc, proc
+
+
+def live_children() -> list[str]:
+    """Command lines of this process's live children (from /proc, without psutil)."""
+    me = str(os.getpid())
+    found = []
+    for status in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = status.read_text().rsplit(")", 1)[1].split()
+            if fields[1] == me and fields[0] != "Z":
+                found.append((status.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except (OSError, IndexError):
+            continue
+    return found

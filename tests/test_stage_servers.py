@@ -116,9 +116,16 @@ def test_sigterm_stops_serving_and_lets_the_clip_in_flight_finish(servers, store
         reader.start()
         video.process.terminate()
         health = health_pb2_grpc.HealthStub(channel)
+
+        def serving_now() -> bool:
+            try:
+                return health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == \
+                    health_pb2.HealthCheckResponse.SERVING
+            except grpc.RpcError:  # NOT_SERVING was said, and now new calls are refused
+                return False
+
         deadline = time.monotonic() + 10
-        while health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == \
-                health_pb2.HealthCheckResponse.SERVING:
+        while serving_now():
             assert time.monotonic() < deadline, "still SERVING 10 s after SIGTERM"
             time.sleep(0.05)
         reader.join(timeout=120)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import urllib.request
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -88,3 +89,9 @@ def test_an_unreachable_store_is_retried_then_reported_as_transient():
     store = S3ArtifactStore(settings_for(f"127.0.0.1:{free_port()}"), retry_delays=(0.05, 0.1))
     with pytest.raises(TransientError, match="unreachable after 3 tries"):
         store.get_bytes("jobs/a/manifest.json")
+
+
+def test_presigned_urls_name_the_public_endpoint(s3_endpoint):
+    settings = replace(settings_for(s3_endpoint), public_endpoint="https://media.example.org")
+    url = S3ArtifactStore(settings).presigned_get("jobs/a/final.mp4", expires=timedelta(minutes=5))
+    assert url.startswith("https://media.example.org/mvgen-test/jobs/a/final.mp4?")

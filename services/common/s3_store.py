@@ -33,15 +33,14 @@ NOT_FOUND = ("NoSuchKey", "NoSuchObject", "NoSuchBucket")
 
 class S3ArtifactStore(ArtifactStore):
     def __init__(self, settings: StoreSettings, retry_delays: tuple[float, ...] = RETRY_DELAYS):
-        parsed = urlparse(settings.endpoint if "://" in settings.endpoint else f"//{settings.endpoint}")
-        secure = parsed.scheme == "https" if parsed.scheme else settings.secure
         self.bucket = settings.bucket
         self.retry_delays = retry_delays
         # Short timeouts and no urllib3 retries: our own retry loop decides, and a dead store is seen quickly.
         http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=3.0, read=60.0), retries=False, maxsize=16)
-        self.client = Minio(parsed.netloc, access_key=settings.access_key or None,
-                            secret_key=settings.secret_key or None, secure=secure,
-                            region=settings.region, http_client=http)
+        self.client = _client(settings, settings.endpoint, http)
+        # A presigned URL's signature covers its host: sign for the address clients use (e.g. a
+        # public name), not the in-cluster one. Signing needs no network call.
+        self.signer = _client(settings, settings.public_endpoint or settings.endpoint, http)
 
     def ensure_bucket(self) -> None:
         if not self._retry(lambda: self.client.bucket_exists(self.bucket)):
@@ -88,10 +87,10 @@ class S3ArtifactStore(ArtifactStore):
             self.bucket, prefix=prefix, recursive=True)]))
 
     def presigned_get(self, key: str, expires: timedelta) -> str:
-        return self.client.presigned_get_object(self.bucket, check_key(key), expires=expires)
+        return self.signer.presigned_get_object(self.bucket, check_key(key), expires=expires)
 
     def presigned_put(self, key: str, expires: timedelta) -> str:
-        return self.client.presigned_put_object(self.bucket, check_key(key), expires=expires)
+        return self.signer.presigned_put_object(self.bucket, check_key(key), expires=expires)
 
     def _retry(self, call: Callable[[], T]) -> T:
         for attempt, delay in enumerate((*self.retry_delays, None)):
@@ -109,6 +108,13 @@ class S3ArtifactStore(ArtifactStore):
                     raise TransientError(f"object store unreachable after {attempt + 1} tries: {exc}") from exc
             time.sleep(delay)
         raise AssertionError("unreachable")
+
+
+def _client(settings: StoreSettings, endpoint: str, http: urllib3.PoolManager) -> Minio:
+    parsed = urlparse(endpoint if "://" in endpoint else f"//{endpoint}")
+    secure = parsed.scheme == "https" if parsed.scheme else settings.secure
+    return Minio(parsed.netloc, access_key=settings.access_key or None, secret_key=settings.secret_key or None,
+                 secure=secure, region=settings.region, http_client=http)
 
 
 def _transient_s3(exc: S3Error) -> bool:

@@ -59,6 +59,7 @@ class StoreSettings:
     secret_key: str  # MVGEN_S3_SECRET_KEY
     region: str  # MVGEN_S3_REGION
     secure: bool  # MVGEN_S3_SECURE: TLS to the endpoint when no scheme is given
+    public_endpoint: str = ""  # MVGEN_S3_PUBLIC_ENDPOINT: the store as clients reach it, for presigned URLs
 
     @classmethod
     def from_env(cls) -> StoreSettings:
@@ -66,6 +67,7 @@ class StoreSettings:
             kind=env_str("MVGEN_STORE", "local"),
             root=env_str("MVGEN_STORE_ROOT", "./mvgen-store"),
             endpoint=env_str("MVGEN_S3_ENDPOINT", "localhost:9000"),
+            public_endpoint=env_str("MVGEN_S3_PUBLIC_ENDPOINT", env_str("MVGEN_S3_ENDPOINT", "localhost:9000")),
             bucket=env_str("MVGEN_S3_BUCKET", "mvgen"),
             access_key=os.environ.get("MVGEN_S3_ACCESS_KEY", ""),
             secret_key=os.environ.get("MVGEN_S3_SECRET_KEY", ""),

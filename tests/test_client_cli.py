@@ -179,3 +179,14 @@ def test_errors_are_one_line_with_the_right_exit_code(gateway, songs, tmp_path):
         assert done.returncode == code, (args, done.stderr)
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("mvgen: error: ") and says in lines[0], (args, done.stderr)
+
+
+def test_the_readme_python_example_makes_a_video(gateway, songs, tmp_path):
+    example = REPO_ROOT / "examples" / "python_client.py"
+    assert example.read_text() in (REPO_ROOT / "README.md").read_text(), "README must show the example verbatim"
+    env = {**os.environ, "MVGEN_TOKEN": TOKEN, "MVGEN_SERVER": gateway.address, "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run([sys.executable, str(example), str(songs / "song.wav"), "video.mp4"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert "job JOB_STATE_SUCCEEDED" in done.stdout and "clip 0 done" in done.stdout
+    assert video_stream(probe_streams(tmp_path / "video.mp4"))["width"] == 640

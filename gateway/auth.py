@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import inspect
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import grpc
 
 from services.common.errors import InvalidInputError
+from services.common.transport.errors import rewrap_handler
 
 CLIENT_ID_HEX_DIGITS = 12
 # Probes and tooling (kubelet, grpcurl) must work without a token.
@@ -88,24 +88,6 @@ class Authenticator:
         return self.client_id(context.invocation_metadata())
 
 
-Behavior = Callable[..., Any]
-
-
-def rewrap_handler(handler: grpc.RpcMethodHandler, unary: Callable[[Behavior], Behavior],
-                   stream: Callable[[Behavior], Behavior]) -> grpc.RpcMethodHandler:
-    """The same kind of handler, its behavior passed through `unary` (a coroutine: unary responses, and
-    streams written with context.write() like health's Watch) or `stream` (an async generator)."""
-    kwargs = {"request_deserializer": handler.request_deserializer,
-              "response_serializer": handler.response_serializer}
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **kwargs)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), **kwargs)
-    behavior = handler.unary_stream or handler.stream_stream
-    wrapped = stream(behavior) if inspect.isasyncgenfunction(behavior) else unary(behavior)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(wrapped, **kwargs)
-    return grpc.stream_stream_rpc_method_handler(wrapped, **kwargs)
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):

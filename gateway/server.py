@@ -19,7 +19,7 @@ import signal
 import sys
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -42,7 +42,7 @@ from services.common.settings import StoreSettings, env_float, env_int, env_list
 from services.common.store import ArtifactStore, open_store
 from services.common.transport.errors import ErrorMappingInterceptor
 from services.common.transport.server import NOT_SERVING, SERVING, configure_logging
-from gateway.auth import AuthInterceptor, Authenticator, Behavior, load_token_digests, rewrap_handler
+from gateway.auth import AuthInterceptor, Authenticator, load_token_digests
 from gateway.jobs import (
     AlreadyExistsError,
     BackendChoices,
@@ -332,41 +332,6 @@ STATUS_BY_GATEWAY_ERROR = ((NotFoundError, grpc.StatusCode.NOT_FOUND),
                            (PreconditionError, grpc.StatusCode.FAILED_PRECONDITION))
 
 
-class GatewayErrorInterceptor(grpc.aio.ServerInterceptor):
-    """The public API's codes that the stages' error vocabulary lacks (services/common/errors.py)."""
-
-    async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]],
-                                details: grpc.HandlerCallDetails) -> Any:
-        handler = await continuation(details)
-        if handler is None:
-            return None
-
-        def unary(behavior: Behavior) -> Behavior:
-            async def mapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                try:
-                    return await behavior(request, context)
-                except (NotFoundError, AlreadyExistsError, PreconditionError) as exc:
-                    await context.abort(_gateway_status(exc), str(exc))
-
-            return mapped
-
-        def stream(behavior: Behavior) -> Behavior:
-            async def mapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                try:
-                    async for response in behavior(request, context):
-                        yield response
-                except (NotFoundError, AlreadyExistsError, PreconditionError) as exc:
-                    await context.abort(_gateway_status(exc), str(exc))
-
-            return mapped
-
-        return rewrap_handler(handler, unary, stream)
-
-
-def _gateway_status(exc: Exception) -> grpc.StatusCode:
-    return next(code for error_type, code in STATUS_BY_GATEWAY_ERROR if isinstance(exc, error_type))
-
-
 # --- the server ----------------------------------------------------------------------------------------
 
 class GatewayServer:
@@ -385,7 +350,7 @@ class GatewayServer:
         authenticator = Authenticator(settings.token_digests)
         self.server = grpc.aio.server(interceptors=[
             MetricsInterceptor(self.metrics), AuthInterceptor(authenticator),
-            ErrorMappingInterceptor(), GatewayErrorInterceptor()])
+            ErrorMappingInterceptor(extra=STATUS_BY_GATEWAY_ERROR)])
         songs = SongLibrary(store, settings.max_upload_bytes, settings.max_song_seconds)
         api_grpc.add_MusicVideoServiceServicer_to_server(
             MusicVideoServicer(settings, store, self.registry, songs, authenticator), self.server)

@@ -10,19 +10,22 @@ import argparse
 import asyncio
 import hashlib
 import logging
+import os
 import re
 import shutil
 import sys
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 from services.common import audio
 from services.common.errors import InvalidInputError, JobCancelledError, MvgenError
 from services.common.stage_api import ScriptInputs, SegmenterParams
 from services.common.store import LocalArtifactStore
+from services.common.vocabulary import PROMPTS_DIR
 from gateway.client import COMMANDS as CLIENT_COMMANDS, add_client_commands, run_client_command
-from gateway.job import JobLayout, JobOptions
+from gateway.job import JobLayout, JobOptions, backend_config_digest
 from gateway.orchestrator import JobSpec, Orchestrator
 from gateway.progress import ProgressDisplay
 
@@ -74,7 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     stages = gen.add_argument_group("stages")
     stages.add_argument("--analysis", default="descriptors", metavar="NAME",
-                        help="analyser: descriptors (librosa measures, CPU)")
+                        help="analyser: descriptors (librosa measures, CPU) or clap (msclap zero-shot labels)")
+    stages.add_argument("--clap-weights", metavar="PATH",
+                        help="CLAP checkpoint (.pth, or a folder with it and its config.yml) for --analysis clap "
+                             "(default: $MVGEN_CLAP_WEIGHTS)")
     stages.add_argument("--writer", default="template", metavar="NAME",
                         help="script writer: template (deterministic, no model)")
     stages.add_argument("--generator", default="animatic", metavar="NAME",
@@ -125,6 +131,9 @@ def generate(args: argparse.Namespace) -> int:
         analyzer=args.analysis, writer=args.writer, generator=args.generator,
         script_inputs=ScriptInputs(story=args.story, characters=args.characters, style=args.style),
         seed=args.seed, top_k=args.top_k, fps=args.fps, width=width, height=height)
+    if args.clap_weights:
+        os.environ["MVGEN_CLAP_WEIGHTS"] = args.clap_weights  # read by the CLAP backend when it loads
+    options = replace(options, backend_config=backend_config_digest(PROMPTS_DIR, os.environ))
     _check_options(options, args)
 
     info = audio.probe(song_path, max_seconds=args.max_duration)  # before anything is written

@@ -94,7 +94,7 @@ class Orchestrator:
             SegmentRequest(job.song_key, opts.segmenter, layout.segments, layout.segments_text)))
         segmentation = artifacts.Segmentation.from_dict(await self._read_json(layout.segments))
 
-        labels_fp = fingerprint("analysis", seg_fp, opts.analyzer, opts.top_k)
+        labels_fp = fingerprint("analysis", seg_fp, opts.analyzer, opts.top_k, opts.backend_config)
         await self._stage(manifest, "analysis", labels_fp, opts.analyzer, lambda: self.stages.analyze(
             AnalyzeRequest(job.song_key, layout.segments, opts.analyzer, layout.labels, opts.top_k)))
 
@@ -150,7 +150,8 @@ class Orchestrator:
             # The clip depends on its own scene and the shared style, not on the rest of the script,
             # nor on where this job keeps its files.
             clip_fp = fingerprint("video", job.song["sha256"], scenes[segment.index].text, script.style,
-                                  script.characters, replace(req, song_key="", script_key="", clip_key=""))
+                                  script.characters, replace(req, song_key="", script_key="", clip_key=""),
+                                  opts.backend_config)
             requests.append((req, clip_fp))
 
         await manifest.mark(stage, "running", backend=opts.generator, started_at=stage.get("started_at") or utc_now())

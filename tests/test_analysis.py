@@ -237,7 +237,7 @@ def test_stage_refuses_analyzers_it_does_not_run(tmp_path):
     stage.load()
     with pytest.raises(InvalidInputError, match="analysis backend 'clap' is not enabled here; choose one of: descriptors"):
         stage.run(AnalyzeRequest("song.wav", "segments.json", "clap", "labels.json"))
-    with pytest.raises(InvalidInputError, match="choose one of: descriptors"):
+    with pytest.raises(InvalidInputError, match="choose one of: clap, descriptors"):
         AnalysisStage(store, enabled=("descriptors", "nope"))
 
 

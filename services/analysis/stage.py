@@ -6,7 +6,7 @@ Reads the song and segments.json from the store, runs the requested analyser, wr
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from services.analysis.analyzer import Analyzer
 from services.analysis.descriptors import DescriptorAnalyzer
@@ -18,7 +18,14 @@ from services.common.lifecycle import BackendSet
 from services.common.stage_api import AnalyzeRequest, StageResult
 from services.common.store import ArtifactStore
 
-ANALYZERS: dict[str, type[Analyzer]] = {"descriptors": DescriptorAnalyzer}
+
+def _clap_analyzer() -> Analyzer:
+    from services.analysis.clap import ClapAnalyzer  # torch and msclap are imported only where clap is enabled
+
+    return ClapAnalyzer()
+
+
+ANALYZERS: dict[str, Callable[[], Analyzer]] = {"descriptors": DescriptorAnalyzer, "clap": _clap_analyzer}
 
 
 class AnalysisStage:
@@ -36,12 +43,14 @@ class AnalysisStage:
     def run(self, req: AnalyzeRequest) -> StageResult:
         analyzer = self.analyzers.get(req.analyzer)
         segmentation = _read_segmentation(self.store, req.segments_key)
+        # A model hears audio at its own rate (CLAP: 44.1 kHz); decoding there keeps what the default rate would cut.
+        sample_rate = getattr(analyzer, "sample_rate", ANALYSIS_SAMPLE_RATE)
         try:
             with self.store.local_path(req.song_key) as path:
-                samples = decode(path, sample_rate=ANALYSIS_SAMPLE_RATE)
+                samples = decode(path, sample_rate=sample_rate)
         except KeyError as exc:
             raise InvalidInputError(f"no song at {req.song_key!r}") from exc
-        labels = analyzer.analyze(samples, ANALYSIS_SAMPLE_RATE, segmentation, req.top_k)
+        labels = analyzer.analyze(samples, sample_rate, segmentation, req.top_k)
         self.store.put_bytes(req.labels_key, artifacts.dumps(labels))
         return StageResult(
             keys={"labels": req.labels_key},

@@ -1,0 +1,98 @@
+"""The `clap` analyser's speed on this machine's CPU, for `make bench` (bench/run.py calls `clap_rows`).
+
+The checkpoint is built here with random weights (tools/tiny_clap.py): HTSAT, the audio encoder, at
+its real size and the real projections, so the time per window is the real model's; the text
+encoder is tiny, but it runs only at load (label embeddings), which is not timed. Both analysers
+run through the analysis stage (decode, then analyse) on the rules segmenter's segments, so
+their seconds per minute of audio compare directly. The GPU counterpart is bench/gpu_clap.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from services.analysis.stage import AnalysisStage
+from services.common import audio
+from services.common.stage_api import AnalyzeRequest, SegmenterParams, SegmentRequest
+from services.common.store import LocalArtifactStore
+from services.segmentation.stage import SegmentationStage
+from tools.tiny_clap import build_tiny_clap
+
+CLAP_SAMPLE_RATE = 44100
+Row = tuple[str, float, str, float]  # (what, value, baseline name, baseline value), as bench/run.py prints them
+
+
+def clap_rows(song_path: Path, minutes: float) -> list[Row]:
+    """Seconds of analysis per minute of audio for `clap` and `descriptors`, and CLAP windows per second."""
+    with tempfile.TemporaryDirectory(prefix="mvgen-clap-bench-") as scratch:
+        work = Path(scratch)
+        tiny = build_tiny_clap(work / "tiny-clap")
+        store = LocalArtifactStore(work / "store")
+        song_key = f"song{song_path.suffix}"
+        store.put_file(song_key, song_path)
+        segmentation = SegmentationStage(store)
+        segmentation.load()
+        segmentation.run(SegmentRequest(song_key, SegmenterParams(segmenter="rules"), "segments.json", "segments.txt"))
+
+        descriptors = AnalysisStage(store, enabled=("descriptors",))
+        descriptors.load()
+        descriptors_s = _best_of(3, lambda: descriptors.run(
+            AnalyzeRequest(song_key, "segments.json", "descriptors", "descriptors.json")))
+        with _environment(MVGEN_CLAP_WEIGHTS=str(tiny.folder)):
+            clap = AnalysisStage(store, enabled=("clap",))
+        clap.load()
+        clap_s = _best_of(1, lambda: clap.run(AnalyzeRequest(song_key, "segments.json", "clap", "clap.json")))
+        decode_s = _best_of(3, lambda: audio.decode(song_path, sample_rate=CLAP_SAMPLE_RATE))
+        windows = json.loads(store.get_text("clap.json"))["track_measures"]["clap_windows"]
+        batch = clap.analyzers.get("clap").settings.batch_size
+
+    what = "analysis (clap on CPU: HTSAT full size, random weights), s per min of audio"
+    return [
+        (what, clap_s / minutes, "analysis (descriptors)", descriptors_s / minutes),
+        (what, clap_s / minutes, "decode at 44.1 kHz", decode_s / minutes),
+        (f"clap on CPU: 7 s windows per second (batch {batch})", windows / clap_s, "-", 0.0),
+    ]
+
+
+def _best_of(repeat: int, fn: Callable[[], object]) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+@contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    """Set environment variables while a backend reads its settings, then restore them."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+if __name__ == "__main__":
+    import argparse
+
+    from bench.run import render_table
+    from tools.synth_song import render_song
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=180.0, help="length of the benchmark song")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="mvgen-clap-song-") as folder:
+        truth = render_song(Path(folder) / "song.wav", seconds=args.seconds, seed=1)
+        print(render_table(clap_rows(Path(folder) / "song.wav", truth.duration / 60)))

@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     stages.add_argument("--writer", default="template", metavar="NAME",
                         help="script writer: template (deterministic, no model)")
     stages.add_argument("--generator", default="animatic", metavar="NAME",
-                        help="clip generator: animatic (storyboard preview on CPU)")
+                        help="clip generator: animatic (storyboard preview on CPU), wan or mochi (diffusers; "
+                             "model from $MVGEN_WAN_MODEL / $MVGEN_MOCHI_MODEL, a GPU advised)")
     stages.add_argument("--top-k", type=int, default=3, metavar="K", help="labels kept per group")
     stages.add_argument("--clip-workers", type=int, default=None, metavar="N",
                         help="clips generated at once (default: as many as cores, up to 2)")

@@ -132,3 +132,41 @@ def test_sigterm_stops_serving_and_lets_the_clip_in_flight_finish(servers, store
     assert results and results[-1].HasField("result")
     assert (store_root / "clips/drained.mp4").stat().st_size > 0
     assert video.process.wait(timeout=30) == 0
+
+
+def test_a_backend_that_breaks_turns_health_not_serving():
+    """A device error leaves a backend FAILED for good: the runner must say NOT_SERVING so that the
+    gateway stops sending work and Kubernetes restarts the pod (exercised with a minimal stage)."""
+    import asyncio
+
+    from services.common.transport.server import ServiceRunner
+
+    class BreakableStage:
+        ready = True
+
+        def load(self) -> None:
+            pass
+
+    async def scenario() -> list[int]:
+        stage = BreakableStage()
+        runner = ServiceRunner(name="breakable", service_names=["mvgen.v1.VideoService"], host="127.0.0.1", port=0,
+                               grace_seconds=1, stage=stage)
+        running = asyncio.ensure_future(runner.run())
+        seen = []
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{runner.port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for _ in range(100):
+                status = (await health.Check(health_pb2.HealthCheckRequest(), timeout=5)).status
+                if not seen or seen[-1] != status:
+                    seen.append(status)
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    stage.ready = False  # the backend breaks
+                if status == health_pb2.HealthCheckResponse.NOT_SERVING and len(seen) > 1:
+                    break
+                await asyncio.sleep(0.1)
+        runner.stopping.set()
+        await running
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert seen[-2:] == [health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING]

@@ -28,7 +28,7 @@ class AnalysisServicer(pb_grpc.AnalysisServiceServicer):
 def build(settings: ServiceSettings):
     stage = AnalysisStage(open_store(settings.store), enabled=settings.backends)
     servicer = AnalysisServicer(stage, CallLimit(settings.max_concurrent, "analysing songs"))
-    return stage.load, lambda server: pb_grpc.add_AnalysisServiceServicer_to_server(servicer, server)
+    return stage, lambda server: pb_grpc.add_AnalysisServiceServicer_to_server(servicer, server)
 
 
 def main() -> None:

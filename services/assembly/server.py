@@ -28,7 +28,7 @@ class AssemblyServicer(pb_grpc.AssemblyServiceServicer):
 def build(settings: ServiceSettings):
     stage = AssemblyStage(open_store(settings.store))
     servicer = AssemblyServicer(stage, CallLimit(settings.max_concurrent, "assembling videos"))
-    return stage.load, lambda server: pb_grpc.add_AssemblyServiceServicer_to_server(servicer, server)
+    return stage, lambda server: pb_grpc.add_AssemblyServiceServicer_to_server(servicer, server)
 
 
 def main() -> None:

@@ -83,7 +83,7 @@ class SegmentRequest:
 class AnalyzeRequest:
     song_key: str
     segments_key: str
-    analyzer: str  # "descriptors" (CPU) or "clap"
+    analyzer: str  # "descriptors" (CPU) or "clap" (msclap)
     labels_key: str
     top_k: int = 3
 
@@ -101,7 +101,7 @@ class ScriptInputs:
 class WriteScriptRequest:
     labels_key: str
     segments_key: str
-    writer: str  # "template" (no model), later "openai" / "vllm" / "llamacpp"
+    writer: str  # "template" (no model); the LLM writers come with their own issue
     prompt_key: str  # prompt.txt: the rendered prompt, saved with the job
     script_key: str  # script.json
     script_text_key: str  # script.txt
@@ -120,7 +120,7 @@ class GenerateClipRequest:
     fps: int
     width: int
     height: int
-    generator: str  # "animatic" (CPU storyboard preview), later "wan" / "mochi"
+    generator: str  # "animatic" (CPU storyboard preview), "wan", "mochi"
     clip_key: str
     seed: int = 0
 

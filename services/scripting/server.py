@@ -30,7 +30,7 @@ class ScriptingServicer(pb_grpc.ScriptingServiceServicer):
 def build(settings: ServiceSettings):
     stage = ScriptingStage(open_store(settings.store), enabled=settings.backends)
     servicer = ScriptingServicer(stage, CallLimit(settings.max_concurrent, "writing scripts"))
-    return stage.load, lambda server: pb_grpc.add_ScriptingServiceServicer_to_server(servicer, server)
+    return stage, lambda server: pb_grpc.add_ScriptingServiceServicer_to_server(servicer, server)
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
 def build(settings: ServiceSettings):
     stage = SegmentationStage(open_store(settings.store))
     servicer = SegmentationServicer(stage, CallLimit(settings.max_concurrent, "segmenting songs"))
-    return stage.load, lambda server: pb_grpc.add_SegmentationServiceServicer_to_server(servicer, server)
+    return stage, lambda server: pb_grpc.add_SegmentationServiceServicer_to_server(servicer, server)
 
 
 def main() -> None:

@@ -75,7 +75,7 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
 def build(settings: ServiceSettings):
     stage = VideoStage(open_store(settings.store), enabled=settings.backends)
     servicer = VideoServicer(stage, CallLimit(settings.max_concurrent, "generating a clip"))
-    return stage.load, lambda server: pb_grpc.add_VideoServiceServicer_to_server(servicer, server)
+    return stage, lambda server: pb_grpc.add_VideoServiceServicer_to_server(servicer, server)
 
 
 def main() -> None:

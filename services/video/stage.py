@@ -14,8 +14,12 @@ from services.common.stage_api import GenerateClipRequest, StageResult
 from services.common.store import ArtifactStore
 from services.video.animatic import AnimaticGenerator
 from services.video.generator import ClipGenerator
+from services.video.mochi import MochiGenerator
+from services.video.wan import WanGenerator
 
-GENERATORS: dict[str, type[ClipGenerator]] = {"animatic": AnimaticGenerator}
+# The diffusion backends import torch and diffusers only when loaded, so this registry stays light.
+GENERATORS: dict[str, type[ClipGenerator]] = {"animatic": AnimaticGenerator, "wan": WanGenerator,
+                                              "mochi": MochiGenerator}
 
 
 def clip_meta_key(clip_key: str) -> str:

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -24,18 +24,28 @@ from services.common.transport.options import SERVER_OPTIONS
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+BACKEND_CHECK_SECONDS = 1.0
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+class ServedStage(Protocol):
+    """What a service serves: loaded once before SERVING, ready while its backends work."""
+
+    def load(self) -> None: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+
 class ServiceRunner:
     def __init__(self, *, name: str, service_names: Sequence[str], host: str, port: int,
-                 grace_seconds: float, load: Callable[[], None]):
+                 grace_seconds: float, stage: ServedStage):
         self.name = name
         self.service_names = tuple(service_names)
         self.address = f"{host}:{port}"
         self.grace_seconds = grace_seconds
-        self.load = load
+        self.stage = stage
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()], options=SERVER_OPTIONS)
         self.stopping = asyncio.Event()
@@ -50,6 +60,16 @@ class ServiceRunner:
         for service in ("", *self.service_names):
             await self.health.set(service, status)
 
+    async def _watch_backends(self) -> None:
+        """A backend that broke for good (a CUDA device error) turns health NOT_SERVING, so that the
+        gateway stops sending it clips and Kubernetes' liveness probe restarts the pod."""
+        while not self.stopping.is_set():
+            if not self.stage.ready:
+                log.error("%s: a backend failed; health is NOT_SERVING until the service restarts", self.name)
+                await self.set_serving(False)
+                return
+            await asyncio.sleep(BACKEND_CHECK_SECONDS)
+
     async def run(self) -> None:
         await self.set_serving(False)
         await self.server.start()
@@ -58,13 +78,14 @@ class ServiceRunner:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         try:
-            await asyncio.to_thread(self.load)
+            await asyncio.to_thread(self.stage.load)
         except Exception:
             # Keep answering health (NOT_SERVING) so the orchestrator sees why; Kubernetes restarts us.
             log.exception("%s failed to load; health stays NOT_SERVING", self.name)
         else:
             await self.set_serving(True)
             log.info("%s ready", self.name)
+            asyncio.ensure_future(self._watch_backends())
         await self.stopping.wait()
         log.info("%s stopping: NOT_SERVING, draining for up to %.0f s", self.name, self.grace_seconds)
         await self.health.enter_graceful_shutdown()
@@ -102,16 +123,16 @@ async def serve(runner_args: dict, add_servicers: Callable[[grpc.aio.Server], No
 
 
 def stage_main(*, name: str, service_name: str, default_port: int, default_backends: tuple[str, ...],
-               build: Callable[[ServiceSettings], tuple[Callable[[], None], Callable[[grpc.aio.Server], None]]],
+               build: Callable[[ServiceSettings], tuple[ServedStage, Callable[[grpc.aio.Server], None]]],
                default_max_concurrent: int = 4) -> None:
     """Entry point of a stage service: settings from the environment, build, serve until SIGTERM.
 
-    `build(settings)` returns (load, add_servicers): what to load before SERVING, and how to
-    register the servicers on the server."""
+    `build(settings)` returns (stage, add_servicers): what is loaded before SERVING and watched
+    after, and how to register the servicers on the server."""
     configure_logging()
     settings = ServiceSettings.from_env(default_port=default_port, default_backends=default_backends,
                                         default_max_concurrent=default_max_concurrent)
-    load, add_servicers = build(settings)
+    stage, add_servicers = build(settings)
     runner_args = dict(name=name, service_names=[service_name], host=settings.host, port=settings.port,
-                       grace_seconds=settings.grace_seconds, load=load)
+                       grace_seconds=settings.grace_seconds, stage=stage)
     asyncio.run(serve(runner_args, add_servicers))

@@ -72,7 +72,7 @@ down:
 	$(DOCKER_COMPOSE) down
 
 # moto stands in for MinIO; the services and the gateway run as local processes (tools/dev_stack.py).
-# DEV_STACK_ARGS=--free-ports picks unused ports; --no-gateway starts the stage services only.
+# DEV_STACK_ARGS=--free-ports picks unused ports (e.g. beside a running stack or in tests).
 dev-up: setup
 	$(PY) -m tools.dev_stack up $(DEV_STACK_ARGS)
 

@@ -193,9 +193,13 @@ class Manifest:
         await self.save_async()
 
     async def finish(self, state: str, error: str | None = None) -> None:
-        self.data["state"] = state
-        self.data["error"] = error
+        self.data.update(state=state, error=error)
         await self.save_async()
+
+    def finish_now(self, state: str, error: str | None = None) -> None:
+        """`finish` for code off the event loop (a worker thread settling a job that never ran)."""
+        self.data.update(state=state, error=error)
+        self.save()
 
 
 def utc_now() -> str:

@@ -634,9 +634,9 @@ class JobRegistry:
         spec = record.spec()
         opened = Manifest.open(self.store, spec.layout, spec.job_id, spec.song, spec.options)
         if view.user_cancelled:
-            opened.finish("cancelled", "cancelled by the user")
+            opened.finish_now("cancelled", "cancelled by the user")
         else:
-            opened.finish("failed", str(error) if isinstance(error, MvgenError) else f"internal error: {error!r}")
+            opened.finish_now("failed", str(error) if isinstance(error, MvgenError) else f"internal error: {error!r}")
 
 
 def _listing_key(view: JobView) -> tuple[int, str]:

@@ -2,7 +2,8 @@
 
 The stack is started the way `make dev-up` starts it (the CLI, in a process of its own, so the
 services outlive it) on free ports, checked, and stopped the way `make dev-down` stops it (from
-the state file alone). The gateway is included when gateway/server.py exists.
+the state file alone). A service killed (SIGKILL) and restarted comes back on the same port with
+the same configuration. The whole system doing its work is tested in tests/test_system.py.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 
 from services.common.s3_store import S3ArtifactStore
 from services.common.settings import StoreSettings
-from tools.dev_stack import STAGES, DevStack, DevStackError, _is_running, check_health, gateway_available
+from tools.dev_stack import STAGES, DevStack, DevStackError, _is_running, check_health
 
 REPO = Path(__file__).resolve().parents[1]
 GRPC_PROCESSES = [*STAGES, "gateway"]
@@ -53,20 +54,15 @@ def store_of(state: dict) -> S3ArtifactStore:
 
 def test_up_says_how_to_submit_a_song(stack):
     _, state, up = stack
-    if gateway_available():
-        server = state["gateway"]["server"]
-        assert f"MVGEN_TOKEN={state['gateway']['token']} .venv/bin/mvgen submit song.wav --server {server}" in up.stdout
-    else:
-        assert "gateway/server.py does not exist yet" in up.stderr
-        assert state["gateway"] is None and "gateway" in state["skipped"]
+    server = state["gateway"]["server"]
+    assert f"MVGEN_TOKEN={state['gateway']['token']} .venv/bin/mvgen submit song.wav --server {server}" in up.stdout
     assert "make dev-down" in up.stdout
 
 
 def test_state_file_records_every_process_and_is_private(stack):
     base_dir, state, _ = stack
     assert stat.S_IMODE((base_dir / "state.json").stat().st_mode) == 0o600  # it holds the token and keys
-    expected = {"s3", *STAGES} | ({"gateway"} if gateway_available() else set())
-    assert set(state["processes"]) == expected
+    assert set(state["processes"]) == {"s3", *STAGES, "gateway"}
     ports = [p["port"] for p in state["processes"].values()]
     assert len(set(ports)) == len(ports)
     for name, entry in state["processes"].items():
@@ -79,8 +75,6 @@ def test_state_file_records_every_process_and_is_private(stack):
 def test_every_service_is_serving_and_reflects_its_service(stack):
     _, state, _ = stack
     for name in GRPC_PROCESSES:
-        if name not in state["processes"]:
-            continue
         entry = state["processes"][name]
         assert check_health(entry["address"]) == "SERVING", name
         assert check_health(entry["address"], entry["service"]) == "SERVING", name
@@ -93,20 +87,20 @@ def test_every_service_is_serving_and_reflects_its_service(stack):
 def test_every_service_is_configured_for_the_moto_store(stack):
     _, state, _ = stack
     for name in GRPC_PROCESSES:
-        if name not in state["processes"]:
-            continue
-        raw = Path(f"/proc/{state['processes'][name]['pid']}/environ").read_bytes().split(b"\0")
-        env = dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+        env = proc_environ(state["processes"][name]["pid"])
         assert env["MVGEN_STORE"] == "s3", name
         assert env["MVGEN_S3_ENDPOINT"] == state["s3"]["endpoint"], name
         assert env["MVGEN_S3_BUCKET"] == state["s3"]["bucket"], name
         assert env["MVGEN_HOST"] == "127.0.0.1", name
-    if "gateway" in state["processes"]:
-        raw = Path(f"/proc/{state['processes']['gateway']['pid']}/environ").read_bytes().split(b"\0")
-        env = dict(item.decode().split("=", 1) for item in raw if b"=" in item)
-        for stage in STAGES:
-            assert env[f"MVGEN_{stage.upper()}_ADDR"] == state["processes"][stage]["address"]
-        assert state["gateway"]["token"] not in env["MVGEN_GATEWAY_TOKENS_SHA256"]  # a digest, never the token
+    env = proc_environ(state["processes"]["gateway"]["pid"])
+    for stage in STAGES:
+        assert env[f"MVGEN_{stage.upper()}_ADDR"] == state["processes"][stage]["address"]
+    assert state["gateway"]["token"] not in env["MVGEN_GATEWAY_TOKENS_SHA256"]  # a digest, never the token
+
+
+def proc_environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
 
 
 def test_an_object_written_through_moto_is_readable(stack):
@@ -118,7 +112,6 @@ def test_an_object_written_through_moto_is_readable(stack):
     assert "dev-stack-test/hello.txt" in store.list("dev-stack-test/")
 
 
-@pytest.mark.skipif(not gateway_available(), reason="gateway/server.py does not exist yet")
 def test_the_gateway_accepts_the_printed_dev_token_only(stack):
     from services.common.pb import music_video_service_pb2 as api_pb2
     from services.common.pb import music_video_service_pb2_grpc as api_grpc
@@ -142,10 +135,34 @@ def test_a_second_up_is_refused_while_the_stack_runs(stack):
     assert json.loads((base_dir / "state.json").read_text())["processes"] == state["processes"]
 
 
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads the environment from /proc")
+def test_a_killed_service_restarts_on_its_port_with_its_configuration(stack):
+    # kill/restart from the state file alone, as another process than the one that started the stack
+    # (tests/test_system.py uses them on a stack it started, mid-job).
+    base_dir, state, _ = stack
+    stack_ = DevStack(base_dir)
+    before = state["processes"]["segmentation"]
+    env_before = {k: v for k, v in proc_environ(before["pid"]).items() if k.startswith("MVGEN_")}
+    stack_.kill("segmentation")
+    assert not _is_running(before["pid"])
+    with pytest.raises(grpc.RpcError):
+        check_health(before["address"], timeout=1.0)
+    assert "segmentation" not in stack_.running()
+    with pytest.raises(DevStackError, match="still running"):
+        stack_.restart("assembly")
+    after = stack_.restart("segmentation", timeout=60)
+    assert after["pid"] != before["pid"] and after["port"] == before["port"]
+    assert check_health(after["address"], before["service"]) == "SERVING"
+    assert {k: v for k, v in proc_environ(after["pid"]).items() if k.startswith("MVGEN_")} == env_before
+    assert json.loads((base_dir / "state.json").read_text())["processes"]["segmentation"]["pid"] == after["pid"]
+    assert set(stack_.running()) == set(state["processes"])
+
+
 def test_down_stops_every_process(stack):
     # Last in this module: `make dev-down` works from the state file alone (the processes are not
     # its children), SIGTERM first.
-    base_dir, state, _ = stack
+    base_dir, _, _ = stack
+    state = json.loads((base_dir / "state.json").read_text())  # the pids now, restarts included
     down = dev_stack_cli(base_dir, "down", timeout=120)
     assert down.returncode == 0, down.stdout + down.stderr
     for name, entry in state["processes"].items():
@@ -161,7 +178,7 @@ def test_down_stops_every_process(stack):
 def test_a_service_that_cannot_start_is_reported_and_nothing_is_left_running(tmp_path):
     # An invalid port makes segmentation exit at once: start() must say so, with its log, and stop
     # what it had started (moto and the other services).
-    stack = DevStack(tmp_path / "stack", free_ports=True, with_gateway=False, startup_timeout=120,
+    stack = DevStack(tmp_path / "stack", free_ports=True, startup_timeout=120,
                      env={"segmentation": {"MVGEN_PORT": "not-a-port"}})
     started = time.monotonic()
     with pytest.raises(DevStackError, match=r"(?s)segmentation exited .*MVGEN_PORT must be an integer"):

@@ -9,7 +9,7 @@ after a grace period). Under the base folder (default `.dev-stack/`): `state.jso
 the S3 settings and the generated dev token; readable by its owner only) and one log per process
 in `logs/`.
 
-    python -m tools.dev_stack up [--free-ports] [--no-gateway]
+    python -m tools.dev_stack up [--free-ports]
     python -m tools.dev_stack status
     python -m tools.dev_stack down
 
@@ -18,10 +18,10 @@ Importable, so that tests run the real system:
     stack = DevStack(tmp_path / "stack", free_ports=True)
     state = stack.start()          # a dict: the content of state.json
     ...
+    stack.kill("video")            # SIGKILL, as a crashed pod (fault tests)
+    stack.restart("video")         # the same module, port and environment; back once SERVING
+    ...
     stack.stop()
-
-Until gateway/server.py exists the gateway is skipped, with a message, and the stage services
-still start; `with_gateway=True` makes its absence an error instead.
 """
 
 from __future__ import annotations
@@ -62,10 +62,6 @@ DEFAULT_PORTS = {"s3": 9000, **{name: spec[1] for name, spec in STAGES.items()},
 
 class DevStackError(RuntimeError):
     """Something a person can act on: a port in use, a service that did not come up (with its log)."""
-
-
-def gateway_available() -> bool:
-    return (REPO / "gateway" / "server.py").is_file()
 
 
 def free_ports(count: int) -> list[int]:
@@ -138,7 +134,7 @@ def _is_ours(entry: Mapping[str, Any]) -> bool:
     return entry["module"] in cmdline
 
 
-def _log_tail(path: str | Path, lines: int = 25) -> str:
+def log_tail(path: str | Path, lines: int = 25) -> str:
     try:
         text = Path(path).read_text(errors="replace").splitlines()
     except OSError:
@@ -159,17 +155,17 @@ def check_health(address: str, service: str = "", timeout: float = 2.0) -> str:
 
 
 class DevStack:
-    """moto, the five stage services and (when it exists) the gateway, as local processes.
+    """moto, the five stage services and the gateway, as local processes.
 
     `ports` overrides single ports by name ("s3", the stage names, "gateway", "metrics");
     `free_ports=True` picks unused ones for all the others, so that tests never collide with a
     running stack. `env` adds variables per process name, or for all under "*" (e.g.
     {"video": {"MVGEN_MAX_CONCURRENT": "2"}}). `grace_seconds` becomes every service's
-    MVGEN_GRACE_SECONDS; `stop()` waits that plus 5 s before SIGKILL. `with_gateway=None` starts
-    the gateway when gateway/server.py exists."""
+    MVGEN_GRACE_SECONDS; `stop()` waits that plus 5 s before SIGKILL. For fault tests, `kill(name)`
+    crashes one process (SIGKILL to its group) and `restart(name)` brings it back as it was."""
 
     def __init__(self, base_dir: str | Path = DEFAULT_BASE_DIR, *, ports: Mapping[str, int] | None = None,
-                 free_ports: bool = False, with_gateway: bool | None = None, bucket: str = "mvgen",
+                 free_ports: bool = False, bucket: str = "mvgen",
                  grace_seconds: float = 5.0, startup_timeout: float = 180.0,
                  env: Mapping[str, Mapping[str, str]] | None = None, python: str | None = None):
         self.base_dir = Path(base_dir).resolve()
@@ -177,7 +173,6 @@ class DevStack:
         self.log_dir = self.base_dir / "logs"
         self.requested_ports = dict(ports or {})
         self.free_ports = free_ports
-        self.with_gateway = with_gateway
         self.bucket = bucket
         self.grace_seconds = grace_seconds
         self.startup_timeout = startup_timeout
@@ -185,6 +180,7 @@ class DevStack:
         self.python = python or sys.executable
         self.state: dict[str, Any] | None = None
         self._popen: dict[str, subprocess.Popen] = {}  # only the processes this object started
+        self._spawned: dict[str, tuple[list[str], dict[str, str]]] = {}  # name -> (argv, environment)
 
     # ------------------------------------------------------------------ state
 
@@ -213,8 +209,8 @@ class DevStack:
 
     # ------------------------------------------------------------------ start
 
-    def _choose_ports(self, gateway: bool) -> dict[str, int]:
-        names = ["s3", *STAGES] + (["gateway", "metrics"] if gateway else [])
+    def _choose_ports(self) -> dict[str, int]:
+        names = ["s3", *STAGES, "gateway", "metrics"]
         ports = {name: self.requested_ports[name] for name in names if name in self.requested_ports}
         missing = [name for name in names if name not in ports]
         if self.free_ports:
@@ -268,16 +264,19 @@ class DevStack:
             "MVGEN_METRICS_PORT": str(self.state["gateway"]["metrics_port"]),
         }
 
-    def _spawn(self, name: str, module: str, args: list[str], port: int | None, **extra: Any) -> None:
+    def _spawn(self, name: str, module: str, args: list[str], port: int | None, *,
+               env: dict[str, str] | None = None, append_log: bool = False, **extra: Any) -> None:
         assert self.state is not None
         log_path = self.log_dir / f"{name}.log"
-        with open(log_path, "wb") as log:
+        argv = [self.python, "-m", module, *args]
+        env = self._env(name, port) if env is None else env
+        with open(log_path, "ab" if append_log else "wb") as log:
             # A session of its own: ^C in the terminal that ran `make dev-up` does not reach it, and
             # `down` can end the whole process group (ffmpeg children included) if it must.
-            proc = subprocess.Popen([self.python, "-m", module, *args], cwd=REPO, env=self._env(name, port),
-                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            proc = subprocess.Popen(argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
         self._popen[name] = proc
+        self._spawned[name] = (argv, env)
         self.state["processes"][name] = {
             "pid": proc.pid, "start_time": _proc_start_time(proc.pid), "module": module, "port": port,
             "address": f"{HOST}:{port}" if port else None, "log": str(log_path), **extra}
@@ -290,13 +289,13 @@ class DevStack:
         entry = self.state["processes"]["s3"]
         while True:
             if self._popen["s3"].poll() is not None:
-                raise DevStackError(f"moto (S3) exited at start; its log:\n{_log_tail(entry['log'])}")
+                raise DevStackError(f"moto (S3) exited at start; its log:\n{log_tail(entry['log'])}")
             try:
                 with socket.create_connection((HOST, entry["port"]), timeout=0.5):
                     break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise DevStackError(f"moto (S3) did not listen on {entry['address']}:\n{_log_tail(entry['log'])}")
+                    raise DevStackError(f"moto (S3) did not listen on {entry['address']}:\n{log_tail(entry['log'])}")
                 time.sleep(0.1)
         s3 = self.state["s3"]
         # The bucket is made through the store the services use, so a client mismatch shows here.
@@ -304,7 +303,7 @@ class DevStack:
                                       access_key=s3["access_key"], secret_key=s3["secret_key"],
                                       region=s3["region"], secure=False)).ensure_bucket()
 
-    def _wait_serving(self, names: Iterable[str], deadline: float) -> None:
+    def _wait_serving(self, names: Iterable[str], deadline: float, timeout: float | None = None) -> None:
         import grpc
 
         pending = list(names)
@@ -313,16 +312,17 @@ class DevStack:
                 entry = self.state["processes"][name]
                 if self._popen[name].poll() is not None:
                     raise DevStackError(f"{name} exited (code {self._popen[name].returncode}) before it was "
-                                        f"ready; the end of {entry['log']}:\n{_log_tail(entry['log'])}")
+                                        f"ready; the end of {entry['log']}:\n{log_tail(entry['log'])}")
                 try:
                     if check_health(entry["address"], timeout=1.0) == "SERVING":
                         pending.remove(name)
                 except grpc.RpcError:
                     pass  # not listening yet
             if pending and time.monotonic() > deadline:
-                logs = "\n".join(f"  {n}: {self.state['processes'][n]['log']}\n{_log_tail(self.state['processes'][n]['log'], 10)}"
+                logs = "\n".join(f"  {n}: {self.state['processes'][n]['log']}\n{log_tail(self.state['processes'][n]['log'], 10)}"
                                  for n in pending)
-                raise DevStackError(f"not SERVING after {self.startup_timeout:.0f} s: {', '.join(pending)}\n{logs}")
+                waited = self.startup_timeout if timeout is None else timeout
+                raise DevStackError(f"not SERVING after {waited:.0f} s: {', '.join(pending)}\n{logs}")
             if pending:
                 time.sleep(0.25)
 
@@ -334,13 +334,10 @@ class DevStack:
             raise DevStackError(f"a dev stack is already running from {self.base_dir} "
                                 f"(pids {', '.join(str(e['pid']) for e in alive.values())}); stop it first "
                                 f"(make dev-down)")
-        gateway = gateway_available() if self.with_gateway is None else self.with_gateway
-        if gateway and not gateway_available():
-            raise DevStackError("gateway/server.py does not exist yet: start without the gateway")
         self.log_dir.mkdir(parents=True, exist_ok=True)
         # Runtime state never belongs in git (it holds a token), whatever the repo's .gitignore says.
         (self.base_dir / ".gitignore").write_text("*\n")
-        ports = self._choose_ports(gateway)
+        ports = self._choose_ports()
         token = secrets.token_urlsafe(32)
         self.state = {
             "version": STATE_VERSION,
@@ -350,8 +347,8 @@ class DevStack:
             "s3": {"endpoint": f"http://{HOST}:{ports['s3']}", "bucket": self.bucket,
                    "access_key": "dev" + secrets.token_hex(8), "secret_key": secrets.token_urlsafe(24),
                    "region": "us-east-1"},
-            "gateway": None,
-            "skipped": {},
+            "gateway": {"address": f"{HOST}:{ports['gateway']}", "server": f"localhost:{ports['gateway']}",
+                        "metrics_port": ports["metrics"], "token": token},
             "processes": {},
         }
         deadline = time.monotonic() + self.startup_timeout
@@ -361,18 +358,60 @@ class DevStack:
             for name, (module, _, service) in STAGES.items():
                 self._spawn(name, module, [], ports[name], service=service)
             self._wait_serving(STAGES, deadline)
-            if gateway:
-                self.state["gateway"] = {"address": f"{HOST}:{ports['gateway']}", "server": f"localhost:{ports['gateway']}",
-                                         "metrics_port": ports["metrics"], "token": token}
-                self._spawn("gateway", GATEWAY[0], [], ports["gateway"], service=GATEWAY[2])
-                self._wait_serving(["gateway"], deadline)
-            else:
-                self.state["skipped"]["gateway"] = "gateway/server.py does not exist yet"
+            self._spawn("gateway", GATEWAY[0], [], ports["gateway"], service=GATEWAY[2])
+            self._wait_serving(["gateway"], deadline)
             self._write_state()
         except BaseException:
             self.stop()
             raise
         return self.state
+
+    # ------------------------------------------------------------------ faults
+
+    def _entry(self, name: str) -> dict[str, Any]:
+        if self.state is None:
+            self.state = self.load_state()
+        if not self.state:
+            raise DevStackError(f"no dev stack recorded in {self.base_dir}")
+        try:
+            return self.state["processes"][name]
+        except KeyError:
+            raise DevStackError(f"no process {name!r} in the dev stack; there are: "
+                                f"{', '.join(self.state['processes'])}") from None
+
+    def kill(self, name: str) -> None:
+        """SIGKILL the process group of `name` ("video", "gateway", ...), as a crashed pod: no drain, no
+        goodbye; ffmpeg children die with it. Returns once it is gone. Its entry stays in the state,
+        so `restart(name)` can bring it back; `stop()` reports it as "gone"."""
+        entry = self._entry(name)
+        if self._alive(name, entry):
+            self._kill_group(entry["pid"])
+        self._reap(name)
+
+    def restart(self, name: str, timeout: float | None = None) -> dict[str, Any]:
+        """Start `name` again after `kill(name)` (or a crash): the same module and arguments on the same
+        port with the same environment (the one it was started with by this object; otherwise made
+        again from the state), its log appended to. Returns its new state entry once it answers health
+        SERVING (moto: once it listens and the bucket exists again; moto keeps objects in memory, so
+        a restarted moto is empty). DevStackError if it is still running or does not come back."""
+        entry = self._entry(name)
+        if self._alive(name, entry):
+            raise DevStackError(f"{name} (pid {entry['pid']}) is still running: kill or stop it first")
+        self._reap(name)
+        argv, env = self._spawned.get(name, (None, None))
+        if argv is None:
+            args = ["-H", HOST, "-p", str(entry["port"])] if name == "s3" else []
+        else:
+            args = argv[3:]  # after python -m <module>
+        extra = {k: v for k, v in entry.items() if k not in ("pid", "start_time", "module", "port", "address", "log")}
+        self._spawn(name, entry["module"], args, entry["port"], env=env, append_log=True, **extra)
+        timeout = self.startup_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        if name == "s3":
+            self._wait_s3(deadline)
+        else:
+            self._wait_serving([name], deadline, timeout)
+        return self.state["processes"][name]
 
     # ------------------------------------------------------------------ stop
 
@@ -458,14 +497,9 @@ def _describe(state: Mapping[str, Any], python_hint: str = ".venv/bin") -> str:
             extra = (f"metrics http://{HOST}:{state['gateway']['metrics_port']}/metrics"
                      if name == "gateway" else "")
             lines.append(f"  {name:<14} {procs[name]['address']:<22} pid {procs[name]['pid']:<8} {extra}".rstrip())
-    if state.get("gateway"):
-        gw = state["gateway"]
-        lines += ["", "Submit a song:",
-                  f"  MVGEN_TOKEN={gw['token']} {python_hint}/mvgen submit song.wav --server {gw['server']}"]
-    else:
-        reason = state.get("skipped", {}).get("gateway", "not started")
-        lines += ["", f"gateway: not started ({reason}); the stage services answer directly, e.g.",
-                  f"  grpcurl -plaintext {procs['segmentation']['address']} list"]
+    gw = state["gateway"]
+    lines += ["", "Submit a song:",
+              f"  MVGEN_TOKEN={gw['token']} {python_hint}/mvgen submit song.wav --server {gw['server']}"]
     lines += ["", "Stop: make dev-down"]
     return "\n".join(lines)
 
@@ -476,7 +510,6 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start everything and wait until it is SERVING")
     up.add_argument("--free-ports", action="store_true", help="pick unused ports instead of 9000 and 50050-50055")
-    up.add_argument("--no-gateway", action="store_true", help="start the stage services only")
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness (default 180)")
     down = sub.add_parser("down", help="stop everything (SIGTERM, then SIGKILL after the grace period)")
     down.add_argument("--grace", type=float, default=None, help="seconds before SIGKILL (default 10)")
@@ -485,11 +518,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "up":
-            if not args.no_gateway and not gateway_available():
-                print("gateway/server.py does not exist yet: starting the stage services without the gateway",
-                      file=sys.stderr)
-            stack = DevStack(args.base_dir, free_ports=args.free_ports, startup_timeout=args.timeout,
-                             with_gateway=False if args.no_gateway else None)
+            stack = DevStack(args.base_dir, free_ports=args.free_ports, startup_timeout=args.timeout)
             print(_describe(stack.start()))
             return 0
         stack = DevStack(args.base_dir)

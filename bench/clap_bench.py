@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from bench.timing import best_of
 from services.analysis.stage import AnalysisStage
 from services.common import audio
 from services.common.stage_api import AnalyzeRequest, SegmenterParams, SegmentRequest
@@ -42,13 +42,13 @@ def clap_rows(song_path: Path, minutes: float) -> list[Row]:
 
         descriptors = AnalysisStage(store, enabled=("descriptors",))
         descriptors.load()
-        descriptors_s = _best_of(3, lambda: descriptors.run(
+        descriptors_s = best_of(3, lambda: descriptors.run(
             AnalyzeRequest(song_key, "segments.json", "descriptors", "descriptors.json")))
         with _environment(MVGEN_CLAP_WEIGHTS=str(tiny.folder)):
             clap = AnalysisStage(store, enabled=("clap",))
         clap.load()
-        clap_s = _best_of(1, lambda: clap.run(AnalyzeRequest(song_key, "segments.json", "clap", "clap.json")))
-        decode_s = _best_of(3, lambda: audio.decode(song_path, sample_rate=CLAP_SAMPLE_RATE))
+        clap_s = best_of(1, lambda: clap.run(AnalyzeRequest(song_key, "segments.json", "clap", "clap.json")))
+        decode_s = best_of(3, lambda: audio.decode(song_path, sample_rate=CLAP_SAMPLE_RATE))
         windows = json.loads(store.get_text("clap.json"))["track_measures"]["clap_windows"]
         batch = clap.analyzers.get("clap").settings.batch_size
 
@@ -58,15 +58,6 @@ def clap_rows(song_path: Path, minutes: float) -> list[Row]:
         (what, clap_s / minutes, "decode at 44.1 kHz", decode_s / minutes),
         (f"clap on CPU: 7 s windows per second (batch {batch})", windows / clap_s, "-", 0.0),
     ]
-
-
-def _best_of(repeat: int, fn: Callable[[], object]) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        started = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - started)
-    return best
 
 
 @contextmanager

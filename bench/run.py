@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from bench.clap_bench import clap_rows
+from bench.timing import best_of
 from services.common import audio
 from services.common.stage_api import AnalyzeRequest, SegmenterParams, SegmentRequest
 from services.common.store import LocalArtifactStore
@@ -28,15 +29,6 @@ from tools.synth_song import render_song
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 GPU_SECTION = re.compile(r"<!-- (gpu_\w+): start -->.*?<!-- \1: end -->", re.DOTALL)
-
-
-def timed(fn, repeat: int = 1) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        started = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - started)
-    return best
 
 
 def main() -> None:
@@ -59,27 +51,27 @@ def main() -> None:
         store = LocalArtifactStore(work / "store")
         store.put_file("song.wav", work / "song.wav")
 
-        decode_s = timed(lambda: audio.decode(work / "song.wav"), repeat=3)
+        decode_s = best_of(3, lambda: audio.decode(work / "song.wav"))
         rows.append(("decode song (22.05 kHz mono), s per min of audio", decode_s / minutes, "-", 0.0))
 
         segmentation = SegmentationStage(store)
         segmentation.load()
         for name in ("rules", "random"):
             req = SegmentRequest("song.wav", SegmenterParams(segmenter=name), f"{name}.json", f"{name}.txt")
-            seconds = timed(lambda: segmentation.run(req), repeat=3)
+            seconds = best_of(3, lambda: segmentation.run(req))
             rows.append((f"segmentation ({name}), s per min of audio", seconds / minutes,
                          "decode", decode_s / minutes))
 
         analysis = AnalysisStage(store)
         analysis.load()
         req = AnalyzeRequest("song.wav", "rules.json", "descriptors", "labels.json")
-        seconds = timed(lambda: analysis.run(req), repeat=3)
+        seconds = best_of(3, lambda: analysis.run(req))
         rows.append(("analysis (descriptors), s per min of audio", seconds / minutes, "decode", decode_s / minutes))
         rows += clap_rows(work / "song.wav", minutes)
 
-        floor = timed(lambda: blank_video(work / "song.wav", truth.duration, work / "blank.mp4"))
+        floor = best_of(1, lambda: blank_video(work / "song.wav", truth.duration, work / "blank.mp4"))
         mvgen = str(Path(sys.executable).parent / "mvgen")
-        e2e = timed(lambda: subprocess.run([mvgen, "generate", str(work / "song.wav"), "--run-dir",
+        e2e = best_of(1, lambda: subprocess.run([mvgen, "generate", str(work / "song.wav"), "--run-dir",
                                             str(work / "run"), "-q"], check=True, capture_output=True))
         rows.append((f"generate end to end, {truth.duration:.0f} s song (animatic), s", e2e,
                      "song duration", truth.duration))

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import replace
@@ -122,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def generate(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="mvgen-song-") as scratch:
+        return _generate(args, Path(scratch))
+
+
+def _generate(args: argparse.Namespace, scratch: Path) -> int:
     song_path = Path(args.song)
     width, height = _parse_size(args.size)
     options = JobOptions(
@@ -137,12 +143,13 @@ def generate(args: argparse.Namespace) -> int:
     options = replace(options, backend_config=backend_config_digest(PROMPTS_DIR, os.environ))
     _check_options(options, args)
 
-    info = audio.probe(song_path, max_seconds=args.max_duration)  # before anything is written
+    readable = audio.ffmpeg_readable(song_path, scratch)
+    info = audio.probe(readable, max_seconds=args.max_duration)  # before anything is written
     sha256 = _sha256(song_path)
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / f"{_slug(song_path.stem)}-{sha256[:8]}"
     store = LocalArtifactStore(run_dir)
     layout = JobLayout()
-    song_key = layout.song(song_path.suffix or ".audio")
+    song_key = layout.song(readable.suffix or ".audio")
     song = {"sha256": sha256, "source_name": song_path.name, "duration": round(info.duration, 4),
             "sample_rate": info.sample_rate, "channels": info.channels, "codec": info.codec, "key": song_key}
 
@@ -157,7 +164,7 @@ def generate(args: argparse.Namespace) -> int:
     async def load_and_run():
         await stages.wait_ready()  # an unknown backend is refused here, before the run folder is made
         if not store.exists(song_key):
-            store.put_file(song_key, song_path)
+            store.put_file(song_key, readable)
         return await _run_cancellable(orchestrator, job)
 
     started = time.monotonic()

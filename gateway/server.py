@@ -177,10 +177,16 @@ class SongLibrary:
     def _keep(self, client: str, song_id: str, path: Path, sha256: str, file_name: str) -> song_pb2.Song:
         """Probe, store content-addressed, record. Blocking: call from a worker thread."""
         name = _display_name(file_name)
-        try:
-            info = audio.probe(path, max_seconds=self.max_seconds)
-        except InvalidInputError as exc:  # the probe names the scratch file; the client knows its own name
-            raise InvalidInputError(str(exc).replace(str(path), name)) from None
+        with tempfile.TemporaryDirectory(prefix="mvgen-song-") as scratch:
+            path = audio.ffmpeg_readable(path, Path(scratch))
+            try:
+                info = audio.probe(path, max_seconds=self.max_seconds)
+            except InvalidInputError as exc:  # the probe names the scratch file; the client knows its own name
+                raise InvalidInputError(str(exc).replace(str(path), name)) from None
+            return self._store_song(client, song_id, path, sha256, name, info)
+
+    def _store_song(self, client: str, song_id: str, path: Path, sha256: str, name: str,
+                    info: audio.AudioInfo) -> song_pb2.Song:
         extension, mime = AUDIO_FORMATS.get(info.container, OTHER_AUDIO)
         key = f"songs/{sha256}{extension}"
         if not self.store.exists(key):

@@ -152,3 +152,20 @@ def test_surround_high_rate_song_becomes_stereo_compatible_aac(tmp_path):
     assert done.returncode == 0, done.stderr
     sound = audio_stream(probe_streams(tmp_path / "run/final.mp4"))
     assert sound["codec_name"] == "aac" and int(sound["sample_rate"]) == 48000
+
+
+def test_a_song_only_libsndfile_reads_is_converted_at_ingest(tmp_path):
+    # Stands in for real files ffmpeg rejects but players read (e.g. Ogg Vorbis from old encoders):
+    # MATLAB 5 audio, which libsndfile writes and ffmpeg cannot open.
+    import numpy as np
+    import soundfile as sf
+
+    t = np.arange(44100 * 6) / 44100
+    sf.write(tmp_path / "song.mat", (0.3 * np.sin(2 * np.pi * 220 * t)).astype("float32"), 44100,
+             format="MAT5", subtype="PCM_16")
+    assert subprocess.run(["ffprobe", "-v", "error", str(tmp_path / "song.mat")], capture_output=True).returncode != 0
+    done = mvgen("generate", "song.mat", "--run-dir", "run", "--size", "160x90", "-q", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "run/song.flac").exists()
+    seconds = float(probe_streams(tmp_path / "run/final.mp4")["format"]["duration"])
+    assert seconds == pytest.approx(6.0, abs=0.1)

@@ -70,6 +70,35 @@ def probe(path: str | Path, max_seconds: float) -> AudioInfo:
     )
 
 
+def ffmpeg_readable(path: Path, scratch: Path) -> Path:
+    """`path`, or a FLAC copy of it in `scratch` when only libsndfile can read it.
+
+    Some real Ogg Vorbis files (e.g. written by old encoders) fail ffmpeg's header parsing but play
+    everywhere else; converting them once at ingest lets every stage keep using ffmpeg."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return path  # probe() says what is wrong
+    try:
+        ffmpeg.run("ffprobe", ["-show_entries", "format=format_name", "-of", "json", str(path)], timeout=60)
+        return path
+    except ffmpeg.ToolError:
+        pass
+    with path.open("rb") as head:
+        id3 = head.read(3) == b"ID3"
+    if path.suffix.lower() == ".mp3" or id3:
+        return path  # MP3 is ffmpeg's to judge; libsndfile's mpg123 would only print its notes on stderr
+    import soundfile
+
+    try:
+        with soundfile.SoundFile(str(path)) as source:
+            copy = scratch / f"{path.stem}.flac"
+            with soundfile.SoundFile(str(copy), "w", source.samplerate, source.channels, format="FLAC") as target:
+                for block in source.blocks(blocksize=1 << 16, dtype="float32"):
+                    target.write(block)
+        return copy
+    except (RuntimeError, soundfile.LibsndfileError, ValueError):
+        return path  # neither can read it: probe() refuses it with ffmpeg's reason
+
+
 def decode(
     path: str | Path,
     sample_rate: int = ANALYSIS_SAMPLE_RATE,

@@ -99,18 +99,7 @@ class AnimaticGenerator(ClipGenerator):
         return {
             "generator": GENERATOR_NAME,
             "kind": "animatic preview (storyboard rendered on the CPU, not AI video)",
-            "scene_index": req.index,
-            "scene_text": scene.text,
-            "start": round(req.start, 4),
-            "end": round(req.end, 4),
-            "frames": req.frame_count,
-            "fps": req.fps,
-            "width": req.width,
-            "height": req.height,
-            "seed": req.seed,
             "palette": ["#%02x%02x%02x" % c for c in palette],
-            "encoding": {"codec": encoding.VIDEO_CODEC, "preset": encoding.PRESET, "crf": encoding.CRF,
-                         "pix_fmt": encoding.PIX_FMT},
             "seconds": round(seconds, 3),
             "frames_per_second": round(req.frame_count / seconds, 1) if seconds > 0 else None,
         }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from pathlib import PurePosixPath
+from typing import Any
 
 from services.common import encoding
 from services.common.artifacts import Script, dumps
@@ -51,8 +52,9 @@ class VideoStage:
 
         meta_key = clip_meta_key(req.clip_key)
         with self.store.local_path(req.song_key) as song_path, self.store.writing(req.clip_key) as out_path:
-            meta = generator.generate(req, song_path, script, out_path,
+            made = generator.generate(req, song_path, script, out_path,
                                       on_progress or _ignore_progress, is_cancelled or _never_cancelled)
+        meta = {**request_metadata(req, script), **made}
         # Written after the clip: a clip whose metadata exists is complete.
         self.store.put_bytes(meta_key, dumps(meta))
         return StageResult(
@@ -80,6 +82,17 @@ def _check_request(req: GenerateClipRequest) -> None:
         problems.append(f"the segment [{req.start}, {req.end}) is empty or starts before 0")
     if problems:
         raise InvalidInputError(f"bad clip request for scene {req.index}: " + "; ".join(problems))
+
+
+def request_metadata(req: GenerateClipRequest, script: Script) -> dict[str, Any]:
+    """What every clip's metadata says of its request, whichever generator made it."""
+    scene = next(scene for scene in script.scenes if scene.index == req.index)
+    return {
+        "scene_index": req.index, "scene_text": scene.text, "start": round(req.start, 4), "end": round(req.end, 4),
+        "frames": req.frame_count, "fps": req.fps, "width": req.width, "height": req.height, "seed": req.seed,
+        "encoding": {"codec": encoding.VIDEO_CODEC, "preset": encoding.PRESET, "crf": encoding.CRF,
+                     "pix_fmt": encoding.PIX_FMT},
+    }
 
 
 def _ignore_progress(fraction: float) -> None:

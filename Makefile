@@ -35,12 +35,8 @@ ffmpeg-installed:
 
 # Generated stubs are git-ignored; imports are made package-relative as text-generation-inference does.
 proto: $(PB_DIR)/__init__.py
-$(PB_DIR)/__init__.py: $(PROTOS) $(VENV)/.installed
-	rm -rf $(PB_DIR) build/pb && mkdir -p $(PB_DIR) build/pb
-	$(PY) -m grpc_tools.protoc -I proto --python_out=build/pb --grpc_python_out=build/pb --pyi_out=build/pb $(PROTOS)
-	mv build/pb/mvgen/v1/* $(PB_DIR)/
-	sed -i -E 's/^from mvgen\.v1 import/from . import/' $(PB_DIR)/*.py $(PB_DIR)/*.pyi
-	touch $@
+$(PB_DIR)/__init__.py: $(PROTOS) proto/gen_python.sh $(VENV)/.installed
+	PYTHON=$(PY) proto/gen_python.sh $(PB_DIR)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/buf lint proto

@@ -263,7 +263,7 @@ def test_dockerfile_structure(name):
         assert re.fullmatch(r"[\w./-]+:\d+\.\d+\.\d+[\w.-]*(@sha256:[0-9a-f]{64})?|[\w./-]+@sha256:[0-9a-f]{64}",
                             image), f"unpinned base image {image}"
     builder, runtime = stages[0], stages[-1]
-    assert any(i == "RUN" and "grpc_tools.protoc" in a for i, a in builder), "stubs are generated in the builder"
+    assert any(i == "RUN" and "proto/gen_python.sh" in a for i, a in builder), "stubs are generated in the builder"
     assert not any(i == "RUN" and "grpc" in a and "pip install" in a for i, a in runtime)
     users = [a for i, a in runtime if i == "USER"]
     assert users and users[-1].split(":")[0] not in ("0", "root"), "the runtime must not run as root"

@@ -143,8 +143,7 @@ def _generate(args: argparse.Namespace, scratch: Path) -> int:
     options = replace(options, backend_config=backend_config_digest(PROMPTS_DIR, os.environ))
     _check_options(options, args)
 
-    readable = audio.ffmpeg_readable(song_path, scratch)
-    info = audio.probe(readable, max_seconds=args.max_duration)  # before anything is written
+    readable, info = audio.ingest(song_path, scratch, max_seconds=args.max_duration)  # before anything is written
     sha256 = _sha256(song_path)
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / f"{_slug(song_path.stem)}-{sha256[:8]}"
     store = LocalArtifactStore(run_dir)

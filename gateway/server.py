@@ -178,12 +178,11 @@ class SongLibrary:
         """Probe, store content-addressed, record. Blocking: call from a worker thread."""
         name = _display_name(file_name)
         with tempfile.TemporaryDirectory(prefix="mvgen-song-") as scratch:
-            path = audio.ffmpeg_readable(path, Path(scratch))
             try:
-                info = audio.probe(path, max_seconds=self.max_seconds)
-            except InvalidInputError as exc:  # the probe names the scratch file; the client knows its own name
+                readable, info = audio.ingest(path, Path(scratch), max_seconds=self.max_seconds)
+            except InvalidInputError as exc:  # the probe names the upload's scratch file; the client knows its name
                 raise InvalidInputError(str(exc).replace(str(path), name)) from None
-            return self._store_song(client, song_id, path, sha256, name, info)
+            return self._store_song(client, song_id, readable, sha256, name, info)
 
     def _store_song(self, client: str, song_id: str, path: Path, sha256: str, name: str,
                     info: audio.AudioInfo) -> song_pb2.Song:

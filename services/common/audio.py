@@ -19,6 +19,10 @@ ANALYSIS_SAMPLE_RATE = 22050
 MIN_SONG_SECONDS = 1.0
 
 
+class UnreadableAudioError(InvalidInputError):
+    """ffmpeg cannot read the file at all (as opposed to: it is audio, but too long or too short)."""
+
+
 @dataclass(frozen=True)
 class AudioInfo:
     duration: float  # seconds, from the decoded samples
@@ -46,7 +50,7 @@ def probe(path: str | Path, max_seconds: float) -> AudioInfo:
         )
         meta = json.loads(raw)
     except ffmpeg.ToolError as exc:
-        raise InvalidInputError(f"{path}: not a readable audio file ({_short(exc.stderr)})") from exc
+        raise UnreadableAudioError(f"{path}: not a readable audio file ({_short(exc.stderr)})") from exc
     streams = [s for s in meta.get("streams", []) if s.get("codec_type") == "audio"]
     if not streams:
         raise InvalidInputError(f"{path}: the file holds no audio stream")
@@ -70,33 +74,41 @@ def probe(path: str | Path, max_seconds: float) -> AudioInfo:
     )
 
 
-def ffmpeg_readable(path: Path, scratch: Path) -> Path:
-    """`path`, or a FLAC copy of it in `scratch` when only libsndfile can read it.
+def ingest(path: Path, scratch: Path, max_seconds: float) -> tuple[Path, AudioInfo]:
+    """Probe a song as it comes in; return the file the stages should use, and what it is.
 
     Some real Ogg Vorbis files (e.g. written by old encoders) fail ffmpeg's header parsing but play
-    everywhere else; converting them once at ingest lets every stage keep using ffmpeg."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return path  # probe() says what is wrong
+    everywhere else: such a file is converted once to FLAC in `scratch`, so every stage keeps using
+    ffmpeg. Errors name `path`, never the scratch copy."""
     try:
-        ffmpeg.run("ffprobe", ["-show_entries", "format=format_name", "-of", "json", str(path)], timeout=60)
-        return path
-    except ffmpeg.ToolError:
-        pass
+        return path, probe(path, max_seconds)
+    except UnreadableAudioError:
+        copy = _libsndfile_copy(path, scratch)
+        if copy is None:
+            raise
+    try:
+        return copy, probe(copy, max_seconds)
+    except InvalidInputError as exc:
+        raise InvalidInputError(str(exc).replace(str(copy), str(path))) from None
+
+
+def _libsndfile_copy(path: Path, scratch: Path) -> Path | None:
+    """A FLAC copy of `path` made by libsndfile, or None when libsndfile cannot read it either."""
     with path.open("rb") as head:
         id3 = head.read(3) == b"ID3"
     if path.suffix.lower() == ".mp3" or id3:
-        return path  # MP3 is ffmpeg's to judge; libsndfile's mpg123 would only print its notes on stderr
+        return None  # MP3 is ffmpeg's to judge; libsndfile's mpg123 would only print its notes on stderr
     import soundfile
 
+    copy = scratch / f"{path.stem}.flac"
     try:
         with soundfile.SoundFile(str(path)) as source:
-            copy = scratch / f"{path.stem}.flac"
             with soundfile.SoundFile(str(copy), "w", source.samplerate, source.channels, format="FLAC") as target:
                 for block in source.blocks(blocksize=1 << 16, dtype="float32"):
                     target.write(block)
-        return copy
     except (RuntimeError, soundfile.LibsndfileError, ValueError):
-        return path  # neither can read it: probe() refuses it with ffmpeg's reason
+        return None
+    return copy
 
 
 def decode(

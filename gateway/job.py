@@ -22,6 +22,8 @@ from services.common.stage_api import ScriptInputs, SegmenterParams
 from services.common.store import ArtifactStore
 
 STAGES = ("segmentation", "analysis", "scripting", "video", "assembly")
+# A job's state when a shutdown stopped it: not terminal, so whoever runs jobs resumes it.
+INTERRUPTED = "interrupted"
 MAX_SCRIPT_INPUT_CHARS = 4000  # per user text; the writer trims further, this refuses the absurd
 
 

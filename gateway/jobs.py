@@ -43,8 +43,6 @@ T = TypeVar("T")
 TERMINAL_STATES = (job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED)
 TERMINAL_BY_MANIFEST = {"succeeded": job_pb2.JOB_STATE_SUCCEEDED, "failed": job_pb2.JOB_STATE_FAILED,
                         "cancelled": job_pb2.JOB_STATE_CANCELLED}
-# Written over "cancelled" when the gateway stops a job for a restart: not terminal, so it resumes.
-INTERRUPTED = "interrupted"
 STAGE_ENUMS = dict(zip(STAGES, (job_pb2.STAGE_SEGMENTATION, job_pb2.STAGE_ANALYSIS, job_pb2.STAGE_SCRIPTING,
                                 job_pb2.STAGE_VIDEO, job_pb2.STAGE_ASSEMBLY)))
 REQUEST_ID_TTL_SECONDS = 24 * 3600
@@ -571,7 +569,7 @@ class JobRegistry:
             if not view.user_cancelled:
                 view.interrupted = True
                 if view.orchestrator is not None:
-                    view.orchestrator.cancel()
+                    view.orchestrator.cancel(interrupted=True)
                 if view.work is not None:
                     view.work.cancel()
             runners.append(view.runner)
@@ -621,14 +619,11 @@ class JobRegistry:
 
     def _settle(self, view: JobView, error: BaseException | None) -> None:
         """Make the manifest say how the run ended where the orchestrator could not: a job cancelled
-        or failed before it started, or stopped by a gateway shutdown (which must stay resumable)."""
+        or failed before it started. (A shutdown leaves it as it is: unfinished, so it resumes.)"""
+        if view.interrupted:
+            return
         record = view.record
         manifest = _read_json(self.store, record.layout.manifest)
-        if view.interrupted:
-            if manifest is not None and manifest["state"] not in ("succeeded", "failed"):
-                manifest.update(state=INTERRUPTED, error=None)
-                Manifest(self.store, record.layout, manifest).save()
-            return
         if manifest is not None and manifest["state"] in TERMINAL_BY_MANIFEST:
             return
         spec = record.spec()

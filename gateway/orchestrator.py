@@ -26,7 +26,7 @@ from services.common.stage_api import (
     StageResult,
 )
 from services.common.store import ArtifactStore
-from gateway.job import JobLayout, JobOptions, Manifest, fingerprint, utc_now
+from gateway.job import INTERRUPTED, JobLayout, JobOptions, Manifest, fingerprint, utc_now
 from gateway.stage_clients import StageClients
 
 
@@ -65,8 +65,12 @@ class Orchestrator:
         self.on_event = on_event or (lambda event: None)
         self.share_outputs = share_outputs
         self._cancelled = asyncio.Event()
+        self._interrupted = False
 
-    def cancel(self) -> None:
+    def cancel(self, interrupted: bool = False) -> None:
+        """Stop the job. `interrupted`: stopped by a shutdown, not by the user; the manifest then
+        says "interrupted", which is not terminal, so the job resumes at the next start."""
+        self._interrupted = interrupted
         self._cancelled.set()
 
     async def run(self, job: JobSpec) -> Manifest:
@@ -74,7 +78,10 @@ class Orchestrator:
         try:
             await self._run(job, manifest)
         except (JobCancelledError, asyncio.CancelledError):
-            await manifest.finish("cancelled", "cancelled by the user")
+            if self._interrupted:
+                await manifest.finish(INTERRUPTED)
+            else:
+                await manifest.finish("cancelled", "cancelled by the user")
             raise
         except MvgenError as exc:
             await manifest.finish("failed", str(exc))

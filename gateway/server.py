@@ -29,8 +29,6 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from services.common import audio
 from services.common.errors import InvalidInputError, MvgenError, ResourceExhaustedError
@@ -41,7 +39,7 @@ from services.common.s3_store import S3ArtifactStore
 from services.common.settings import StoreSettings, env_float, env_int, env_list, env_str
 from services.common.store import ArtifactStore, open_store
 from services.common.transport.errors import ErrorMappingInterceptor
-from services.common.transport.server import NOT_SERVING, SERVING, configure_logging
+from services.common.transport.server import HealthServer, configure_logging
 from gateway.auth import AuthInterceptor, Authenticator, load_token_digests
 from gateway.jobs import (
     AlreadyExistsError,
@@ -351,38 +349,28 @@ class GatewayServer:
                                     observe_stage=lambda stage, seconds: self.metrics.stage_seconds.labels(stage)
                                     .observe(seconds))
         self.metrics.watch(self.registry.counts)
-        self.health = health.aio.HealthServicer()
         authenticator = Authenticator(settings.token_digests)
-        self.server = grpc.aio.server(interceptors=[
+        self.grpc = HealthServer([SERVICE_NAME], f"{settings.host}:{settings.port}", [
             MetricsInterceptor(self.metrics), AuthInterceptor(authenticator),
             ErrorMappingInterceptor(extra=STATUS_BY_GATEWAY_ERROR)])
+        self.server, self.port = self.grpc.server, self.grpc.port
         songs = SongLibrary(store, settings.max_upload_bytes, settings.max_song_seconds)
         api_grpc.add_MusicVideoServiceServicer_to_server(
             MusicVideoServicer(settings, store, self.registry, songs, authenticator), self.server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            self.server)
-        self.port = self.server.add_insecure_port(f"{settings.host}:{settings.port}")
         self.metrics_port = 0
 
     async def start(self) -> None:
-        await self._set_serving(False)
-        await self.server.start()
+        await self.grpc.start()
         await self.registry.start()
         self.metrics_port = self.metrics.serve(self.settings.metrics_port, self.settings.host)
-        await self._set_serving(True)
+        await self.grpc.set_serving(True)
         log.info("gateway serving on port %d, metrics on port %d", self.port, self.metrics_port)
 
     async def stop(self) -> None:
-        await self.health.enter_graceful_shutdown()
-        await self.registry.close()
-        await self.server.stop(self.settings.grace_seconds)
+        await self.grpc.set_serving(False)
+        await self.registry.close()  # running jobs stop resumable while the server still answers
+        await self.grpc.stop(self.settings.grace_seconds)
         self.metrics.close()
-
-    async def _set_serving(self, serving: bool) -> None:
-        for service in ("", SERVICE_NAME):
-            await self.health.set(service, SERVING if serving else NOT_SERVING)
 
 
 async def serve(settings: GatewaySettings, store: ArtifactStore) -> None:

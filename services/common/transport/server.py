@@ -38,27 +38,49 @@ class ServedStage(Protocol):
     def ready(self) -> bool: ...
 
 
-class ServiceRunner:
-    def __init__(self, *, name: str, service_names: Sequence[str], host: str, port: int,
-                 grace_seconds: float, stage: ServedStage):
-        self.name = name
+class HealthServer:
+    """A grpc.aio server with the standard health service and reflection for `service_names`;
+    NOT_SERVING until told otherwise. The stage services and the gateway are both built on it."""
+
+    def __init__(self, service_names: Sequence[str], address: str,
+                 interceptors: Sequence[grpc.aio.ServerInterceptor]):
         self.service_names = tuple(service_names)
-        self.address = f"{host}:{port}"
-        self.grace_seconds = grace_seconds
-        self.stage = stage
         self.health = health.aio.HealthServicer()
-        self.server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()], options=SERVER_OPTIONS)
-        self.stopping = asyncio.Event()
+        self.server = grpc.aio.server(interceptors=list(interceptors), options=SERVER_OPTIONS)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME), self.server)
-        self.port = self.server.add_insecure_port(self.address)
+        self.port = self.server.add_insecure_port(address)
+
+    async def start(self) -> None:
+        await self.set_serving(False)
+        await self.server.start()
 
     async def set_serving(self, serving: bool) -> None:
         status = SERVING if serving else NOT_SERVING
         for service in ("", *self.service_names):
             await self.health.set(service, status)
+
+    async def stop(self, grace_seconds: float) -> None:
+        """NOT_SERVING first, so that balancers stop sending; then let calls in flight finish."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_seconds)
+
+
+class ServiceRunner:
+    def __init__(self, *, name: str, service_names: Sequence[str], host: str, port: int,
+                 grace_seconds: float, stage: ServedStage):
+        self.name = name
+        self.address = f"{host}:{port}"
+        self.grace_seconds = grace_seconds
+        self.stage = stage
+        self.grpc = HealthServer(service_names, self.address, [ErrorMappingInterceptor()])
+        self.server, self.port = self.grpc.server, self.grpc.port
+        self.stopping = asyncio.Event()
+
+    async def set_serving(self, serving: bool) -> None:
+        await self.grpc.set_serving(serving)
 
     async def _watch_backends(self) -> None:
         """A backend that broke for good (a CUDA device error) turns health NOT_SERVING, so that the
@@ -71,8 +93,7 @@ class ServiceRunner:
             await asyncio.sleep(BACKEND_CHECK_SECONDS)
 
     async def run(self) -> None:
-        await self.set_serving(False)
-        await self.server.start()
+        await self.grpc.start()
         log.info("%s listening on %s, loading", self.name, self.address)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -88,8 +109,7 @@ class ServiceRunner:
             asyncio.ensure_future(self._watch_backends())
         await self.stopping.wait()
         log.info("%s stopping: NOT_SERVING, draining for up to %.0f s", self.name, self.grace_seconds)
-        await self.health.enter_graceful_shutdown()
-        await self.server.stop(self.grace_seconds)
+        await self.grpc.stop(self.grace_seconds)
 
 
 def configure_logging() -> None:

@@ -112,13 +112,12 @@ class Orchestrator:
         # Read back, not taken from the stage's answer: a person may have edited script.json.
         script = artifacts.Script.from_dict(await self._read_json(layout.script))
 
-        clip_fps = await self._clips(job, manifest, segmentation, script)
+        clips = await self._clips(job, manifest, segmentation, script)
 
-        frame_counts = [timing.frame_count(s.start, s.end, opts.fps) for s in segmentation.segments]
-        final_fp = fingerprint("assembly", song_fp, clip_fps, opts.fps)
+        final_fp = fingerprint("assembly", song_fp, [fp for _, fp in clips], opts.fps)
         await self._stage(manifest, "assembly", final_fp, "ffmpeg", lambda: self.stages.assemble(
-            AssembleRequest(job.song_key, [layout.clip(s.index) for s in segmentation.segments],
-                            frame_counts, opts.fps, opts.width, opts.height, layout.final)))
+            AssembleRequest(job.song_key, [req.clip_key for req, _ in clips], [req.frame_count for req, _ in clips],
+                            opts.fps, opts.width, opts.height, layout.final)))
 
     async def _stage(self, manifest: Manifest, name: str, fp: str, backend: str,
                      call: Callable[[], Awaitable[StageResult]]) -> None:
@@ -142,7 +141,8 @@ class Orchestrator:
         self.on_event(JobEvent("stage", name, "succeeded", detail=result.info))
 
     async def _clips(self, job: JobSpec, manifest: Manifest, segmentation: artifacts.Segmentation,
-                     script: artifacts.Script) -> list[str]:
+                     script: artifacts.Script) -> list[tuple[GenerateClipRequest, str]]:
+        """Generate every clip not already made; returns each clip's request and fingerprint, in order."""
         opts, layout = job.options, job.layout
         stage = manifest.stage("video")
         if len(script.scenes) != len(segmentation.segments):
@@ -204,7 +204,7 @@ class Orchestrator:
         info = {"clips": len(requests), "generated": len(generated)}
         await manifest.mark(stage, "succeeded", seconds=round(time.monotonic() - started, 3), info=info)
         self.on_event(JobEvent("stage", "video", "succeeded" if generated else "cached", detail=info))
-        return [fp for _, fp in requests]
+        return requests
 
     async def _publish(self, manifest: Manifest, fp: str, result: StageResult) -> None:
         if self.share_outputs:

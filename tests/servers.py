@@ -22,6 +22,9 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.s3_store import S3ArtifactStore
+from services.common.settings import StoreSettings
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Poll a starting server often: gRPC's default reconnect backoff would add seconds to every start.
 FAST_RECONNECT = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
@@ -32,6 +35,14 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def dev_stack_store(state: Mapping) -> S3ArtifactStore:
+    """The S3 store of a running dev stack (tools/dev_stack.py), as the tests read it directly."""
+    s3 = state["s3"]
+    return S3ArtifactStore(StoreSettings(kind="s3", root="", endpoint=s3["endpoint"], bucket=s3["bucket"],
+                                         access_key=s3["access_key"], secret_key=s3["secret_key"],
+                                         region=s3["region"], secure=False))
 
 
 def local_store_env(root: str | Path) -> dict[str, str]:

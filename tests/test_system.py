@@ -36,10 +36,9 @@ from services.common.pb import job_pb2, stage_pb2
 from services.common.pb import music_video_service_pb2 as api_pb2
 from services.common.pb import music_video_service_pb2_grpc as api_grpc
 from services.common.s3_store import S3ArtifactStore
-from services.common.settings import StoreSettings
 from gateway.client import apply_change
 from tests.media import audio_stream, counted_frames, probe_streams, video_stream
-from tests.servers import FAST_RECONNECT
+from tests.servers import FAST_RECONNECT, dev_stack_store
 from tools.dev_stack import DevStack, log_tail
 from tools.synth_song import SongTruth, render_song
 
@@ -77,10 +76,7 @@ def system(tmp_path_factory) -> Iterator[System]:
                      startup_timeout=120)
     try:
         state = stack.start()
-        s3 = state["s3"]
-        store = S3ArtifactStore(StoreSettings(kind="s3", root="", endpoint=s3["endpoint"], bucket=s3["bucket"],
-                                              access_key=s3["access_key"], secret_key=s3["secret_key"],
-                                              region=s3["region"], secure=False))
+        store = dev_stack_store(state)
         yield System(stack, state, store, state["gateway"]["token"])
     finally:
         stack.stop()  # whatever happened: nothing is left running

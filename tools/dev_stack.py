@@ -9,7 +9,7 @@ after a grace period). Under the base folder (default `.dev-stack/`): `state.jso
 the S3 settings and the generated dev token; readable by its owner only) and one log per process
 in `logs/`.
 
-    python -m tools.dev_stack up [--free-ports]
+    python -m tools.dev_stack up [--free-ports] [--video-replicas N]
     python -m tools.dev_stack status
     python -m tools.dev_stack down
 
@@ -20,8 +20,13 @@ Importable, so that tests run the real system:
     ...
     stack.kill("video")            # SIGKILL, as a crashed pod (fault tests)
     stack.restart("video")         # the same module, port and environment; back once SERVING
+    stack.spawn_gateway("gateway-b", {"MVGEN_VIDEO_ADDR": ...})   # another gateway, other settings
+    stack.remove("gateway-b")      # SIGTERM (drain), then SIGKILL after the grace period
     ...
     stack.stop()
+
+`video_replicas=N` (`--video-replicas N`) runs N video services, "video", "video-2", ...; the
+gateway's MVGEN_VIDEO_ADDR lists them all, so it spreads clips over them.
 """
 
 from __future__ import annotations
@@ -58,6 +63,17 @@ MOTO_MODULE = "moto.server"
 # Default ports: the compose ports for the services, MinIO's 9000 for the S3 stand-in.
 DEFAULT_PORTS = {"s3": 9000, **{name: spec[1] for name, spec in STAGES.items()},
                  "gateway": GATEWAY[1], "metrics": 9090}
+VIDEO_REPLICA_PORT_STEP = 100  # video-2 listens on 50154, video-3 on 50254, ... by default
+
+
+def video_names(replicas: int) -> list[str]:
+    return ["video", *(f"video-{k}" for k in range(2, replicas + 1))]
+
+
+def default_port(name: str) -> int:
+    if name.startswith("video-"):
+        return STAGES["video"][1] + VIDEO_REPLICA_PORT_STEP * (int(name.removeprefix("video-")) - 1)
+    return DEFAULT_PORTS[name]
 
 
 class DevStackError(RuntimeError):
@@ -167,7 +183,10 @@ class DevStack:
     def __init__(self, base_dir: str | Path = DEFAULT_BASE_DIR, *, ports: Mapping[str, int] | None = None,
                  free_ports: bool = False, bucket: str = "mvgen",
                  grace_seconds: float = 5.0, startup_timeout: float = 180.0,
-                 env: Mapping[str, Mapping[str, str]] | None = None, python: str | None = None):
+                 env: Mapping[str, Mapping[str, str]] | None = None, python: str | None = None,
+                 video_replicas: int = 1):
+        if video_replicas < 1:
+            raise DevStackError("video_replicas must be at least 1")
         self.base_dir = Path(base_dir).resolve()
         self.state_path = self.base_dir / "state.json"
         self.log_dir = self.base_dir / "logs"
@@ -178,6 +197,7 @@ class DevStack:
         self.startup_timeout = startup_timeout
         self.extra_env = {name: dict(values) for name, values in (env or {}).items()}
         self.python = python or sys.executable
+        self.videos = video_names(video_replicas)
         self.state: dict[str, Any] | None = None
         self._popen: dict[str, subprocess.Popen] = {}  # only the processes this object started
         self._spawned: dict[str, tuple[list[str], dict[str, str]]] = {}  # name -> (argv, environment)
@@ -210,13 +230,13 @@ class DevStack:
     # ------------------------------------------------------------------ start
 
     def _choose_ports(self) -> dict[str, int]:
-        names = ["s3", *STAGES, "gateway", "metrics"]
+        names = ["s3", *STAGES, *self.videos[1:], "gateway", "metrics"]
         ports = {name: self.requested_ports[name] for name in names if name in self.requested_ports}
         missing = [name for name in names if name not in ports]
         if self.free_ports:
             ports.update(zip(missing, free_ports(len(missing))))
         else:
-            ports.update({name: DEFAULT_PORTS[name] for name in missing})
+            ports.update({name: default_port(name) for name in missing})
         busy = [f"{name} {port}" for name, port in ports.items() if port_in_use(port)]
         if busy:
             raise DevStackError(f"port in use on {HOST}: {', '.join(busy)}; stop what holds it, or start "
@@ -248,6 +268,8 @@ class DevStack:
         if name == "gateway":
             env.update(self._gateway_env())
         env.update(self.extra_env.get("*", {}))
+        if name.startswith("video-"):  # every video replica is configured as "video" is
+            env.update(self.extra_env.get("video", {}))
         env.update(self.extra_env.get(name, {}))
         return env
 
@@ -257,9 +279,11 @@ class DevStack:
         assert self.state is not None
         procs = self.state["processes"]
         token = self.state["gateway"]["token"]
+        videos = [procs[name]["address"] for name in procs if name == "video" or name.startswith("video-")]
         return {
             "MVGEN_STAGES": "grpc",
             **{f"MVGEN_{name.upper()}_ADDR": procs[name]["address"] for name in STAGES},
+            "MVGEN_VIDEO_ADDR": ",".join(videos),
             "MVGEN_GATEWAY_TOKENS_SHA256": hashlib.sha256(token.encode()).hexdigest(),
             "MVGEN_METRICS_PORT": str(self.state["gateway"]["metrics_port"]),
         }
@@ -357,7 +381,10 @@ class DevStack:
             self._wait_s3(deadline)
             for name, (module, _, service) in STAGES.items():
                 self._spawn(name, module, [], ports[name], service=service)
-            self._wait_serving(STAGES, deadline)
+            module, _, service = STAGES["video"]
+            for name in self.videos[1:]:
+                self._spawn(name, module, [], ports[name], service=service)
+            self._wait_serving([*STAGES, *self.videos[1:]], deadline)
             self._spawn("gateway", GATEWAY[0], [], ports["gateway"], service=GATEWAY[2])
             self._wait_serving(["gateway"], deadline)
             self._write_state()
@@ -413,6 +440,31 @@ class DevStack:
             self._wait_serving([name], deadline, timeout)
         return self.state["processes"][name]
 
+    def spawn_gateway(self, name: str, env: Mapping[str, str], timeout: float | None = None) -> dict[str, Any]:
+        """Another gateway beside the stack's, on a free port, with the stack gateway's environment
+        and `env` over it (e.g. a stage address pointing at a fault injector). Returns its state
+        entry once it answers health SERVING. It shares the store: a gateway resumes every unfinished
+        job it finds there, so start one while no job runs."""
+        if self.state is None:
+            raise DevStackError("start the stack first")
+        if not name.startswith("gateway-") or name in self.state["processes"]:
+            raise DevStackError(f"another gateway needs a new name starting with 'gateway-', not {name!r}")
+        port, metrics_port = free_ports(2)
+        environment = {**self._env("gateway", port), "MVGEN_METRICS_PORT": str(metrics_port), **env}
+        self._spawn(name, GATEWAY[0], [], port, env=environment, service=GATEWAY[2])
+        timeout = self.startup_timeout if timeout is None else timeout
+        self._wait_serving([name], time.monotonic() + timeout, timeout)
+        return self.state["processes"][name]
+
+    def remove(self, name: str) -> str:
+        """Stop one process as `stop()` stops all (SIGTERM, SIGKILL after the grace period) and forget it.
+        Returns how it ended: "exited", "killed" or "gone"."""
+        entry = self._entry(name)
+        outcome = self._stop_group({name: entry}, self.grace_seconds + 5.0)[name]
+        del self.state["processes"][name]
+        self._write_state()
+        return outcome
+
     # ------------------------------------------------------------------ stop
 
     def stop(self, grace_seconds: float | None = None) -> dict[str, str]:
@@ -424,33 +476,40 @@ class DevStack:
         if not state:
             return {}
         grace = self.grace_seconds + 5.0 if grace_seconds is None else grace_seconds
+        procs = state["processes"]
+        gateways = [n for n in procs if n.startswith("gateway")]
+        services = [n for n in procs if n not in gateways and n != "s3"]
         outcome: dict[str, str] = {}
-        for group in (["gateway"], list(STAGES), ["s3"]):
-            names = [n for n in group if n in state["processes"]]
-            live = {}
-            for name in names:
-                entry = state["processes"][name]
-                if self._alive(name, entry):
-                    live[name] = entry
-                    try:
-                        os.kill(entry["pid"], signal.SIGTERM)
-                    except ProcessLookupError:
-                        pass
-                else:
-                    outcome[name] = "gone"
-            deadline = time.monotonic() + grace
-            while live and time.monotonic() < deadline:
-                for name in [n for n, e in live.items() if not self._alive(n, e)]:
-                    outcome[name] = "exited"
-                    del live[name]
-                time.sleep(0.05)
-            for name, entry in live.items():
-                self._kill_group(entry["pid"])
-                outcome[name] = "killed"
-            for name in names:
-                self._reap(name)
+        for group in (gateways, services, [n for n in procs if n == "s3"]):
+            outcome.update(self._stop_group({name: procs[name] for name in group}, grace))
         self.state_path.unlink(missing_ok=True)
         self.state = None
+        return outcome
+
+    def _stop_group(self, entries: Mapping[str, Mapping[str, Any]], grace: float) -> dict[str, str]:
+        """SIGTERM each process, then SIGKILL those still running after `grace` seconds."""
+        outcome: dict[str, str] = {}
+        live = {}
+        for name, entry in entries.items():
+            if self._alive(name, entry):
+                live[name] = entry
+                try:
+                    os.kill(entry["pid"], signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+            else:
+                outcome[name] = "gone"
+        deadline = time.monotonic() + grace
+        while live and time.monotonic() < deadline:
+            for name in [n for n, e in live.items() if not self._alive(n, e)]:
+                outcome[name] = "exited"
+                del live[name]
+            time.sleep(0.05)
+        for name, entry in live.items():
+            self._kill_group(entry["pid"])
+            outcome[name] = "killed"
+        for name in entries:
+            self._reap(name)
         return outcome
 
     def _alive(self, name: str, entry: Mapping[str, Any]) -> bool:
@@ -492,11 +551,10 @@ def _describe(state: Mapping[str, Any], python_hint: str = ".venv/bin") -> str:
     procs = state["processes"]
     s3 = procs["s3"]
     lines.append(f"  {'s3 (moto)':<14} {state['s3']['endpoint']:<22} pid {s3['pid']:<8} bucket {state['s3']['bucket']}")
-    for name in (*STAGES, "gateway"):
-        if name in procs:
-            extra = (f"metrics http://{HOST}:{state['gateway']['metrics_port']}/metrics"
-                     if name == "gateway" else "")
-            lines.append(f"  {name:<14} {procs[name]['address']:<22} pid {procs[name]['pid']:<8} {extra}".rstrip())
+    for name in [n for n in procs if n != "s3"]:
+        extra = (f"metrics http://{HOST}:{state['gateway']['metrics_port']}/metrics"
+                 if name == "gateway" else "")
+        lines.append(f"  {name:<14} {procs[name]['address']:<22} pid {procs[name]['pid']:<8} {extra}".rstrip())
     gw = state["gateway"]
     lines += ["", "Submit a song:",
               f"  MVGEN_TOKEN={gw['token']} {python_hint}/mvgen submit song.wav --server {gw['server']}"]
@@ -511,6 +569,8 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("up", help="start everything and wait until it is SERVING")
     up.add_argument("--free-ports", action="store_true", help="pick unused ports instead of 9000 and 50050-50055")
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness (default 180)")
+    up.add_argument("--video-replicas", type=int, default=1, metavar="N",
+                    help="video services to run; the gateway spreads clips over them (default 1)")
     down = sub.add_parser("down", help="stop everything (SIGTERM, then SIGKILL after the grace period)")
     down.add_argument("--grace", type=float, default=None, help="seconds before SIGKILL (default 10)")
     sub.add_parser("status", help="what is running")
@@ -518,7 +578,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "up":
-            stack = DevStack(args.base_dir, free_ports=args.free_ports, startup_timeout=args.timeout)
+            stack = DevStack(args.base_dir, free_ports=args.free_ports, startup_timeout=args.timeout,
+                             video_replicas=args.video_replicas)
             print(_describe(stack.start()))
             return 0
         stack = DevStack(args.base_dir)

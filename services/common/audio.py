@@ -7,6 +7,7 @@ channel count; the decoded sample count, not the header, is the truth about a so
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,11 @@ from services.common.errors import InvalidInputError
 
 ANALYSIS_SAMPLE_RATE = 22050
 MIN_SONG_SECONDS = 1.0
+# Below this many bytes per second of claimed duration (8 kbit/s, the lowest MP3 bitrate) a header's
+# duration is not believed: a 50 KB file "of 14 hours" is a lying header, and its samples decide.
+MIN_PLAUSIBLE_BYTES_PER_SECOND = 1000
+# ffmpeg's words for "this is not a format I know" (errno text, not meant for a person).
+UNRECOGNISED = ("Invalid argument", "Invalid data found when processing input")
 
 
 class UnreadableAudioError(InvalidInputError):
@@ -56,8 +62,10 @@ def probe(path: str | Path, max_seconds: float) -> AudioInfo:
         raise InvalidInputError(f"{path}: the file holds no audio stream")
     stream = streams[0]
     header_seconds = _float(meta.get("format", {}).get("duration"))
-    if header_seconds is not None and header_seconds > max_seconds * 1.5:
-        # Refuse early, before decoding, but only when the header is far over: headers lie (VBR mp3).
+    if (header_seconds is not None and header_seconds > max_seconds * 1.5
+            and path.stat().st_size >= header_seconds * MIN_PLAUSIBLE_BYTES_PER_SECOND):
+        # Refuse early, before decoding, but only when the header is far over and the file could hold
+        # that much: headers lie (VBR mp3, a forged Xing frame count). Decoding below is bounded anyway.
         raise InvalidInputError(_too_long(path, header_seconds, max_seconds))
     samples = decode(path, sample_rate=8000, max_seconds=max_seconds + 1.0)
     duration = samples.size / 8000
@@ -153,5 +161,10 @@ def _span(seconds: float) -> str:
 
 
 def _short(stderr: str) -> str:
+    """ffmpeg's last line, for a person: without the file's path or the demuxer's address."""
     lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
-    return lines[-1][:160] if lines else "unknown format"
+    if not lines:
+        return "unknown format"
+    last = re.sub(r"^\[[^]]*@ 0x[0-9a-f]+\]\s*", "", lines[-1])
+    last = last.rsplit(": ", 1)[-1] if last.endswith(UNRECOGNISED) else last
+    return "its format is not recognised, or its data is corrupt" if last in UNRECOGNISED else last[:160]

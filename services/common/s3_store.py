@@ -1,13 +1,16 @@
 """The S3 implementation of ArtifactStore, through the `minio` SDK: MinIO in compose and
 Kubernetes, or any S3-compatible endpoint by configuration.
 
-Transient faults (connection refused, timeouts, 5xx) are retried with exponential backoff, then
-raised as TransientError so that callers answer UNAVAILABLE and the job can be retried.
+Transient faults (connection refused, timeouts, 5xx) are retried with jittered exponential backoff
+for MVGEN_S3_RETRY_SECONDS, each retry logged, then raised as TransientError so that callers answer
+UNAVAILABLE and the job can be retried.
 """
 
 from __future__ import annotations
 
 import io
+import logging
+import random
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -26,15 +29,26 @@ from services.common.errors import StageFailedError, TransientError
 from services.common.settings import StoreSettings
 from services.common.store import ArtifactStore, check_key
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
-RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0)  # seconds between tries; about 8 s of outage is absorbed
 NOT_FOUND = ("NoSuchKey", "NoSuchObject", "NoSuchBucket")
+FIRST_DELAY, MAX_DELAY = 0.2, 5.0  # seconds before the first retry; the backoff doubles up to this
+
+
+def backoff_delays(budget_seconds: float) -> tuple[float, ...]:
+    """Pauses between tries: 0.2, 0.4, 0.8, ... up to 5 s each, adding up to `budget_seconds`."""
+    delays: list[float] = []
+    while sum(delays) < budget_seconds:
+        delays.append(min(MAX_DELAY, FIRST_DELAY * 2 ** len(delays), budget_seconds - sum(delays)))
+    return tuple(delays)
 
 
 class S3ArtifactStore(ArtifactStore):
-    def __init__(self, settings: StoreSettings, retry_delays: tuple[float, ...] = RETRY_DELAYS):
+    def __init__(self, settings: StoreSettings, retry_delays: tuple[float, ...] | None = None):
+        """`retry_delays`: the pauses between tries; by default from `settings.retry_seconds`."""
         self.bucket = settings.bucket
-        self.retry_delays = retry_delays
+        self.endpoint = settings.endpoint
+        self.retry_delays = backoff_delays(settings.retry_seconds) if retry_delays is None else retry_delays
         # Short timeouts and no urllib3 retries: our own retry loop decides, and a dead store is seen quickly.
         http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=3.0, read=60.0), retries=False, maxsize=16)
         self.client = _client(settings, settings.endpoint, http)
@@ -93,6 +107,7 @@ class S3ArtifactStore(ArtifactStore):
         return self.signer.presigned_put_object(self.bucket, check_key(key), expires=expires)
 
     def _retry(self, call: Callable[[], T]) -> T:
+        started = time.monotonic()
         for attempt, delay in enumerate((*self.retry_delays, None)):
             try:
                 return call()
@@ -101,11 +116,15 @@ class S3ArtifactStore(ArtifactStore):
                     raise KeyError(exc.object_name or exc.code) from exc
                 if not _transient_s3(exc):
                     raise StageFailedError(f"the object store refused: {exc.code}: {exc.message}") from exc
-                if delay is None:
-                    raise TransientError(f"object store error: {exc.code}: {exc.message}") from exc
+                failing, cause = "kept failing", f"{exc.code}: {exc.message}"
             except (urllib3.exceptions.HTTPError, OSError) as exc:
-                if delay is None:
-                    raise TransientError(f"object store unreachable after {attempt + 1} tries: {exc}") from exc
+                failing, cause = "is unreachable", _reason(exc)
+            if delay is None:
+                raise TransientError(f"the object store at {self.endpoint} {failing} after {attempt + 1} tries "
+                                     f"over {time.monotonic() - started:.1f} s ({cause})") from None
+            delay *= random.uniform(0.75, 1.0)  # jitter: many callers do not retry in lockstep
+            log.warning("the object store at %s %s (%s); try %d failed, retrying in %.1f s", self.endpoint,
+                        failing, cause, attempt + 1, delay)
             time.sleep(delay)
         raise AssertionError("unreachable")
 
@@ -115,6 +134,13 @@ def _client(settings: StoreSettings, endpoint: str, http: urllib3.PoolManager) -
     secure = parsed.scheme == "https" if parsed.scheme else settings.secure
     return Minio(parsed.netloc, access_key=settings.access_key or None, secret_key=settings.secret_key or None,
                  secure=secure, region=settings.region, http_client=http)
+
+
+def _reason(exc: Exception) -> str:
+    """The root cause of a connection failure in a few words (urllib3 wraps it in URLs and pools)."""
+    reason = getattr(exc, "reason", None) or exc
+    text = str(getattr(reason, "reason", None) or reason)
+    return text.rsplit(": ", 1)[-1][:200] or type(exc).__name__
 
 
 def _transient_s3(exc: S3Error) -> bool:

@@ -60,6 +60,7 @@ class StoreSettings:
     region: str  # MVGEN_S3_REGION
     secure: bool  # MVGEN_S3_SECURE: TLS to the endpoint when no scheme is given
     public_endpoint: str = ""  # MVGEN_S3_PUBLIC_ENDPOINT: the store as clients reach it, for presigned URLs
+    retry_seconds: float = 60.0  # MVGEN_S3_RETRY_SECONDS: how long one operation retries an unreachable store
 
     @classmethod
     def from_env(cls) -> StoreSettings:
@@ -73,6 +74,7 @@ class StoreSettings:
             secret_key=os.environ.get("MVGEN_S3_SECRET_KEY", ""),
             region=env_str("MVGEN_S3_REGION", "us-east-1"),
             secure=env_bool("MVGEN_S3_SECURE", False),
+            retry_seconds=env_float("MVGEN_S3_RETRY_SECONDS", 60.0),
         )
 
 

@@ -19,10 +19,17 @@ from services.common.errors import InvalidInputError
 from services.common.settings import StoreSettings
 
 
+MAX_KEY_CHARS = 1024  # S3's limit on an object key (in UTF-8 bytes; our keys are ASCII)
+
+
 def check_key(key: str) -> str:
-    parts = PurePosixPath(key).parts
-    if not key or key.startswith("/") or any(p in ("..", ".") for p in parts) or "\\" in key:
-        raise InvalidInputError(f"invalid artifact key {key!r}")
+    """`key` if it names an object inside the store: relative, '/'-separated, no empty, '.' or '..'
+    part, no backslash or control character (a NUL would cut a local path short). The same key is
+    refused by both stores, so a key that works in a run folder works in S3 and the reverse."""
+    parts = key.split("/")
+    if (not key or len(key) > MAX_KEY_CHARS or any(p in ("", ".", "..") for p in parts) or "\\" in key
+            or any(ord(c) < 0x20 or c == "\x7f" for c in key)):
+        raise InvalidInputError(f"invalid artifact key {key[:100]!r}")
     return key
 
 
@@ -76,7 +83,11 @@ class LocalArtifactStore(ArtifactStore):
         self.root = Path(root)
 
     def path(self, key: str) -> Path:
-        return self.root / check_key(key)
+        path = self.root / check_key(key)
+        # A symbolic link inside the folder must not lead out of it either.
+        if not path.resolve().is_relative_to(self.root.resolve()):
+            raise InvalidInputError(f"artifact key {key!r} leads outside the store")
+        return path
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()

@@ -43,7 +43,9 @@ class HealthServer:
     NOT_SERVING until told otherwise. The stage services and the gateway are both built on it."""
 
     def __init__(self, service_names: Sequence[str], address: str,
-                 interceptors: Sequence[grpc.aio.ServerInterceptor]):
+                 interceptors: Sequence[grpc.aio.ServerInterceptor],
+                 credentials: grpc.ServerCredentials | None = None):
+        """`credentials`: serve TLS with them (the public gateway); None: plain text (in-cluster services)."""
         self.service_names = tuple(service_names)
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(interceptors=list(interceptors), options=SERVER_OPTIONS)
@@ -51,7 +53,10 @@ class HealthServer:
         reflection.enable_server_reflection(
             (*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME), self.server)
-        self.port = self.server.add_insecure_port(address)
+        if credentials is None:
+            self.port = self.server.add_insecure_port(address)
+        else:
+            self.port = self.server.add_secure_port(address, credentials)
 
     async def start(self) -> None:
         await self.set_serving(False)

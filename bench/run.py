@@ -1,7 +1,7 @@
 """`make bench`: how fast the pipeline is on this machine, against baselines measured in the same run.
 
 Baselines: decoding the song (the floor of any stage that reads audio) for segmentation and
-analysis; for `generate`, the song's own duration (real-time factor) and a plain ffmpeg encode of
+analysis; for the LLM script writer, the template writer (bench/llm_bench.py); for `generate`, the song's own duration (real-time factor) and a plain ffmpeg encode of
 a blank video of the same length with the song's audio (the floor of making any video at all).
 System rows (bench/system_bench.py; --skip-system leaves them out): the same song through
 `mvgen submit` against the gateway and services on loopback, against `generate` in-process; the
@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from bench.clap_bench import clap_rows
+from bench.llm_bench import llm_rows
 from bench.timing import best_of
 from services.common import audio
 from services.common.stage_api import AnalyzeRequest, SegmenterParams, SegmentRequest
@@ -68,11 +69,14 @@ def main() -> None:
         seconds = best_of(3, lambda: analysis.run(req))
         rows.append(("analysis (descriptors), s per min of audio", seconds / minutes, "decode", decode_s / minutes))
         rows += clap_rows(work / "song.wav", minutes)
+        rows += llm_rows(work / "song.wav", truth.duration, work)
 
         floor = best_of(1, lambda: blank_video(work / "song.wav", truth.duration, work / "blank.mp4"))
         mvgen = str(Path(sys.executable).parent / "mvgen")
+        # The template writer: this row times the pipeline around the script (llm_bench times the LLM).
         e2e = best_of(1, lambda: subprocess.run([mvgen, "generate", str(work / "song.wav"), "--run-dir",
-                                            str(work / "run"), "-q"], check=True, capture_output=True))
+                                            str(work / "run"), "--writer", "template", "-q"],
+                                           check=True, capture_output=True))
         rows.append((f"generate end to end, {truth.duration:.0f} s song (animatic), s", e2e,
                      "song duration", truth.duration))
         rows.append((f"generate end to end, {truth.duration:.0f} s song (animatic), s", e2e,

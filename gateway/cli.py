@@ -26,7 +26,7 @@ from services.common.stage_api import ScriptInputs, SegmenterParams
 from services.common.store import LocalArtifactStore
 from services.common.vocabulary import PROMPTS_DIR
 from gateway.client import COMMANDS as CLIENT_COMMANDS, add_client_commands, run_client_command
-from gateway.job import JobLayout, JobOptions, backend_config_digest
+from gateway.job import PIPELINES, JobLayout, JobOptions, backend_config_digest
 from gateway.orchestrator import JobSpec, Orchestrator
 from gateway.progress import ProgressDisplay
 
@@ -82,8 +82,30 @@ def build_parser() -> argparse.ArgumentParser:
     stages.add_argument("--clap-weights", metavar="PATH",
                         help="CLAP checkpoint (.pth, or a folder with it and its config.yml) for --analysis clap "
                              "(default: $MVGEN_CLAP_WEIGHTS)")
-    stages.add_argument("--writer", default="template", metavar="NAME",
-                        help="script writer: template (deterministic, no model)")
+    stages.add_argument("--pipeline", choices=PIPELINES, default="clap",
+                        help="clap: analysis labels, then an LLM writes the script; lalm: an audio-language model "
+                             "hears the song and tells the story, which is broken into scenes")
+    stages.add_argument("--writer", metavar="NAME",
+                        help="script writer: llamacpp (a local GGUF model on CPU; `make llm-model`), openai (an "
+                             "OpenAI-compatible server such as `vllm serve`, see --llm-url), vllm (in-process, GPU) "
+                             "or template (deterministic, no model). LALM pipeline: who breaks the story into "
+                             "scenes (default: the storyteller itself) (default: $MVGEN_WRITER or llamacpp)")
+    stages.add_argument("--fallback-writer", default="", metavar="NAME",
+                        help="writes the script if the writer gives no valid one after its repairs, e.g. template "
+                             "(the run's summary says so); default: none, the run fails")
+    stages.add_argument("--storyteller", default=JobOptions.storyteller, metavar="NAME",
+                        help="LALM pipeline: the audio-language model backend (openai-audio: an OpenAI-compatible "
+                             "server that takes audio, see --lalm-url)")
+    stages.add_argument("--llm-url", metavar="URL",
+                        help="OpenAI-compatible base URL for --writer openai, e.g. http://localhost:8000/v1 "
+                             "(default: $MVGEN_LLM_URL)")
+    stages.add_argument("--llm-model", metavar="ID", help="model id the server serves (default: $MVGEN_LLM_MODEL)")
+    stages.add_argument("--llm-gguf", metavar="PATH",
+                        help="GGUF model for --writer llamacpp (default: $MVGEN_LLAMACPP_MODEL or the one "
+                             "`make llm-model` fetches)")
+    stages.add_argument("--lalm-url", metavar="URL",
+                        help="OpenAI-compatible base URL of the audio-language model (default: $MVGEN_LALM_URL)")
+    stages.add_argument("--lalm-model", metavar="ID", help="audio model id (default: $MVGEN_LALM_MODEL)")
     stages.add_argument("--generator", default="animatic", metavar="NAME",
                         help="clip generator: animatic (storyboard preview on CPU), wan or mochi (diffusers; "
                              "model from $MVGEN_WAN_MODEL / $MVGEN_MOCHI_MODEL, a GPU advised)")
@@ -122,6 +144,16 @@ def main(argv: list[str] | None = None) -> int:
         return _fail("interrupted", EXIT_INTERRUPTED)
 
 
+BACKEND_FLAGS = {"clap_weights": "MVGEN_CLAP_WEIGHTS", "llm_url": "MVGEN_LLM_URL", "llm_model": "MVGEN_LLM_MODEL",
+                 "llm_gguf": "MVGEN_LLAMACPP_MODEL", "lalm_url": "MVGEN_LALM_URL", "lalm_model": "MVGEN_LALM_MODEL"}
+
+
+def _writer(args: argparse.Namespace) -> str:
+    if args.writer:
+        return args.writer
+    return "" if args.pipeline == "lalm" else os.environ.get("MVGEN_WRITER", "llamacpp")
+
+
 def generate(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="mvgen-song-") as scratch:
         return _generate(args, Path(scratch))
@@ -135,11 +167,14 @@ def _generate(args: argparse.Namespace, scratch: Path) -> int:
             segmenter=args.segmenter, seed=args.seed, random_min_seconds=args.random_min,
             random_max_seconds=args.random_max, min_seconds=args.min_segment, max_seconds=args.max_segment,
             beats_per_cut=args.beats_per_cut, novelty_threshold=args.novelty_threshold),
-        analyzer=args.analysis, writer=args.writer, generator=args.generator,
+        pipeline=args.pipeline, analyzer=args.analysis, writer=_writer(args), storyteller=args.storyteller,
+        fallback_writer=args.fallback_writer, generator=args.generator,
         script_inputs=ScriptInputs(story=args.story, characters=args.characters, style=args.style),
         seed=args.seed, top_k=args.top_k, fps=args.fps, width=width, height=height)
-    if args.clap_weights:
-        os.environ["MVGEN_CLAP_WEIGHTS"] = args.clap_weights  # read by the CLAP backend when it loads
+    # Read by the backends when they load, as the stage services read their environment.
+    for flag, variable in BACKEND_FLAGS.items():
+        if getattr(args, flag):
+            os.environ[variable] = getattr(args, flag)
     options = replace(options, backend_config=backend_config_digest(PROMPTS_DIR, os.environ))
     _check_options(options, args)
 
@@ -154,7 +189,10 @@ def _generate(args: argparse.Namespace, scratch: Path) -> int:
 
     from gateway.inprocess import InProcessStages  # stage logic is loaded only in embedded mode
 
-    stages = InProcessStages(store, analyzer=options.analyzer, writer=options.writer,
+    scripting = [b for b in (options.writer, options.fallback_writer) if b]
+    if options.pipeline == "lalm":
+        scripting.append(options.storyteller)
+    stages = InProcessStages(store, analyzer=options.analyzer, scripting=scripting,
                              generator=options.generator, clip_workers=args.clip_workers)
     display = ProgressDisplay(enabled=not args.quiet)
     orchestrator = Orchestrator(store, stages, on_event=display.on_event)
@@ -186,8 +224,12 @@ def _generate(args: argparse.Namespace, scratch: Path) -> int:
         shutil.copyfile(final, args.output)
     segments = manifest.data["stages"]["segmentation"].get("info", {}).get("segments", "?")
     frames = sum(c.get("frames", 0) for c in manifest.data["clips"].values())
-    print(f"mvgen: {args.output or final}  {_clock(info.duration)}, {segments} segments, {frames} frames at "
-          f"{options.fps} fps, made in {time.monotonic() - started:.1f} s  (run folder: {run_dir})")
+    script = manifest.data["stages"]["scripting"].get("info", {})
+    written_by = script.get("script_writer") or script.get("writer", "?")
+    fallback = f" after {script['writer']} failed" if script.get("fallback") else ""
+    print(f"mvgen: {args.output or final}  {_clock(info.duration)}, {segments} segments, script by {written_by}"
+          f"{fallback}, {frames} frames at {options.fps} fps, made in {time.monotonic() - started:.1f} s  "
+          f"(run folder: {run_dir})")
     return 0
 
 

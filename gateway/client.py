@@ -1,6 +1,8 @@
 """`mvgen submit | jobs | status | cancel`: the command line of a deployed gateway (MusicVideoService).
 
-The token comes from MVGEN_TOKEN, the address from --server or MVGEN_SERVER. Calls that are safe
+The token comes from MVGEN_TOKEN, the address from --server or MVGEN_SERVER; --tls (or a CA file,
+--tls-ca or MVGEN_TLS_CA_FILE) connects over TLS, so the token never crosses the network in clear
+text. Calls that are safe
 to repeat are retried while the gateway is UNAVAILABLE (a restart, a rolling update): the upload
 (content-addressed), CreateJob (same request id) and WatchJob (every stream starts with a snapshot).
 """
@@ -51,6 +53,11 @@ def add_client_commands(commands: argparse._SubParsersAction, formatter: type[ar
     connection.add_argument("--server", default=os.environ.get("MVGEN_SERVER", "localhost:50050"),
                             metavar="HOST:PORT",
                             help="the gateway ($MVGEN_SERVER sets the default); the token is read from $MVGEN_TOKEN")
+    connection.add_argument("--tls", action="store_true",
+                            help="connect over TLS, trusting the system's certificate authorities")
+    connection.add_argument("--tls-ca", default=os.environ.get("MVGEN_TLS_CA_FILE") or None, metavar="PEM",
+                            help="connect over TLS, trusting this CA certificate file (e.g. a self-signed "
+                                 "gateway's own certificate; $MVGEN_TLS_CA_FILE sets the default)")
 
     submit = commands.add_parser(
         "submit", parents=[connection], formatter_class=formatter, help="make a music video on a gateway",
@@ -73,7 +80,12 @@ def add_client_commands(commands: argparse._SubParsersAction, formatter: type[ar
     stages = submit.add_argument_group("stages")
     stages.add_argument("--pipeline", choices=("clap", "lalm"), help="how the script is written")
     stages.add_argument("--analysis", metavar="NAME", help="analyser backend, e.g. descriptors or clap")
-    stages.add_argument("--writer", metavar="NAME", help="script writer backend, e.g. template or openai")
+    stages.add_argument("--writer", metavar="NAME",
+                        help="script writer backend, e.g. openai, llamacpp or template (LALM pipeline: who breaks "
+                             "the story into scenes; default: the storyteller)")
+    stages.add_argument("--fallback-writer", metavar="NAME",
+                        help="writes the script if the writer gives no valid one, e.g. template")
+    stages.add_argument("--storyteller", metavar="NAME", help="LALM pipeline: the audio-language model backend")
     stages.add_argument("--generator", metavar="NAME", help="clip generator backend, e.g. animatic or wan")
     stages.add_argument("--top-k", type=int, metavar="K", help="labels kept per group")
     story = submit.add_argument_group("script inputs (passed to the writer as data)")
@@ -101,7 +113,7 @@ def run_client_command(args: argparse.Namespace) -> int:
         token = os.environ.get("MVGEN_TOKEN", "").strip()
         if not token:
             raise UsageError("set MVGEN_TOKEN to your gateway token")
-        with grpc.insecure_channel(args.server) as channel:
+        with open_channel(args.server, tls=args.tls, ca_file=args.tls_ca) as channel:
             gateway = Gateway(api_grpc.MusicVideoServiceStub(channel), token)
             command = {"submit": submit, "jobs": list_jobs, "status": show_status, "cancel": cancel_job}[args.command]
             return command(gateway, args)
@@ -113,6 +125,17 @@ def run_client_command(args: argparse.Namespace) -> int:
         return _fail(exc.details() or exc.code().name, EXIT_BAD_INPUT if exc.code() in BAD_INPUT_CODES else EXIT_FAILED)
     except OSError as exc:
         return _fail(str(exc), EXIT_FAILED)
+
+
+def open_channel(server: str, *, tls: bool = False, ca_file: str | None = None) -> grpc.Channel:
+    """A channel to the gateway: TLS when asked for or when a CA file is given, plain text otherwise."""
+    if not (tls or ca_file):
+        return grpc.insecure_channel(server)
+    try:
+        roots = Path(ca_file).read_bytes() if ca_file else None
+    except OSError as exc:
+        raise UsageError(f"--tls-ca: cannot read {ca_file}: {exc.strerror}") from None
+    return grpc.secure_channel(server, grpc.ssl_channel_credentials(root_certificates=roots))
 
 
 class Gateway:
@@ -176,6 +199,7 @@ def job_options(args: argparse.Namespace) -> job_pb2.JobOptions:
             setattr(segmenter, field, getattr(args, flag))
     options = job_pb2.JobOptions(
         segmenter=segmenter, analyzer=args.analysis or "", writer=args.writer or "", generator=args.generator or "",
+        fallback_writer=args.fallback_writer or "", storyteller=args.storyteller or "",
         top_k=args.top_k or 0, fps=args.fps or 0,
         script_inputs=stage_pb2.ScriptInputs(story=args.story or "", characters=args.characters or "",
                                              style=args.style or ""))

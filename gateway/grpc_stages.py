@@ -37,6 +37,7 @@ from services.common.stage_api import (
     GenerateClipRequest,
     SegmentRequest,
     StageResult,
+    TellStoryRequest,
     WriteScriptRequest,
 )
 from services.common.transport.convert import result_from_message, to_message
@@ -75,6 +76,9 @@ UNARY_STAGES = {
     "assembly": _unary_stage(assembly_service_pb2, assembly_service_pb2_grpc,
                              "AssemblyService", "Assemble", "AssembleRequest"),
 }
+# The scripting service's second RPC (LALM pipeline), on the scripting stage's channel.
+TELL_STORY = _unary_stage(scripting_service_pb2, scripting_service_pb2_grpc,
+                          "ScriptingService", "TellStory", "TellStoryRequest")
 
 
 @dataclass(frozen=True)
@@ -176,6 +180,9 @@ class GrpcStageClients(StageClients):
     async def write_script(self, req: WriteScriptRequest) -> StageResult:
         return await self._call("scripting", req)
 
+    async def tell_story(self, req: TellStoryRequest) -> StageResult:
+        return await self._call("scripting", req, TELL_STORY)
+
     async def generate_clip(self, req: GenerateClipRequest, on_progress: ProgressCallback,
                             is_cancelled: CancelCheck) -> StageResult:
         await self.start()
@@ -184,9 +191,9 @@ class GrpcStageClients(StageClients):
     async def assemble(self, req: AssembleRequest) -> StageResult:
         return await self._call("assembly", req)
 
-    async def _call(self, stage: str, req: Any) -> StageResult:
+    async def _call(self, stage: str, req: Any, spec: _UnaryStage | None = None) -> StageResult:
         await self.start()
-        spec = UNARY_STAGES[stage]
+        spec = spec or UNARY_STAGES[stage]
         method = getattr(spec.stub(self._channels[stage]), spec.method)
         request = to_message(req, spec.request_type)
         loop = asyncio.get_running_loop()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from services.common.stage_api import (
@@ -17,6 +18,7 @@ from services.common.stage_api import (
     GenerateClipRequest,
     WriteScriptRequest,
     SegmentRequest,
+    TellStoryRequest,
     StageResult,
 )
 from services.common.store import ArtifactStore
@@ -25,10 +27,12 @@ from gateway.stage_clients import CancelCheck, ProgressCallback
 
 
 class InProcessStages:
-    def __init__(self, store: ArtifactStore, *, analyzer: str, writer: str, generator: str,
+    def __init__(self, store: ArtifactStore, *, analyzer: str, scripting: Sequence[str], generator: str,
                  clip_workers: int | None = None):
+        """`scripting`: every scripting backend the job may use (writer, fallback, storyteller)."""
         self.store = store
-        self._backends = {"analysis": analyzer, "scripting": writer, "video": generator}
+        self._backends = {"analysis": (analyzer,), "scripting": tuple(dict.fromkeys(scripting)),
+                          "video": (generator,)}
         self._clip_workers = clip_workers or min(2, os.cpu_count() or 1)
         self._stages: dict[str, Any] = {}
         self._load_lock = threading.Lock()
@@ -49,6 +53,9 @@ class InProcessStages:
 
     async def write_script(self, req: WriteScriptRequest) -> StageResult:
         return await self._call("scripting", req)
+
+    async def tell_story(self, req: TellStoryRequest) -> StageResult:
+        return await asyncio.to_thread(lambda: self._stage("scripting").tell_story(req))
 
     async def generate_clip(self, req: GenerateClipRequest, on_progress: ProgressCallback,
                             is_cancelled: CancelCheck) -> StageResult:
@@ -83,15 +90,15 @@ class InProcessStages:
         if name == "analysis":
             from services.analysis.stage import AnalysisStage
 
-            return AnalysisStage(self.store, enabled=(self._backends["analysis"],))
+            return AnalysisStage(self.store, enabled=self._backends["analysis"])
         if name == "scripting":
             from services.scripting.stage import ScriptingStage
 
-            return ScriptingStage(self.store, enabled=(self._backends["scripting"],))
+            return ScriptingStage(self.store, enabled=self._backends["scripting"])
         if name == "video":
             from services.video.stage import VideoStage
 
-            return VideoStage(self.store, enabled=(self._backends["video"],))
+            return VideoStage(self.store, enabled=self._backends["video"])
         from services.assembly.stage import AssemblyStage
 
         return AssemblyStage(self.store)

@@ -25,13 +25,19 @@ STAGES = ("segmentation", "analysis", "scripting", "video", "assembly")
 # A job's state when a shutdown stopped it: not terminal, so whoever runs jobs resumes it.
 INTERRUPTED = "interrupted"
 MAX_SCRIPT_INPUT_CHARS = 4000  # per user text; the writer trims further, this refuses the absurd
+PIPELINES = ("clap", "lalm")
 
 
 @dataclass(frozen=True)
 class JobOptions:
     segmenter: SegmenterParams = field(default_factory=SegmenterParams)
+    # clap: analysis labels, then `writer` writes the script; lalm: `storyteller` hears the song and
+    # tells the story, which `writer` ('' = the storyteller) breaks into scenes; analysis is skipped.
+    pipeline: str = "clap"
     analyzer: str = "descriptors"
     writer: str = "template"
+    storyteller: str = "openai-audio"
+    fallback_writer: str = ""  # clap: writes the script when `writer` gives no valid one; '' = fail
     generator: str = "animatic"
     script_inputs: ScriptInputs = field(default_factory=ScriptInputs)
     seed: int = 0
@@ -51,11 +57,31 @@ class JobOptions:
             problems.append(f"top_k must be between 1 and 20 (got {self.top_k})")
         if self.seed < 0:
             problems.append(f"seed must be >= 0 (got {self.seed})")
+        problems += self._pipeline_problems()
         for name in ("story", "characters", "style"):
             if len(getattr(self.script_inputs, name)) > MAX_SCRIPT_INPUT_CHARS:
                 problems.append(f"{name} is longer than {MAX_SCRIPT_INPUT_CHARS} characters")
         if problems:
             raise InvalidInputError("; ".join(problems))
+
+    def _pipeline_problems(self) -> list[str]:
+        if self.pipeline not in PIPELINES:
+            return [f"pipeline must be one of {', '.join(PIPELINES)} (got {self.pipeline!r})"]
+        problems = []
+        if self.fallback_writer and self.fallback_writer == self.writer:
+            problems.append(f"the fallback writer must differ from the writer ({self.writer!r})")
+        if self.pipeline == "lalm":
+            if self.writer == "template":
+                problems.append("the template writer cannot break a story into scenes: in the LALM pipeline the "
+                                "writer is an LLM writer (openai, llamacpp, vllm) or empty for the storyteller itself")
+            if self.fallback_writer:
+                problems.append("a fallback writer needs the CLAP pipeline's labels; the LALM pipeline has none")
+        return problems
+
+    @property
+    def scene_writer(self) -> str:
+        """The backend that writes the scenes: the writer, or in the LALM pipeline by default the storyteller."""
+        return self.writer or (self.storyteller if self.pipeline == "lalm" else "")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -96,6 +122,22 @@ class JobLayout:
         return self.key("prompt.txt")
 
     @property
+    def story(self) -> str:
+        return self.key("story.txt")
+
+    @property
+    def scenes_prompt(self) -> str:
+        return self.key("scenes_prompt.txt")
+
+    @property
+    def response(self) -> str:
+        return self.key("response.txt")
+
+    @property
+    def reasoning(self) -> str:
+        return self.key("reasoning.txt")
+
+    @property
     def script(self) -> str:
         return self.key("script.json")
 
@@ -112,7 +154,10 @@ class JobLayout:
 
 
 # Environment variables that choose model weights or generation settings (services read them at load).
-BACKEND_ENV_PREFIXES = ("MVGEN_CLAP_", "MVGEN_WAN_", "MVGEN_MOCHI_", "MVGEN_VIDEO_", "MVGEN_LONG_SEGMENT_")
+BACKEND_ENV_PREFIXES = ("MVGEN_CLAP_", "MVGEN_WAN_", "MVGEN_MOCHI_", "MVGEN_VIDEO_", "MVGEN_LONG_SEGMENT_",
+                        "MVGEN_LLM_", "MVGEN_LALM_", "MVGEN_LLAMACPP_", "MVGEN_VLLM_")
+# Settings that change no output (secrets, network patience) stay out of the digest.
+NEUTRAL_ENV_SUFFIXES = ("_API_KEY", "_TIMEOUT_SECONDS", "_MAX_RETRIES", "_THREADS")
 
 
 def backend_config_digest(prompts_dir: Path, environ: Mapping[str, str]) -> str:
@@ -121,7 +166,7 @@ def backend_config_digest(prompts_dir: Path, environ: Mapping[str, str]) -> str:
     digest = hashlib.sha256()
     for path in sorted(p for p in prompts_dir.rglob("*") if p.is_file()):
         digest.update(path.relative_to(prompts_dir).as_posix().encode() + b"\0" + path.read_bytes())
-    for name in sorted(k for k in environ if k.startswith(BACKEND_ENV_PREFIXES)):
+    for name in sorted(k for k in environ if k.startswith(BACKEND_ENV_PREFIXES) and not k.endswith(NEUTRAL_ENV_SUFFIXES)):
         value = environ[name]
         stat = Path(value).stat() if value and Path(value).exists() else None
         digest.update(f"{name}={value}:{stat and (stat.st_size, stat.st_mtime_ns)}".encode())

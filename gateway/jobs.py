@@ -27,7 +27,7 @@ from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common import timing
-from services.common.errors import InvalidInputError, MvgenError, TransientError
+from services.common.errors import InvalidInputError, MvgenError, ResourceExhaustedError, TransientError
 from services.common.pb import job_pb2, music_video_service_pb2 as api_pb2, song_pb2, stage_pb2
 from services.common.stage_api import ScriptInputs, SegmenterParams
 from services.common.store import ArtifactStore
@@ -50,6 +50,10 @@ MAX_REQUEST_ID_CHARS = 200
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 1000
 STAGES_RETRY_SECONDS = 5.0  # while the stage services are not ready, jobs wait (QUEUED) and try again this often
 WATCH_BACKLOG = 256  # messages a slow watcher may fall behind before it gets a fresh snapshot instead
+# Shorter segments are not scenes, and would let one request ask for thousands of clips.
+MIN_SEGMENT_SECONDS = 1.0
+SEGMENT_LENGTHS = ("min_seconds", "max_seconds", "random_min_seconds", "random_max_seconds")
+SETTLE_RETRY_SECONDS = 5.0  # while the store is unreachable, how often a job's end is tried again to be recorded
 
 
 class NotFoundError(MvgenError):
@@ -73,22 +77,33 @@ class BackendChoices:
     analyzers: tuple[str, ...]
     writers: tuple[str, ...]
     generators: tuple[str, ...]
+    storytellers: tuple[str, ...] = ()  # LALM pipeline; none: the pipeline is refused
 
 
 def resolve_options(requested: job_pb2.JobOptions, choices: BackendChoices) -> job_pb2.JobOptions:
     """The options a job runs with, every default filled in; InvalidInputError for a bad one."""
     defaults = JobOptions()
+    for name in SEGMENT_LENGTHS:
+        if requested.segmenter.HasField(name) and getattr(requested.segmenter, name) < MIN_SEGMENT_SECONDS:
+            raise InvalidInputError(f"segmenter.{name} must be at least {MIN_SEGMENT_SECONDS:g} s "
+                                    f"(got {getattr(requested.segmenter, name):g})")
     pipeline = requested.pipeline or job_pb2.PIPELINE_CLAP
     if pipeline not in job_pb2.Pipeline.values():
-        raise InvalidInputError(f"unknown pipeline {pipeline}")
-    if pipeline != job_pb2.PIPELINE_CLAP:
-        raise InvalidInputError("this gateway serves only the CLAP pipeline (PIPELINE_CLAP)")
+        raise InvalidInputError(f"unknown pipeline {pipeline}; use PIPELINE_CLAP or PIPELINE_LALM")
+    lalm = pipeline == job_pb2.PIPELINE_LALM
+    if lalm and not choices.storytellers:
+        raise InvalidInputError("this gateway serves no audio-language model, so only the CLAP pipeline "
+                                "(PIPELINE_CLAP); its operator can enable one with MVGEN_STORYTELLERS")
     resolved = job_pb2.JobOptions(
         pipeline=pipeline,
         segmenter=to_message(from_message(requested.segmenter, SegmenterParams), stage_pb2.SegmenterParams),
         analyzer=_backend("analyzer", requested.analyzer, choices.analyzers),
         top_k=requested.top_k or defaults.top_k,
-        writer=_backend("writer", requested.writer, choices.writers),
+        # In the LALM pipeline an empty writer means the storyteller writes the scenes itself.
+        writer=(_backend("writer", requested.writer, choices.writers) if requested.writer or not lalm else ""),
+        storyteller=_backend("storyteller", requested.storyteller, choices.storytellers) if lalm else "",
+        fallback_writer=(_backend("fallback writer", requested.fallback_writer, choices.writers)
+                         if requested.fallback_writer else ""),
         script_inputs=to_message(from_message(requested.script_inputs, ScriptInputs), stage_pb2.ScriptInputs),
         generator=_backend("generator", requested.generator, choices.generators),
         seed=requested.seed,
@@ -110,8 +125,10 @@ def _backend(kind: str, requested: str, served: tuple[str, ...]) -> str:
 def job_options(options: job_pb2.JobOptions) -> JobOptions:
     """The orchestrator's form of resolved options."""
     return JobOptions(
-        segmenter=from_message(options.segmenter, SegmenterParams), analyzer=options.analyzer,
-        writer=options.writer, generator=options.generator,
+        segmenter=from_message(options.segmenter, SegmenterParams),
+        pipeline="lalm" if options.pipeline == job_pb2.PIPELINE_LALM else "clap", analyzer=options.analyzer,
+        writer=options.writer, storyteller=options.storyteller or JobOptions.storyteller,
+        fallback_writer=options.fallback_writer, generator=options.generator,
         script_inputs=from_message(options.script_inputs, ScriptInputs), seed=options.seed,
         top_k=options.top_k, fps=options.fps, width=options.width, height=options.height)
 
@@ -281,6 +298,8 @@ class JobView:
     def _stage_state(self, name: str, recorded: str, job_state: int) -> int:
         if recorded == "succeeded":
             return job_pb2.STAGE_STATE_SUCCEEDED
+        if recorded == "skipped":
+            return job_pb2.STAGE_STATE_SKIPPED
         if job_state == job_pb2.JOB_STATE_CANCELLED:
             return job_pb2.STAGE_STATE_CANCELLED
         if job_state == job_pb2.JOB_STATE_FAILED:
@@ -367,6 +386,8 @@ class JobView:
         elif event.state == "failed":
             self._live_stages[event.stage] = job_pb2.STAGE_STATE_FAILED
             status.end_time.CopyFrom(now)
+        elif event.state == "skipped":
+            self._live_stages[event.stage] = job_pb2.STAGE_STATE_SKIPPED
         state, clip_count, title = self.job.state, len(self.job.clips), self.job.title
         await self.refresh()
         if event.state == "succeeded" and status.HasField("start_time"):
@@ -427,6 +448,19 @@ class JobView:
         finally:
             self._watchers.discard(queue)
 
+    def show_unrecorded_end(self, error: BaseException | None) -> None:
+        """How the run ended, from memory: the store, which would say it, cannot be reached."""
+        if self.user_cancelled:
+            self.job.state, self.job.error_message = job_pb2.JOB_STATE_CANCELLED, ""
+        elif error is None:  # the orchestrator wrote "succeeded" itself; only reading it back failed
+            self.job.state, self.job.error_message = job_pb2.JOB_STATE_SUCCEEDED, ""
+        else:
+            self.job.state = job_pb2.JOB_STATE_FAILED
+            self.job.error_message = str(error) if isinstance(error, MvgenError) else f"internal error: {error!r}"
+        self.job.end_time.GetCurrentTime()
+        self._changed()
+        self._publish_snapshot()
+
     def close_watchers(self) -> None:
         for queue in self._watchers:
             _replace_backlog(queue, _CLOSED)
@@ -455,15 +489,19 @@ def _replace_backlog(queue: asyncio.Queue[Any], message: Any) -> None:
 
 class JobRegistry:
     def __init__(self, store: ArtifactStore, stages: StageClients, *, max_active_jobs: int,
-                 observe_stage: Callable[[str, float], None]):
+                 observe_stage: Callable[[str, float], None], max_jobs_per_client: int = 0):
+        """`max_jobs_per_client`: jobs one client may have queued or running at once (0: no limit)."""
         self.store = store
         self.stages = stages
         self.observe_stage = observe_stage
+        self.max_jobs_per_client = max_jobs_per_client
+        self._creating: dict[str, int] = {}  # per client, jobs being created (their song is probed)
         self._views: dict[str, JobView] = {}
         self._slots = asyncio.Semaphore(max(1, max_active_jobs))
         # Concurrent CreateJob calls with one request id wait for each other; the store record covers restarts.
         self._request_locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = weakref.WeakValueDictionary()
         self._closing = False
+        self._background: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Read every job back from the store and start again those that had not ended."""
@@ -498,7 +536,7 @@ class JobRegistry:
         if len(request_id) > MAX_REQUEST_ID_CHARS:
             raise InvalidInputError(f"request_id is longer than {MAX_REQUEST_ID_CHARS} characters")
         if not request_id:
-            return await self._create(client, request_id, await song(), options)
+            return await self._create_counted(client, request_id, song, options)
         lock = self._request_locks.setdefault((client, request_id), asyncio.Lock())
         async with lock:
             key = f"requests/{client}/{hashlib.sha256(request_id.encode()).hexdigest()}.json"
@@ -509,10 +547,26 @@ class JobRegistry:
                     raise AlreadyExistsError(f"request_id {request_id!r} was used for job {earlier['job_id']} "
                                              "with another song or options")
                 return self._views[earlier["job_id"]].snapshot()
-            job = await self._create(client, request_id, await song(), options)
+            job = await self._create_counted(client, request_id, song, options)
             entry = {"job_id": job.job_id, "request_fingerprint": request_fingerprint, "created": time.time()}
             await asyncio.to_thread(self.store.put_bytes, key, json.dumps(entry).encode())
             return job
+
+    async def _create_counted(self, client: str, request_id: str, song: Callable[[], Awaitable[song_pb2.Song]],
+                              options: job_pb2.JobOptions) -> job_pb2.Job:
+        """_create within the client's limit; a job being created counts from the start (no await
+        between the count and the reservation), so concurrent calls cannot all slip under it."""
+        live = self._creating.get(client, 0) + sum(
+            v.record.client == client and not v.is_terminal for v in self._views.values())
+        if self.max_jobs_per_client and live >= self.max_jobs_per_client:
+            raise ResourceExhaustedError(
+                f"you have {live} jobs queued or running; one client may have at most {self.max_jobs_per_client} "
+                "at once: wait for one to end, or cancel one")
+        self._creating[client] = self._creating.get(client, 0) + 1
+        try:
+            return await self._create(client, request_id, await song(), options)
+        finally:
+            self._creating[client] -= 1
 
     async def _create(self, client: str, request_id: str, song: song_pb2.Song,
                       options: job_pb2.JobOptions) -> job_pb2.Job:
@@ -575,6 +629,8 @@ class JobRegistry:
             runners.append(view.runner)
         if runners:
             await asyncio.wait(runners)
+        for task in self._background:
+            task.cancel()
         for view in self._views.values():
             view.close_watchers()
 
@@ -600,10 +656,35 @@ class JobRegistry:
         view.orchestrator = None
         try:
             await asyncio.to_thread(self._settle, view, error)
+            recorded = True
+        except MvgenError as exc:  # the store is unreachable: said in a line, no traceback needed
+            log.warning("job %s: cannot record how it ended: %s", view.record.job_id, exc)
+            recorded = False
         except Exception:
             log.exception("job %s: cannot record how it ended", view.record.job_id)
+            recorded = False
         await view.end_run()
+        if not recorded and not view.interrupted:
+            # The store is unreachable: say how the job ended from memory, and record it once the store is back.
+            view.show_unrecorded_end(error)
+            self._spawn(self._settle_later(view, error))
         log.info("job %s %s", view.record.job_id, "interrupted" if view.interrupted else view.state_name)
+
+    async def _settle_later(self, view: JobView, error: BaseException | None) -> None:
+        while not self._closing:
+            await asyncio.sleep(SETTLE_RETRY_SECONDS)
+            try:
+                await asyncio.to_thread(self._settle, view, error)
+            except Exception as exc:
+                log.warning("job %s: still cannot record how it ended: %s", view.record.job_id, exc)
+                continue
+            await view.refresh()
+            return
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _work(self, view: JobView) -> None:
         async with self._slots:

@@ -24,6 +24,7 @@ from services.common.stage_api import (
     WriteScriptRequest,
     SegmentRequest,
     StageResult,
+    TellStoryRequest,
 )
 from services.common.store import ArtifactStore
 from gateway.job import INTERRUPTED, JobLayout, JobOptions, Manifest, fingerprint, utc_now
@@ -101,14 +102,25 @@ class Orchestrator:
             SegmentRequest(job.song_key, opts.segmenter, layout.segments, layout.segments_text)))
         segmentation = artifacts.Segmentation.from_dict(await self._read_json(layout.segments))
 
-        labels_fp = fingerprint("analysis", seg_fp, opts.analyzer, opts.top_k, opts.backend_config)
-        await self._stage(manifest, "analysis", labels_fp, opts.analyzer, lambda: self.stages.analyze(
-            AnalyzeRequest(job.song_key, layout.segments, opts.analyzer, layout.labels, opts.top_k)))
+        if opts.pipeline == "lalm":
+            await self._skip(manifest, "analysis", "the LALM pipeline hears the song itself")
+            script_fp = fingerprint("scripting", "lalm", seg_fp, opts.storyteller, opts.scene_writer,
+                                    opts.script_inputs, opts.seed, opts.backend_config)
+            await self._stage(manifest, "scripting", script_fp, opts.storyteller, lambda: self.stages.tell_story(
+                TellStoryRequest(job.song_key, layout.segments, opts.storyteller, layout.prompt, layout.story,
+                                 layout.scenes_prompt, layout.script, layout.script_text, opts.script_inputs,
+                                 opts.seed, opts.writer, layout.response, layout.reasoning)))
+        else:
+            labels_fp = fingerprint("analysis", seg_fp, opts.analyzer, opts.top_k, opts.backend_config)
+            await self._stage(manifest, "analysis", labels_fp, opts.analyzer, lambda: self.stages.analyze(
+                AnalyzeRequest(job.song_key, layout.segments, opts.analyzer, layout.labels, opts.top_k)))
 
-        script_fp = fingerprint("scripting", labels_fp, opts.writer, opts.script_inputs, opts.seed)
-        await self._stage(manifest, "scripting", script_fp, opts.writer, lambda: self.stages.write_script(
-            WriteScriptRequest(layout.labels, layout.segments, opts.writer, layout.prompt, layout.script,
-                          layout.script_text, opts.script_inputs, opts.seed)))
+            script_fp = fingerprint("scripting", labels_fp, opts.writer, opts.fallback_writer, opts.script_inputs,
+                                    opts.seed)
+            await self._stage(manifest, "scripting", script_fp, opts.writer, lambda: self.stages.write_script(
+                WriteScriptRequest(layout.labels, layout.segments, opts.writer, layout.prompt, layout.script,
+                                   layout.script_text, opts.script_inputs, opts.seed, layout.response,
+                                   layout.reasoning, opts.fallback_writer)))
         # Read back, not taken from the stage's answer: a person may have edited script.json.
         script = artifacts.Script.from_dict(await self._read_json(layout.script))
 
@@ -140,6 +152,12 @@ class Orchestrator:
         await self._publish(manifest, fp, result)
         self.on_event(JobEvent("stage", name, "succeeded", detail=result.info))
 
+    async def _skip(self, manifest: Manifest, name: str, reason: str) -> None:
+        record = manifest.stage(name)
+        if record.get("state") != "skipped":
+            await manifest.mark(record, "skipped", info={"reason": reason})
+        self.on_event(JobEvent("stage", name, "skipped", detail={"reason": reason}))
+
     async def _clips(self, job: JobSpec, manifest: Manifest, segmentation: artifacts.Segmentation,
                      script: artifacts.Script) -> list[tuple[GenerateClipRequest, str]]:
         """Generate every clip not already made; returns each clip's request and fingerprint, in order."""
@@ -147,6 +165,8 @@ class Orchestrator:
         stage = manifest.stage("video")
         if len(script.scenes) != len(segmentation.segments):
             raise MvgenError(f"the script has {len(script.scenes)} scenes for {len(segmentation.segments)} segments")
+        if {scene.index for scene in script.scenes} != {segment.index for segment in segmentation.segments}:
+            raise MvgenError("the script's scenes are not numbered as the segments are: each segment needs its own scene")
         scenes = {scene.index: scene for scene in script.scenes}
         requests: list[tuple[GenerateClipRequest, str]] = []
         for segment in segmentation.segments:

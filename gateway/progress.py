@@ -41,6 +41,8 @@ class ProgressDisplay:
         summary = stage_summary(event.stage, detail)
         if event.state == "cached":
             self._write(f"  = {event.stage:<13} unchanged, kept from the last run")
+        elif event.state == "skipped":
+            self._write(f"  - {event.stage:<13} skipped: {detail.get('reason', '')}")
         elif event.state == "succeeded":
             self._write(f"  ✓ {event.stage:<13} {summary}  ({seconds:.1f} s)")
         elif event.state == "failed":
@@ -86,6 +88,17 @@ class ProgressDisplay:
         self._close_bars()
 
 
+def scripting_summary(info: dict) -> str:
+    """Who wrote the script, with how many repairs, and whether the fallback had to write it."""
+    writer = info.get("script_writer") or info.get("writer", "?")
+    model = f" ({info['model']})" if info.get("model") else ""
+    told = f"story by {info['storyteller']}, " if info.get("storyteller") else ""
+    repairs = f", {info['repairs']} repairs" if info.get("repairs") else ""
+    speed = f", {info['tokens_per_second']:.1f} tokens/s" if info.get("tokens_per_second") else ""
+    fallback = f"; FELL BACK to {info['fallback']}: {info.get('fallback_reason', '')}" if info.get("fallback") else ""
+    return f"{info.get('scenes', '?')} scenes, {told}written by {writer}{model}{repairs}{speed}{fallback}"
+
+
 def stage_summary(stage: str, info: dict) -> str:
     """A few words on what a stage produced, from the info it reported."""
     if stage == "segmentation":
@@ -94,7 +107,7 @@ def stage_summary(stage: str, info: dict) -> str:
     if stage == "analysis":
         return " · ".join(str(info[k]) for k in ("tempo_range", "mood", "visual_style") if info.get(k))
     if stage == "scripting":
-        return f"{info.get('scenes', '?')} scenes by the {info.get('writer', '?')} writer"
+        return scripting_summary(info)
     if stage == "video":
         return f"{info.get('clips', '?')} clips"
     if stage == "assembly":

@@ -18,8 +18,9 @@ import re
 import signal
 import sys
 import tempfile
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -56,6 +57,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = api_pb2.DESCRIPTOR.services_by_name["MusicVideoService"].full_name
 MIB = 1 << 20
+MAX_PRESIGN_SECONDS = 7 * 24 * 3600
 UPLOAD_HEADERS = {"Content-Type": "application/octet-stream"}
 # ffprobe's format name -> (extension of the stored copy, MIME type).
 AUDIO_FORMATS = {
@@ -79,9 +81,21 @@ class GatewaySettings:
     presign_seconds: int = 900  # MVGEN_PRESIGN_SECONDS: how long upload and download URLs work
     max_active_jobs: int = 4  # MVGEN_MAX_ACTIVE_JOBS: jobs run at once; more wait, QUEUED
     grace_seconds: float = 30.0  # MVGEN_GRACE_SECONDS: on SIGTERM, how long calls in progress may finish
-    # MVGEN_ANALYZERS, MVGEN_WRITERS, MVGEN_GENERATORS: what the stage services serve; first = default.
+    # MVGEN_ANALYZERS, MVGEN_WRITERS, MVGEN_GENERATORS, MVGEN_STORYTELLERS: what the stage services
+    # serve; first = default. No storytellers: the LALM pipeline is refused.
     backends: BackendChoices = BackendChoices(("descriptors",), ("template",), ("animatic",))
     stages: str = "grpc"  # MVGEN_STAGES: "grpc" (the stage services) or "inprocess" (development)
+    # MVGEN_TLS_CERT_FILE, MVGEN_TLS_KEY_FILE: the server's certificate chain and key (PEM); both or neither
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    max_jobs_per_client: int = 8  # MVGEN_CLIENT_MAX_JOBS: jobs one client may have queued or running (0: no limit)
+    # MVGEN_CLIENT_UPLOAD_BYTES_PER_HOUR: what one client may upload in an hour (0: no limit)
+    upload_bytes_per_hour: int = 2048 * MIB
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.presign_seconds <= MAX_PRESIGN_SECONDS:
+            raise InvalidInputError(f"MVGEN_PRESIGN_SECONDS must be between 1 and {MAX_PRESIGN_SECONDS} (7 days, "
+                                    f"the most S3 signs for), not {self.presign_seconds}")
 
     @classmethod
     def from_env(cls) -> GatewaySettings:
@@ -100,9 +114,58 @@ class GatewaySettings:
             grace_seconds=env_float("MVGEN_GRACE_SECONDS", defaults.grace_seconds),
             backends=BackendChoices(env_list("MVGEN_ANALYZERS", defaults.backends.analyzers),
                                     env_list("MVGEN_WRITERS", defaults.backends.writers),
-                                    env_list("MVGEN_GENERATORS", defaults.backends.generators)),
+                                    env_list("MVGEN_GENERATORS", defaults.backends.generators),
+                                    env_list("MVGEN_STORYTELLERS", defaults.backends.storytellers)),
             stages=env_str("MVGEN_STAGES", defaults.stages),
+            tls_cert_file=env_str("MVGEN_TLS_CERT_FILE", ""),
+            tls_key_file=env_str("MVGEN_TLS_KEY_FILE", ""),
+            max_jobs_per_client=env_int("MVGEN_CLIENT_MAX_JOBS", defaults.max_jobs_per_client),
+            upload_bytes_per_hour=env_int("MVGEN_CLIENT_UPLOAD_BYTES_PER_HOUR", defaults.upload_bytes_per_hour),
         )
+
+    def server_credentials(self) -> grpc.ServerCredentials | None:
+        """TLS credentials from the certificate and key files, or None for plain text."""
+        if not (self.tls_cert_file or self.tls_key_file):
+            return None
+        if not (self.tls_cert_file and self.tls_key_file):
+            raise InvalidInputError("TLS needs both MVGEN_TLS_CERT_FILE and MVGEN_TLS_KEY_FILE")
+        pem = {}
+        for name, path in (("MVGEN_TLS_CERT_FILE", self.tls_cert_file), ("MVGEN_TLS_KEY_FILE", self.tls_key_file)):
+            try:
+                pem[name] = Path(path).read_bytes()
+            except OSError as exc:
+                raise InvalidInputError(f"{name}: cannot read {path}: {exc.strerror}") from None
+        return grpc.ssl_server_credentials([(pem["MVGEN_TLS_KEY_FILE"], pem["MVGEN_TLS_CERT_FILE"])])
+
+
+class UploadAllowance:
+    """Bytes each client may upload: a token bucket per client holding an hour's worth, refilled
+    continuously, so a client may send its hourly amount at once and then its hourly rate."""
+
+    def __init__(self, bytes_per_hour: int, clock: Callable[[], float] = time.monotonic):
+        self.bytes_per_hour = bytes_per_hour
+        self.clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # client -> (bytes allowed now, when)
+
+    def take(self, client: str, size: int) -> None:
+        """Count `size` bytes against the client's allowance; ResourceExhaustedError when they exceed it."""
+        if not self.bytes_per_hour:
+            return
+        now = self.clock()
+        allowed, then = self._buckets.get(client, (float(self.bytes_per_hour), now))
+        allowed = min(float(self.bytes_per_hour), allowed + (now - then) * self.bytes_per_hour / 3600)
+        if size > allowed:
+            self._buckets[client] = (allowed, now)
+            limit = f"one client may upload {self.bytes_per_hour / MIB:.0f} MiB per hour"
+            if size > self.bytes_per_hour:
+                raise ResourceExhaustedError(f"this upload is larger than the upload limit: {limit}")
+            wait = (size - allowed) * 3600 / self.bytes_per_hour
+            raise ResourceExhaustedError(f"upload limit reached: {limit}; try again in {_wait_text(wait)}")
+        self._buckets[client] = (allowed - size, now)
+
+
+def _wait_text(seconds: float) -> str:
+    return f"{max(1, round(seconds))} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 # --- songs ---------------------------------------------------------------------------------------------
@@ -111,16 +174,19 @@ class SongLibrary:
     """Uploaded songs: probed, stored content-addressed at songs/<sha256><ext>, recorded per client at
     songs/records/<client>/<song_id>.json. Keys never come from the client's file name."""
 
-    def __init__(self, store: ArtifactStore, max_bytes: int, max_seconds: float):
+    def __init__(self, store: ArtifactStore, max_bytes: int, max_seconds: float,
+                 allowance: UploadAllowance | None = None):
         self.store = store
         self.max_bytes = max_bytes
         self.max_seconds = max_seconds
+        self.allowance = allowance or UploadAllowance(0)
 
     async def reserve(self, client: str, file_name: str, content_type: str, size_bytes: int) -> song_pb2.Song:
         """A song id and key for a presigned PUT; the file is checked when a job is created."""
         if size_bytes < 0 or size_bytes > self.max_bytes:
             raise InvalidInputError(f"size_bytes {size_bytes} is outside 0..{self.max_bytes}, "
                                     "the largest song accepted")
+        self.allowance.take(client, size_bytes)  # the presigned PUT bypasses the gateway: count what it may send
         song_id = uuid.uuid4().hex
         song = song_pb2.Song(song_id=song_id, song_key=f"songs/uploads/{song_id}", file_name=_display_name(file_name),
                              content_type=content_type[:100], size_bytes=size_bytes)
@@ -146,6 +212,7 @@ class SongLibrary:
                     size += len(message.chunk)
                     if size > self.max_bytes:  # refused at once; the scratch folder goes with it
                         raise ResourceExhaustedError(self._too_large(size))
+                    self.allowance.take(client, len(message.chunk))
                     await asyncio.to_thread(_append, file, digest, message.chunk)
             sha256 = digest.hexdigest()
             if meta.size_bytes and meta.size_bytes != size:
@@ -262,6 +329,7 @@ class MusicVideoServicer(api_grpc.MusicVideoServiceServicer):
     async def CreateJob(self, request: api_pb2.CreateJobRequest,
                         context: grpc.aio.ServicerContext) -> api_pb2.CreateJobResponse:
         client = self.auth.client_of(context)
+        _required(request.song_id, "song_id", "upload the song with UploadSong or RequestUpload first")
         options = resolve_options(request.options, self.settings.backends)
         # What a retry must repeat exactly for its request id to name the same job.
         fingerprint = hashlib.sha256(request.song_id.encode() + b"\0" +
@@ -272,7 +340,7 @@ class MusicVideoServicer(api_grpc.MusicVideoServiceServicer):
 
     async def GetJob(self, request: api_pb2.GetJobRequest,
                      context: grpc.aio.ServicerContext) -> api_pb2.GetJobResponse:
-        job = self.registry.get(self.auth.client_of(context), request.job_id).snapshot()
+        job = self.registry.get(self.auth.client_of(context), _required(request.job_id, "job_id")).snapshot()
         response = api_pb2.GetJobResponse(job=job)
         if isinstance(self.store, S3ArtifactStore):  # a local store has no URLs: the keys in `job` say where
             await asyncio.to_thread(self._presign, self.store, response)
@@ -282,13 +350,14 @@ class MusicVideoServicer(api_grpc.MusicVideoServiceServicer):
 
     async def WatchJob(self, request: api_pb2.WatchJobRequest,
                        context: grpc.aio.ServicerContext) -> AsyncIterator[api_pb2.WatchJobResponse]:
-        view = self.registry.get(self.auth.client_of(context), request.job_id)
+        view = self.registry.get(self.auth.client_of(context), _required(request.job_id, "job_id"))
         async for message in view.watch():
             yield message
 
     async def CancelJob(self, request: api_pb2.CancelJobRequest,
                         context: grpc.aio.ServicerContext) -> api_pb2.CancelJobResponse:
-        return api_pb2.CancelJobResponse(job=await self.registry.cancel(self.auth.client_of(context), request.job_id))
+        return api_pb2.CancelJobResponse(job=await self.registry.cancel(self.auth.client_of(context),
+                                                                        _required(request.job_id, "job_id")))
 
     async def ListJobs(self, request: api_pb2.ListJobsRequest,
                        context: grpc.aio.ServicerContext) -> api_pb2.ListJobsResponse:
@@ -323,6 +392,12 @@ class MusicVideoServicer(api_grpc.MusicVideoServiceServicer):
                                   ignore_unknown_fields=True)
 
 
+def _required(value: str, name: str, hint: str = "") -> str:
+    if not value:
+        raise InvalidInputError(f"{name} is missing{': ' + hint if hint else ''}")
+    return value
+
+
 def _after(delta: timedelta) -> Timestamp:
     stamp = Timestamp()
     stamp.GetCurrentTime()
@@ -347,14 +422,15 @@ class GatewayServer:
         self.metrics = GatewayMetrics()
         self.registry = JobRegistry(store, stages, max_active_jobs=settings.max_active_jobs,
                                     observe_stage=lambda stage, seconds: self.metrics.stage_seconds.labels(stage)
-                                    .observe(seconds))
+                                    .observe(seconds), max_jobs_per_client=settings.max_jobs_per_client)
         self.metrics.watch(self.registry.counts)
         authenticator = Authenticator(settings.token_digests)
         self.grpc = HealthServer([SERVICE_NAME], f"{settings.host}:{settings.port}", [
             MetricsInterceptor(self.metrics), AuthInterceptor(authenticator),
-            ErrorMappingInterceptor(extra=STATUS_BY_GATEWAY_ERROR)])
+            ErrorMappingInterceptor(extra=STATUS_BY_GATEWAY_ERROR)], credentials=settings.server_credentials())
         self.server, self.port = self.grpc.server, self.grpc.port
-        songs = SongLibrary(store, settings.max_upload_bytes, settings.max_song_seconds)
+        songs = SongLibrary(store, settings.max_upload_bytes, settings.max_song_seconds,
+                            UploadAllowance(settings.upload_bytes_per_hour))
         api_grpc.add_MusicVideoServiceServicer_to_server(
             MusicVideoServicer(settings, store, self.registry, songs, authenticator), self.server)
         self.metrics_port = 0
@@ -364,7 +440,8 @@ class GatewayServer:
         await self.registry.start()
         self.metrics_port = self.metrics.serve(self.settings.metrics_port, self.settings.host)
         await self.grpc.set_serving(True)
-        log.info("gateway serving on port %d, metrics on port %d", self.port, self.metrics_port)
+        log.info("gateway serving on port %d (%s), metrics on port %d", self.port,
+                 "TLS" if self.settings.tls_cert_file else "plain text", self.metrics_port)
 
     async def stop(self) -> None:
         await self.grpc.set_serving(False)
@@ -400,8 +477,8 @@ async def stage_clients(settings: GatewaySettings, store: ArtifactStore) -> Asyn
         from gateway.inprocess import InProcessStages  # stage logic: development only, never in the gateway image
 
         backends = settings.backends
-        yield InProcessStages(store, analyzer=backends.analyzers[0], writer=backends.writers[0],
-                              generator=backends.generators[0])
+        yield InProcessStages(store, analyzer=backends.analyzers[0],
+                              scripting=backends.writers + backends.storytellers, generator=backends.generators[0])
     else:
         raise InvalidInputError(f"MVGEN_STAGES must be 'grpc' or 'inprocess', not {settings.stages!r}")
 

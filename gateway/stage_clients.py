@@ -15,6 +15,7 @@ from services.common.stage_api import (
     GenerateClipRequest,
     WriteScriptRequest,
     SegmentRequest,
+    TellStoryRequest,
     StageResult,
 )
 
@@ -32,6 +33,8 @@ class StageClients(Protocol):
     async def analyze(self, req: AnalyzeRequest) -> StageResult: ...
 
     async def write_script(self, req: WriteScriptRequest) -> StageResult: ...
+
+    async def tell_story(self, req: TellStoryRequest) -> StageResult: ...
 
     async def generate_clip(self, req: GenerateClipRequest, on_progress: ProgressCallback,
                             is_cancelled: CancelCheck) -> StageResult: ...

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -19,8 +20,11 @@ RUN_ARTIFACTS = ("segments.json", "segments.txt", "labels.json", "prompt.txt", "
                  "final.mp4", "manifest.json")
 
 
-def mvgen(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([MVGEN, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+def mvgen(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The CLI as a user runs it, with the template writer by default: these tests are about the
+    pipeline around the script (tests/test_llm_scripting.py runs the real LLM writer)."""
+    return subprocess.run([MVGEN, *args], cwd=cwd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "MVGEN_WRITER": "template", **(env or {})})
 
 
 @pytest.fixture(scope="module")

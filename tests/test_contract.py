@@ -193,34 +193,17 @@ def test_no_media_bytes_in_messages():
 # --- the proto mirrors the Python contract ---------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class SuggestedTellStoryRequest:
-    """The Python form TellStoryRequest should have in stage_api.py (the LALM pipeline's request).
-    Used until stage_api defines TellStoryRequest; from then on the real class is checked."""
-
-    song_key: str
-    segments_key: str
-    writer: str
-    prompt_key: str
-    story_key: str
-    script_key: str
-    script_text_key: str
-    inputs: stage_api.ScriptInputs = dataclasses.field(default_factory=stage_api.ScriptInputs)
-    seed: int = 0
-
-
-# proto message -> (generated module, Python names in stage_api: the proto's own name first, then
-# the older name it had before the RPC was named; the first that exists is the one checked).
-STAGE_MIRRORS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "SegmenterParams": ("stage_pb2", ("SegmenterParams",)),
-    "ScriptInputs": ("stage_pb2", ("ScriptInputs",)),
-    "StageResult": ("stage_pb2", ("StageResult",)),
-    "SegmentRequest": ("segmentation_service_pb2", ("SegmentRequest",)),
-    "AnalyzeRequest": ("analysis_service_pb2", ("AnalyzeRequest",)),
-    "WriteScriptRequest": ("scripting_service_pb2", ("WriteScriptRequest", "ScriptRequest")),
-    "TellStoryRequest": ("scripting_service_pb2", ("TellStoryRequest",)),
-    "GenerateClipRequest": ("video_service_pb2", ("GenerateClipRequest", "ClipRequest")),
-    "AssembleRequest": ("assembly_service_pb2", ("AssembleRequest",)),
+# proto message -> (generated module, its Python name in stage_api).
+STAGE_MIRRORS: dict[str, tuple[str, str]] = {
+    "SegmenterParams": ("stage_pb2", "SegmenterParams"),
+    "ScriptInputs": ("stage_pb2", "ScriptInputs"),
+    "StageResult": ("stage_pb2", "StageResult"),
+    "SegmentRequest": ("segmentation_service_pb2", "SegmentRequest"),
+    "AnalyzeRequest": ("analysis_service_pb2", "AnalyzeRequest"),
+    "WriteScriptRequest": ("scripting_service_pb2", "WriteScriptRequest"),
+    "TellStoryRequest": ("scripting_service_pb2", "TellStoryRequest"),
+    "GenerateClipRequest": ("video_service_pb2", "GenerateClipRequest"),
+    "AssembleRequest": ("assembly_service_pb2", "AssembleRequest"),
 }
 
 ARTIFACT_MIRRORS = ["Segment", "Segmentation", "LabelScore", "LabelGroup", "SegmentLabels", "Labels",
@@ -233,11 +216,9 @@ ARTIFACT_TYPE_OVERRIDES = {
 
 
 def stage_class(proto_name: str) -> type:
-    for name in STAGE_MIRRORS[proto_name][1]:
-        if hasattr(stage_api, name):
-            return getattr(stage_api, name)
-    assert proto_name == "TellStoryRequest", f"stage_api has none of {STAGE_MIRRORS[proto_name][1]}"
-    return SuggestedTellStoryRequest
+    name = STAGE_MIRRORS[proto_name][1]
+    assert hasattr(stage_api, name), f"stage_api has no {name}"
+    return getattr(stage_api, name)
 
 
 def is_map(field: FieldDescriptor) -> bool:
@@ -417,13 +398,13 @@ def test_backend_names_are_strings():
         ("stage_pb2", "SegmenterParams"): "segmenter",
         ("analysis_service_pb2", "AnalyzeRequest"): "analyzer",
         ("scripting_service_pb2", "WriteScriptRequest"): "writer",
-        ("scripting_service_pb2", "TellStoryRequest"): "writer",
+        ("scripting_service_pb2", "TellStoryRequest"): "storyteller",
         ("video_service_pb2", "GenerateClipRequest"): "generator",
     }
     for (module, message), name in fields.items():
         assert getattr(pb(module), message).DESCRIPTOR.fields_by_name[name].type == FieldDescriptor.TYPE_STRING
     options = pb("job_pb2").JobOptions.DESCRIPTOR
-    for name in ("analyzer", "writer", "generator"):
+    for name in ("analyzer", "writer", "storyteller", "fallback_writer", "generator"):
         assert options.fields_by_name[name].type == FieldDescriptor.TYPE_STRING
 
 
@@ -447,7 +428,8 @@ def test_job_options_carry_every_choice():
     options = pb("job_pb2").JobOptions.DESCRIPTOR.fields_by_name
     assert options["segmenter"].message_type.name == "SegmenterParams"
     assert options["script_inputs"].message_type.name == "ScriptInputs"
-    expected = {"pipeline", "analyzer", "top_k", "writer", "generator", "seed", "fps", "width", "height"}
+    expected = {"pipeline", "analyzer", "top_k", "writer", "storyteller", "fallback_writer", "generator", "seed",
+                "fps", "width", "height"}
     assert expected <= set(options.keys())
 
 

@@ -43,7 +43,7 @@ class RunningGateway:
         store_settings = StoreSettings("local", "", "", "mvgen", "", "", "us-east-1", False)
         self.settings = GatewaySettings(store_settings, tuple(token_digest(t) for t in tokens), host="127.0.0.1",
                                         port=0, metrics_port=0, grace_seconds=2, **settings)
-        stages = InProcessStages(store, analyzer="descriptors", writer="template", generator="animatic",
+        stages = InProcessStages(store, analyzer="descriptors", scripting=["template"], generator="animatic",
                                  clip_workers=1)
         self.gateway = self._run(self._start(store, stages))
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.gateway.port}")
@@ -260,6 +260,9 @@ def test_bad_options_are_invalid_arguments(gateway, songs):
     for options, says in ((job_pb2.JobOptions(fps=500), "fps"), (job_pb2.JobOptions(width=15), "width"),
                           (job_pb2.JobOptions(top_k=-1), "top_k"), (job_pb2.JobOptions(generator="wan"), "generator"),
                           (job_pb2.JobOptions(pipeline=9), "pipeline"),
+                          # This gateway serves no audio-language model (MVGEN_STORYTELLERS is empty).
+                          (job_pb2.JobOptions(pipeline=job_pb2.PIPELINE_LALM), "MVGEN_STORYTELLERS"),
+                          (job_pb2.JobOptions(fallback_writer="template"), "fallback writer must differ"),
                           (job_pb2.JobOptions(segmenter=stage_pb2.SegmenterParams(segmenter="magic")), "segmenter")):
         with pytest.raises(grpc.RpcError) as refused:
             create(gateway.stub, song_id, options=options)

@@ -25,7 +25,7 @@ def make_job(tmp_path, options: JobOptions = OPTIONS):
     store.put_file("song.wav", tmp_path / "song.wav")
     sha = hashlib.sha256((tmp_path / "song.wav").read_bytes()).hexdigest()
     job = JobSpec("job-1", JobLayout(), "song.wav", {"sha256": sha, "duration": 30.0}, options)
-    stages = InProcessStages(store, analyzer=options.analyzer, writer=options.writer,
+    stages = InProcessStages(store, analyzer=options.analyzer, scripting=[options.writer],
                              generator=options.generator, clip_workers=1)
     return store, stages, job
 
@@ -94,3 +94,25 @@ def test_a_second_job_with_the_same_song_and_settings_reuses_every_output(tmp_pa
     assert all(c["reused_from"] == "jobs/a/" for c in manifest.data["clips"].values())
     assert store.get_bytes("jobs/b/final.mp4") == store.get_bytes("jobs/a/final.mp4")
     assert store.list("jobs/b/clips/") == [k.replace("jobs/a/", "jobs/b/") for k in store.list("jobs/a/clips/")]
+
+
+def test_resolved_lalm_options_name_the_storyteller_and_leave_the_scenes_to_it():
+    from gateway.jobs import BackendChoices, job_options, resolve_options
+    from services.common.errors import InvalidInputError
+    from services.common.pb import job_pb2
+
+    choices = BackendChoices(("descriptors",), ("template", "openai"), ("animatic",), ("openai-audio",))
+    resolved = resolve_options(job_pb2.JobOptions(pipeline=job_pb2.PIPELINE_LALM), choices)
+    assert (resolved.storyteller, resolved.writer) == ("openai-audio", "")
+    options = job_options(resolved)
+    assert options.pipeline == "lalm" and options.scene_writer == "openai-audio"
+    by_llm = job_options(resolve_options(job_pb2.JobOptions(pipeline=job_pb2.PIPELINE_LALM, writer="openai"), choices))
+    assert by_llm.scene_writer == "openai"
+    clap = resolve_options(job_pb2.JobOptions(writer="openai", fallback_writer="template"), choices)
+    assert (clap.pipeline, clap.storyteller, clap.fallback_writer) == (job_pb2.PIPELINE_CLAP, "", "template")
+    for refused, says in ((job_pb2.JobOptions(pipeline=job_pb2.PIPELINE_LALM, writer="template"), "template writer"),
+                          (job_pb2.JobOptions(pipeline=job_pb2.PIPELINE_LALM, fallback_writer="template",
+                                              writer="openai"), "needs the CLAP pipeline's labels"),
+                          (job_pb2.JobOptions(pipeline=job_pb2.PIPELINE_LALM, storyteller="gpt-4o"), "storyteller")):
+        with pytest.raises(InvalidInputError, match=says):
+            resolve_options(refused, choices)

@@ -113,7 +113,11 @@ def test_prompt_fills_every_placeholder_and_lists_every_segment():
     for i in range(7):
         start, end = i * 5.5, (i + 1) * 5.5
         assert f"Segment {i}: 0:{start:04.1f} to 0:{end:04.1f} (5.5 seconds)" in prompt
-    assert '"climax, the peak of the song" 0.70; "steady rhythmic groove" 0.20' in prompt
+    # Per segment only the labels that stand out: the best one, and others scoring at least 0.25.
+    assert '- rhythmic function: "climax, the peak of the song" 0.70\n' in prompt
+    assert '"steady rhythmic groove" 0.20' not in prompt
+    melancholic_voice = VOCABULARY["mood"]["melancholic"]["voice"]
+    assert f"mood: {melancholic_voice}." in prompt  # the narrative voice fits the mood
     assert "genre: unknown (audio descriptors cannot tell genre" in prompt
     melancholic_style = next(s for s in VOCABULARY["visual_style"].values() if s["mood"] == "melancholic")
     assert ", ".join(melancholic_style["palette"]) in prompt
@@ -174,7 +178,7 @@ def test_labels_and_segments_must_agree():
 # --- the template writer ----------------------------------------------------------------------------
 
 def test_template_script_has_one_valid_sentence_per_segment(writer):
-    written = writer.write(task())
+    written = writer.write(task()).script
     validate_script(written, 7)
     assert written.writer == "template"
     assert [s.index for s in written.scenes] == list(range(7))
@@ -187,7 +191,7 @@ def test_template_script_has_one_valid_sentence_per_segment(writer):
 
 
 def test_template_scenes_follow_their_segments_labels(writer):
-    written = writer.write(task())
+    written = writer.write(task()).script
     assert any(phrase in written.scenes[0].text for phrase in ("comes into view", "appears", "emerges"))
     assert any(phrase in written.scenes[1].text for phrase in ("whip pan", "handheld rush", "snap zoom"))
     assert any(phrase in written.scenes[6].text for phrase in ("drifts away", "fades slowly", "grows still"))
@@ -196,7 +200,7 @@ def test_template_scenes_follow_their_segments_labels(writer):
 
 
 def test_template_script_is_deterministic_per_seed(writer):
-    first, again, other = (writer.write(task(seed=s)) for s in (3, 3, 4))
+    first, again, other = (writer.write(task(seed=s)).script for s in (3, 3, 4))
     assert first.to_dict() == again.to_dict()
     assert [s.text for s in first.scenes] != [s.text for s in other.scenes]
     validate_script(other, 7)
@@ -204,7 +208,7 @@ def test_template_script_is_deterministic_per_seed(writer):
 
 def test_template_neighbouring_scenes_differ_even_with_identical_labels(writer):
     plan = [("moderate", "melodic", "steady", "groove")] * 12
-    written = writer.write(task(make_labels(plan)))
+    written = writer.write(task(make_labels(plan))).script
     validate_script(written, 12)
     settings = [next(s for s in SETTING_BY_MOOD["melancholic"] if s in scene.text) for scene in written.scenes]
     assert all(a != b for a, b in zip(settings, settings[1:]))
@@ -213,7 +217,7 @@ def test_template_neighbouring_scenes_differ_even_with_identical_labels(writer):
 
 def test_template_uses_the_persons_characters_and_style(writer):
     inputs = ScriptInputs(characters="an old lighthouse keeper\nin a yellow raincoat", style="grainy 16 mm film")
-    written = writer.write(task(inputs=inputs))
+    written = writer.write(task(inputs=inputs)).script
     assert written.characters == [Character(PROTAGONIST, "an old lighthouse keeper in a yellow raincoat")]
     assert all(PROTAGONIST in s.text for s in written.scenes)
     assert written.style.look.endswith("; grainy 16 mm film")
@@ -227,7 +231,7 @@ def test_template_copes_with_labels_from_another_vocabulary(writer):
     labels.segments[0] = replace(first, groups={**first.groups, "prominent_elements": foreign})
     labels.track["visual_style"] = LabelGroup([LabelScore("brutalist concrete", 1.0)])
     del labels.track["tempo_range"]
-    written = writer.write(task(labels))
+    written = writer.write(task(labels)).script
     validate_script(written, 7)
     melancholic_style = next(s for s in VOCABULARY["visual_style"].values() if s["mood"] == "melancholic")
     assert written.style.palette == melancholic_style["palette"]  # fell back to the mood's style
@@ -305,7 +309,7 @@ def test_stage_end_to_end_writes_prompt_script_and_text(tmp_path):
     # What the stage stored is exactly what the writer makes from the same inputs and seed.
     expected = TemplateWriter()
     expected.load()
-    assert stored == expected.write(task(labels, ScriptInputs(story=INJECTION), seed=5))
+    assert stored == expected.write(task(labels, ScriptInputs(story=INJECTION), seed=5)).script
     assert len(stored.scenes) == 7
     assert store.get_text("job/script.txt") == stored.to_text()
     assert result.info["scenes"] == 7 and result.info["writer"] == "template"
@@ -317,7 +321,7 @@ def test_stage_refuses_writers_it_does_not_run(tmp_path):
     stage.load()
     with pytest.raises(InvalidInputError, match="scripting backend 'vllm' is not enabled here; choose one of: template"):
         stage.run(_request(writer="vllm"))
-    with pytest.raises(InvalidInputError, match="choose one of: template"):
+    with pytest.raises(InvalidInputError, match="choose one of: llamacpp, openai, openai-audio, template, vllm"):
         ScriptingStage(store, enabled=("gpt",))
 
 

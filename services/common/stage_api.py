@@ -101,12 +101,32 @@ class ScriptInputs:
 class WriteScriptRequest:
     labels_key: str
     segments_key: str
-    writer: str  # "template" (no model); the LLM writers come with their own issue
+    writer: str  # "template" (no model), "openai", "llamacpp", "vllm"
     prompt_key: str  # prompt.txt: the rendered prompt, saved with the job
     script_key: str  # script.json
     script_text_key: str  # script.txt
     inputs: ScriptInputs = field(default_factory=ScriptInputs)
     seed: int = 0
+    response_key: str = ""  # response.txt: every reply of an LLM writer, the refused ones too
+    reasoning_key: str = ""  # reasoning.txt: the model's thinking, kept apart from the script
+    fallback_writer: str = ""  # written by this writer (e.g. "template") when the LLM gives no valid script
+
+
+@dataclass(frozen=True)
+class TellStoryRequest:
+    song_key: str
+    segments_key: str
+    storyteller: str  # the audio-language model backend, e.g. "openai-audio"
+    prompt_key: str  # prompt.txt: the story prompt, sent with the song
+    story_key: str  # story.txt
+    scenes_prompt_key: str  # scenes_prompt.txt: the story-to-scenes prompt
+    script_key: str
+    script_text_key: str
+    inputs: ScriptInputs = field(default_factory=ScriptInputs)
+    seed: int = 0
+    scene_writer: str = ""  # who breaks the story into scenes: an LLM writer backend; '' = the storyteller
+    response_key: str = ""
+    reasoning_key: str = ""
 
 
 @dataclass(frozen=True)

@@ -39,11 +39,16 @@ class LabelSets:
             ]
         except KeyError as exc:
             raise StageFailedError(f"a visual style in {prompts_dir / 'labels'} lacks {exc}") from exc
+        self._voices = {label.text: label.data.get("voice", "") for label in vocabulary["mood"].labels}
         if not self.styles:
             raise StageFailedError(f"no visual styles in {prompts_dir / 'labels'}")
         unknown = sorted({s.mood for s in self.styles} - set(self.ids("mood")))
         if unknown:
             raise StageFailedError(f"visual styles name moods that are not mood labels: {unknown}")
+
+    def voice_for(self, labels: Labels) -> str:
+        """The narrative voice of the track's best mood (prompts/labels/mood.yaml), or a neutral one."""
+        return self._voices.get(_top(labels, "mood") or "") or "vivid and concrete, true to the music"
 
     def ids(self, group: str) -> list[str]:
         return list(self._ids.get(group, {}).values())

@@ -1,8 +1,13 @@
-"""The script prompt: labels, segments and the person's wishes rendered into prompts/script_prompt.md.j2.
+"""The prompts of both pipelines, rendered from the templates in prompts/:
 
-Every writer saves it as prompt.txt; LLM writers send exactly this text. The person's text goes in
-as data between tags; it is cleaned first so that it can neither close its tag nor open another
-one, and cut to a length limit, so the rules after it always reach the model intact.
+- script_prompt.md.j2 (CLAP pipeline): labels, segments and the person's wishes;
+- story_prompt.md.j2 (LALM pipeline): the segments' times and the person's wishes, sent with the song;
+- story_to_scenes.md.j2 (LALM pipeline): the story told, broken into one scene per segment.
+
+Every writer saves what it renders (prompt.txt, scenes_prompt.txt); LLM writers send exactly this
+text. The person's text, and the story a model wrote from it, go in as data between tags; they
+are cleaned first so that they can neither close their tag nor open another one, and cut to a
+length limit, so the rules after them always reach the model intact.
 """
 
 from __future__ import annotations
@@ -21,8 +26,14 @@ from services.common.vocabulary import PROMPTS_DIR
 from services.scripting.label_sets import LabelSets
 
 PROMPT_TEMPLATE = "script_prompt.md.j2"
+STORY_TEMPLATE = "story_prompt.md.j2"
+SCENES_TEMPLATE = "story_to_scenes.md.j2"
 # Characters of user text kept per field: enough for a paragraph of story, not for a second prompt.
 USER_TEXT_LIMITS = {"story": 1500, "characters": 500, "style": 500}
+TOLD_STORY_LIMIT = 6000  # an audio model's story: 400 words asked, room for a verbose model
+# A segment's label is shown when it scores at least this, or is its group's best: weaker ones are noise
+# that lengthens the prompt (and a small model's reading time) without changing the scene.
+STRONG_LABEL_SCORE = 0.25
 TRUNCATION_MARK = " [cut: too long]"
 SEGMENT_GROUPS = ("instrumental_intensity", "prominent_elements", "dynamic_shift", "rhythmic_function")
 TRACK_GROUPS = ("tempo_range", "mood", "visual_style", "genre")
@@ -40,6 +51,8 @@ def render_prompt(labels: Labels, segmentation: Segmentation, inputs: ScriptInpu
     label_sets = _label_sets(prompts_dir)
     style = label_sets.style_for(labels)
     context = {
+        "genre": _top_text(labels, "genre"),
+        "voice": label_sets.voice_for(labels),
         "analyzer": labels.analyzer,
         "n_scenes": len(pairs),
         "track_groups": [_group_view(name, labels.track[name]) for name in _ordered(labels.track, TRACK_GROUPS)],
@@ -58,11 +71,40 @@ def render_prompt(labels: Labels, segmentation: Segmentation, inputs: ScriptInpu
         "palette": ", ".join(style.palette),
         "lighting": style.lighting,
         "atmosphere": style.atmosphere,
-        "user_story": clean_user_text(inputs.story, USER_TEXT_LIMITS["story"]),
-        "user_characters": clean_user_text(inputs.characters, USER_TEXT_LIMITS["characters"]),
-        "user_style": clean_user_text(inputs.style, USER_TEXT_LIMITS["style"]),
+        **_user_context(inputs),
     }
-    return _environment(prompts_dir).get_template(PROMPT_TEMPLATE).render(context)
+    return render_template(PROMPT_TEMPLATE, prompts_dir, **context)
+
+
+def render_story_prompt(segmentation: Segmentation, inputs: ScriptInputs, prompts_dir: Path = PROMPTS_DIR) -> str:
+    """The LALM pipeline's prompt, sent with the song: tell the video's story."""
+    return render_template(STORY_TEMPLATE, prompts_dir, duration=_clock(segmentation.song_duration),
+                           n_scenes=len(segmentation.segments), segments=_timeline(segmentation),
+                           **_user_context(inputs))
+
+
+def render_scenes_prompt(story: str, segmentation: Segmentation, inputs: ScriptInputs,
+                         prompts_dir: Path = PROMPTS_DIR) -> str:
+    """The LALM pipeline's second prompt: the told story into one scene per segment."""
+    if not segmentation.segments:
+        raise InvalidInputError("the segmentation has no segments")
+    return render_template(SCENES_TEMPLATE, prompts_dir, story=clean_user_text(story, TOLD_STORY_LIMIT),
+                           n_scenes=len(segmentation.segments), segments=_timeline(segmentation),
+                           **_user_context(inputs))
+
+
+def render_template(name: str, prompts_dir: Path = PROMPTS_DIR, **context: Any) -> str:
+    """prompts/`name` rendered; fails loudly on any placeholder left unfilled."""
+    return _environment(prompts_dir).get_template(name).render(context)
+
+
+def _user_context(inputs: ScriptInputs) -> dict[str, str]:
+    return {f"user_{name}": clean_user_text(getattr(inputs, name), limit) for name, limit in USER_TEXT_LIMITS.items()}
+
+
+def _timeline(segmentation: Segmentation) -> list[dict[str, Any]]:
+    return [{"index": s.index, "start": _clock(s.start), "end": _clock(s.end), "duration": f"{s.duration:.1f}"}
+            for s in segmentation.segments]
 
 
 def clean_user_text(text: str, limit: int) -> str:
@@ -110,7 +152,9 @@ def _ordered(groups: dict[str, LabelGroup], known: tuple[str, ...]) -> list[str]
 
 def _group_view(name: str, group: LabelGroup) -> dict[str, Any]:
     labels = "; ".join(f'"{x.label}" {x.score:.2f}' for x in group.labels) or "unknown"
-    return {"title": name.replace("_", " "), "labels": labels, "note": group.note}
+    strong = [x for i, x in enumerate(group.labels) if i == 0 or x.score >= STRONG_LABEL_SCORE]
+    return {"title": name.replace("_", " "), "labels": labels, "note": group.note,
+            "strong": "; ".join(f'"{x.label}" {x.score:.2f}' for x in strong) or "unknown"}
 
 
 def _top_text(labels: Labels, group: str) -> str:

@@ -1,5 +1,5 @@
-"""The scripting gRPC service: a thin layer over ScriptingStage. (TellStory, the LALM pipeline,
-answers UNIMPLEMENTED until its writer exists.)"""
+"""The scripting gRPC service: a thin layer over ScriptingStage (WriteScript: CLAP pipeline,
+TellStory: LALM pipeline)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from services.common.pb import scripting_service_pb2 as pb
 from services.common.pb import scripting_service_pb2_grpc as pb_grpc
 from services.common.pb import stage_pb2
 from services.common.settings import ServiceSettings
-from services.common.stage_api import WriteScriptRequest
+from services.common.stage_api import TellStoryRequest, WriteScriptRequest
 from services.common.store import open_store
 from services.common.transport.convert import from_message, result_to_message
 from services.common.transport.server import CallLimit, stage_main
@@ -25,6 +25,11 @@ class ScriptingServicer(pb_grpc.ScriptingServiceServicer):
                           context: grpc.aio.ServicerContext) -> pb.WriteScriptResponse:
         result = await self.calls.run(self.stage.run, from_message(request, WriteScriptRequest))
         return pb.WriteScriptResponse(result=result_to_message(result, stage_pb2.StageResult))
+
+    async def TellStory(self, request: pb.TellStoryRequest,
+                        context: grpc.aio.ServicerContext) -> pb.TellStoryResponse:
+        result = await self.calls.run(self.stage.tell_story, from_message(request, TellStoryRequest))
+        return pb.TellStoryResponse(result=result_to_message(result, stage_pb2.StageResult))
 
 
 def build(settings: ServiceSettings):

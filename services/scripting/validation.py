@@ -41,13 +41,8 @@ def script_problems(script: Script, segment_count: int) -> list[str]:
     indices = [scene.index for scene in script.scenes]
     if indices != list(range(len(script.scenes))):
         problems.append(f"scene indices must be 0, 1, 2, ... in order; they are {indices}")
-    seen: dict[str, int] = {}
-    for scene in script.scenes:
-        problems += [f"scene {scene.index}: {p}" for p in sentence_problems(scene.text)]
-        key = " ".join(scene.text.lower().split())
-        if key and key in seen:
-            problems.append(f"scene {scene.index} repeats scene {seen[key]}; every scene must be different")
-        seen.setdefault(key, scene.index)
+    for index, found in scene_problems(script).items():
+        problems += [f"scene {index}{'' if p.startswith('repeats') else ':'} {p}" for p in found]
     problems += _style_problems(script)
     names = [c.name.strip() for c in script.characters]
     if any(not n for n in names) or len(set(names)) != len(names):
@@ -55,6 +50,21 @@ def script_problems(script: Script, segment_count: int) -> list[str]:
     if any(not c.description.strip() for c in script.characters):
         problems.append("every character needs a visual description")
     return problems
+
+
+def scene_problems(script: Script) -> dict[int, list[str]]:
+    """What is wrong with each scene on its own (its sentence) or against the ones before it (a repeat)."""
+    found: dict[int, list[str]] = {}
+    seen: dict[str, int] = {}
+    for scene in script.scenes:
+        problems = sentence_problems(scene.text)
+        key = " ".join(scene.text.lower().split())
+        if key and key in seen:
+            problems.append(f"repeats scene {seen[key]}; every scene must be different")
+        seen.setdefault(key, scene.index)
+        if problems:
+            found[scene.index] = problems
+    return found
 
 
 def sentence_problems(text: str) -> list[str]:

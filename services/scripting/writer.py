@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from services.common.artifacts import Labels, Script, Segmentation
 from services.common.lifecycle import Backend
 from services.common.stage_api import ScriptInputs
+from services.scripting.llm.conversation import Transcript
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,14 @@ class ScriptTask:
     seed: int
 
 
+@dataclass(frozen=True)
+class Draft:
+    script: Script
+    model: str = ""
+    transcript: Transcript | None = None  # LLM writers: every reply, the repaired ones included
+
+
 class ScriptWriter(Backend):
     @abstractmethod
-    def write(self, task: ScriptTask) -> Script:
+    def write(self, task: ScriptTask) -> Draft:
         """A script with one scene per segment; the stage validates it before it is stored."""

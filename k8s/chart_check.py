@@ -1,6 +1,6 @@
 """The Helm chart's offline checks (`make k8s-check`, `python -m k8s.chart_check`); no cluster needed.
 
-For each value set in VALUE_SETS (the defaults, each video autoscaler, the example presets):
+For each value set in VALUE_SETS (the defaults, each video autoscaler, the example presets, gateway TLS):
 1. lint: Helm v4's own linter, strict, through helm-python-sdk (values.schema.json included), for the
    oldest Kubernetes the chart supports and the newest whose schemas kubernetes-validate bundles;
 2. render: `helm template` through helm-python-sdk, written to build/k8s/<set>.yaml;
@@ -60,6 +60,8 @@ VALUE_SETS: dict[str, list[Path | dict[str, Any]]] = {
                            "huggingface": {"existingSecret": "hf-token"},
                            "llm": {"apiKey": {"existingSecret": "llm-api-key"}},
                            "gpu": {"runtimeClassName": "nvidia"}}],
+    "gateway-tls": [{"gateway": {"tls": {"enabled": True, "secretName": "mvgen-gateway-tls"},
+                                 "service": {"type": "LoadBalancer"}}}],
 }
 
 

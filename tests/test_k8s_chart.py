@@ -1,6 +1,6 @@
 """The Helm chart k8s/mvgen, rendered offline (helm-python-sdk) for each value set of
 k8s/chart_check.py (defaults, each video autoscaler, external S3, Wan 14B, the vLLM servers with
-scale-to-zero): what the deployment relies on, checked on the rendered manifests.
+scale-to-zero, gateway TLS): what the deployment relies on, checked on the rendered manifests.
 
 `make k8s-check` adds helm lint, kubernetes-validate --strict on every value set and yamllint; here
 the manifests of two value sets are validated too, so that `make test` catches an invalid one.
@@ -9,17 +9,31 @@ What this cannot check: that the pods schedule and run (no cluster, no GPU nodes
 
 from __future__ import annotations
 
+import datetime
+import os
 import re
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
+from concurrent import futures
 from functools import cache
+from pathlib import Path
 from typing import Any
 
+import grpc
 import helm_python as helm
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from k8s.chart_check import (
     CHART,
     KUBE_VERSIONS,
+    NAMESPACE,
     RELEASE,
     REPO,
     VALUE_SETS,
@@ -34,6 +48,8 @@ STAGE_PORTS = {"segmentation": 50051, "analysis": 50052, "scripting": 50053, "vi
 MVGEN_COMPONENTS = {*STAGE_PORTS, "gateway"}
 SECRET_ENV = re.compile(r"(KEY|SECRET|PASSWORD|TOKEN)$")  # MVGEN_S3_SECRET_KEY, HF_TOKEN, ...
 VIDEO = f"{RELEASE}-video"
+GATEWAY = f"{RELEASE}-gateway"
+PROBES = ("startupProbe", "livenessProbe", "readinessProbe")
 
 
 @cache
@@ -80,6 +96,10 @@ def deployment_container(docs: tuple[dict[str, Any], ...], name: str) -> dict[st
 
 def spec_labels(docs: tuple[dict[str, Any], ...], deployment: str) -> dict[str, str]:
     return one(docs, "Deployment", deployment)["spec"]["template"]["metadata"]["labels"]
+
+
+def gateway_tls(value_set: str) -> bool:
+    return values_for(VALUE_SETS[value_set]).get("gateway", {}).get("tls", {}).get("enabled", False)
 
 
 def gibibytes(quantity: str) -> int:
@@ -254,8 +274,98 @@ def test_mvgen_services_are_probed_with_grpc_health(value_set):
         container = deployment["spec"]["template"]["spec"]["containers"][0]
         grpc_port = {p["name"]: p["containerPort"] for p in container["ports"]}["grpc"]
         assert int(env_value(container, "MVGEN_PORT")) == grpc_port
-        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-            assert container[probe]["grpc"] == {"port": grpc_port}, (deployment["metadata"]["name"], probe)
+        tls = component(deployment) == "gateway" and gateway_tls(value_set)
+        for probe in PROBES:
+            # Native gRPC probes speak plain text only: a TLS gateway is probed by a command instead.
+            assert ("exec" if tls else "grpc") in container[probe], (deployment["metadata"]["name"], probe)
+            if not tls:
+                assert container[probe]["grpc"] == {"port": grpc_port}, (deployment["metadata"]["name"], probe)
+        if not tls:
+            assert not {e["name"] for e in container["env"]} & {"MVGEN_TLS_CERT_FILE", "MVGEN_TLS_KEY_FILE"}
+
+
+# ---------------------------------------------------------------------------- gateway TLS
+
+@pytest.fixture(scope="module")
+def server_certificate(tmp_path_factory) -> tuple[Path, Path]:
+    """A self-signed certificate for the gateway Service's in-cluster name, and its key (PEM files)."""
+    folder = tmp_path_factory.mktemp("tls")
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{GATEWAY}.{NAMESPACE}.svc")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(f"{GATEWAY}.{NAMESPACE}.svc")]), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / "tls.crt", folder / "tls.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_with_tls_the_gateway_mounts_its_certificate_and_reads_it_from_the_env():
+    docs = manifests("gateway-tls")
+    spec = one(docs, "Deployment", GATEWAY)["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    volume = {v["name"]: v for v in spec["volumes"]}["gateway-tls"]["secret"]
+    assert volume["secretName"] == "mvgen-gateway-tls"
+    assert [(i["key"], i["path"]) for i in volume["items"]] == [("tls.crt", "tls.crt"), ("tls.key", "tls.key")]
+    mount = {m["name"]: m for m in container["volumeMounts"]}["gateway-tls"]
+    assert mount["readOnly"] is True
+    assert env_value(container, "MVGEN_TLS_CERT_FILE") == f"{mount['mountPath']}/tls.crt"
+    assert env_value(container, "MVGEN_TLS_KEY_FILE") == f"{mount['mountPath']}/tls.key"
+    assert env_value(container, "MVGEN_TLS_SERVER_NAME") == f"{GATEWAY}.{NAMESPACE}.svc"
+    # Only the gateway changes: no other pod mounts the certificate.
+    for name, other in pod_specs(docs):
+        if name != f"Deployment/{GATEWAY}":
+            assert "gateway-tls" not in {v["name"] for v in other.get("volumes", [])}, name
+    # By default none of it is rendered; serverName replaces the Service's name.
+    default = one(manifests("defaults"), "Deployment", GATEWAY)["spec"]["template"]["spec"]
+    assert "gateway-tls" not in {v["name"] for v in default["volumes"]}
+    named = tuple(documents(render({"gateway": {"tls": {"enabled": True, "secretName": "cert",
+                                                        "serverName": "mvgen.example.com"}}})))
+    assert env_value(deployment_container(named, GATEWAY), "MVGEN_TLS_SERVER_NAME") == "mvgen.example.com"
+
+
+def test_with_tls_the_gateway_probes_run_a_tls_health_check(server_certificate):
+    """Each probe's command, run against a grpc.health.v1 server that serves TLS with a certificate like
+    the Secret's: passes while SERVING, fails while NOT_SERVING, in plain text or for another name."""
+    container = deployment_container(manifests("gateway-tls"), GATEWAY)
+    commands = {probe: container[probe]["exec"]["command"] for probe in PROBES}
+    for probe, command in commands.items():
+        assert "grpc" not in container[probe], probe
+        assert command[:2] == ["python", "-c"], probe
+        assert "secure_channel('127.0.0.1:'" in command[2] and "insecure_channel" not in command[2], probe
+        deadline = re.search(r"timeout=(\d+)", command[2])
+        assert deadline and int(deadline[1]) < container[probe]["timeoutSeconds"], probe
+
+    cert, key = server_certificate
+    status = health.HealthServicer()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    health_pb2_grpc.add_HealthServicer_to_server(status, server)
+    tls_port = server.add_secure_port("127.0.0.1:0",
+                                      grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())]))
+    plain_port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+
+    def probe(command: list[str], port: int, server_name: str = env_value(container, "MVGEN_TLS_SERVER_NAME")) -> int:
+        env = {**os.environ, "MVGEN_PORT": str(port), "MVGEN_TLS_CERT_FILE": str(cert),
+               "MVGEN_TLS_SERVER_NAME": server_name}
+        return subprocess.run([sys.executable, *command[1:]], env=env, capture_output=True, timeout=30).returncode
+
+    try:
+        status.set("", health_pb2.HealthCheckResponse.SERVING)
+        for name, command in commands.items():
+            assert probe(command, tls_port) == 0, name
+        readiness = commands["readinessProbe"]
+        assert probe(readiness, plain_port) != 0
+        assert probe(readiness, tls_port, server_name="another.example.com") != 0
+        status.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        assert probe(readiness, tls_port) != 0
+    finally:
+        server.stop(None)
 
 
 @value_sets
@@ -406,6 +516,9 @@ def test_only_the_gateway_is_reachable_from_outside():
     {"containerSecurityContext": {"capabilities": {"drop": ["NET_RAW"]}}},
     {"modelCache": {"type": "nfs"}},
     {"vidoe": {}},
+    {"gateway": {"tls": {"enabled": True}}},
+    {"gateway": {"tls": {"enabled": True, "secretName": ""}}},
+    {"gateway": {"tls": {"enabled": "yes", "secretName": "cert"}}},
 ], ids=lambda v: str(v))
 def test_the_values_schema_rejects_bad_values(values):
     with pytest.raises(helm.HelmValuesError):
@@ -424,12 +537,22 @@ def test_contradicting_values_stop_the_render_with_a_message(values, message):
         render(values)
 
 
+def test_tls_without_a_certificate_stops_even_a_render_without_the_schema(tmp_path):
+    # `helm install --skip-schema-validation`: the chart's own check still names what is missing.
+    unchecked = tmp_path / "mvgen"
+    shutil.copytree(CHART, unchecked, ignore=shutil.ignore_patterns("values.schema.json"))
+    with helm.Chart.load(unchecked) as chart:
+        with pytest.raises(helm.HelmError, match="gateway.tls.enabled needs gateway.tls.secretName"):
+            chart.render({"gateway": {"tls": {"enabled": True}}}, name=RELEASE, namespace=NAMESPACE,
+                         is_install=True)
+
+
 def test_the_default_values_pass_the_schema():
     with helm.Chart.load(CHART) as chart:
         chart.validate_schema(values_for(VALUE_SETS["defaults"]))
 
 
-@pytest.mark.parametrize("value_set", ["defaults", "llm-scale-to-zero"])
+@pytest.mark.parametrize("value_set", ["defaults", "llm-scale-to-zero", "gateway-tls"])
 def test_rendered_manifests_validate_strictly(value_set):
     problems = [p for doc in manifests(value_set) for p in validation_problems(doc)]
     assert problems == [], f"kubernetes-validate --strict (k8s {', '.join(KUBE_VERSIONS)}) and CRD schemas"

@@ -193,6 +193,45 @@ readinessProbe:
   {{- toYaml .probes.readiness | nindent 2 }}
 {{- end -}}
 
+{{/* The name the gateway's certificate must carry for its own probes (MVGEN_TLS_SERVER_NAME). */}}
+{{- define "mvgen.gatewayTlsServerName" -}}
+{{- $service := printf "%s-gateway.%s.svc" (include "mvgen.fullname" .) .Release.Namespace -}}
+{{- .Values.gateway.tls.serverName | default $service -}}
+{{- end -}}
+
+{{/* grpc.health.v1 over TLS from inside the gateway's container, as docker-compose.yml's health check:
+127.0.0.1, trusting the gateway's own certificate (tls.crt; a CA-issued one is trusted as it is), which
+must carry MVGEN_TLS_SERVER_NAME; exit 0 only when SERVING. The call's deadline stays under the
+probe's timeout, so a slow answer fails with its own message: (dict "probe" .Values.gateway.probes.startup) */}}
+{{- define "mvgen.tlsHealthCommand" -}}
+{{- $timeout := max 1 (sub (int (default 1 .probe.timeoutSeconds)) 1) -}}
+- python
+- -c
+- >-
+  import os, sys, grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as hg;
+  c = grpc.secure_channel('127.0.0.1:' + os.environ['MVGEN_PORT'],
+  grpc.ssl_channel_credentials(open(os.environ['MVGEN_TLS_CERT_FILE'], 'rb').read()),
+  options=[('grpc.ssl_target_name_override', os.environ['MVGEN_TLS_SERVER_NAME'])]);
+  r = hg.HealthStub(c).Check(h.HealthCheckRequest(), timeout={{ $timeout }});
+  sys.exit(r.status != h.HealthCheckResponse.SERVING)
+{{- end -}}
+
+{{/* The gateway's probes: native gRPC in plain text; with gateway.tls.enabled an exec probe, since
+Kubernetes' gRPC probes cannot speak TLS: (dict "port" 50050 "values" .Values.gateway) */}}
+{{- define "mvgen.gatewayProbes" -}}
+{{- if .values.tls.enabled -}}
+{{- range $kind := list "startup" "liveness" "readiness" }}
+{{ $kind }}Probe:
+  exec:
+    command:
+      {{- include "mvgen.tlsHealthCommand" (dict "probe" (index $.values.probes $kind)) | nindent 6 }}
+  {{- toYaml (index $.values.probes $kind) | nindent 2 }}
+{{- end }}
+{{- else -}}
+{{- include "mvgen.grpcProbes" (dict "port" .port "probes" .values.probes) -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Requests and limits, with the component's GPUs added to both: (dict "values" .Values.video) */}}
 {{- define "mvgen.gpuResources" -}}
 {{- $gpus := int .values.gpuCount -}}
@@ -365,6 +404,10 @@ others write scripts from labels. The gateway offers them to jobs separately. */
 {{- end -}}
 {{- if not (include "mvgen.writers" .) -}}
 {{- fail "scripting.backends needs a script writer besides openai-audio: template, openai, vllm or llamacpp" -}}
+{{- end -}}
+{{- if and .Values.gateway.tls.enabled (not .Values.gateway.tls.secretName) -}}
+{{- fail (print "gateway.tls.enabled needs gateway.tls.secretName: an existing kubernetes.io/tls Secret"
+    " holding tls.crt and tls.key") -}}
 {{- end -}}
 {{- $scaling := .Values.video.autoscaling -}}
 {{- if and $scaling.scaleToZero (ne $scaling.type "keda") -}}

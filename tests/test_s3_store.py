@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import http.server
 import socket
+import threading
 import urllib.request
 from dataclasses import replace
 from datetime import timedelta
@@ -11,7 +13,7 @@ from pathlib import Path
 import pytest
 from moto.server import ThreadedMotoServer
 
-from services.common.errors import InvalidInputError, TransientError
+from services.common.errors import InvalidInputError, StageFailedError, TransientError
 from services.common.s3_store import S3ArtifactStore
 from services.common.settings import StoreSettings
 
@@ -89,6 +91,41 @@ def test_an_unreachable_store_is_retried_then_reported_as_transient():
     store = S3ArtifactStore(settings_for(f"127.0.0.1:{free_port()}"), retry_delays=(0.05, 0.1))
     with pytest.raises(TransientError, match="unreachable after 3 tries"):
         store.get_bytes("jobs/a/manifest.json")
+
+
+def test_an_html_error_page_is_retried_when_it_is_a_5xx_and_refused_otherwise():
+    """A proxy or an overloaded server answers with an HTML page, not S3's XML (moto does under
+    load): a 5xx is retried like any server error, a 4xx page fails at once."""
+    status = {"code": 500}
+    seen = []
+
+    class ErrorPage(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's naming)
+            seen.append(self.path)
+            body = b"<!doctype html><title>Internal Server Error</title>"
+            self.send_response(status["code"])
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ErrorPage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    store = S3ArtifactStore(settings_for(f"127.0.0.1:{server.server_address[1]}"), retry_delays=(0.05, 0.1))
+    try:
+        with pytest.raises(TransientError, match="kept failing after 3 tries .*HTTP 500 with a non-S3 error page"):
+            store.get_bytes("jobs/a/manifest.json")
+        assert len(seen) == 3
+        status["code"] = 403
+        with pytest.raises(StageFailedError, match="answered 403"):
+            store.get_bytes("jobs/a/manifest.json")
+        assert len(seen) == 4
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_presigned_urls_name_the_public_endpoint(s3_endpoint):

@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 import urllib3
 from minio import Minio
 from minio.commonconfig import CopySource
-from minio.error import S3Error
+from minio.error import InvalidResponseError, S3Error
 
 from services.common.errors import StageFailedError, TransientError
 from services.common.settings import StoreSettings
@@ -117,6 +117,13 @@ class S3ArtifactStore(ArtifactStore):
                 if not _transient_s3(exc):
                     raise StageFailedError(f"the object store refused: {exc.code}: {exc.message}") from exc
                 failing, cause = "kept failing", f"{exc.code}: {exc.message}"
+            except InvalidResponseError as exc:
+                # A non-XML answer: a proxy's or an overloaded server's error page (moto under load
+                # answers 500 with HTML). 5xx is worth another try; anything else is not.
+                status = getattr(exc, "_code", 0) or 0
+                if status < 500:
+                    raise StageFailedError(f"the object store answered {status} with a page that is not S3's") from exc
+                failing, cause = "kept failing", f"HTTP {status} with a non-S3 error page"
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 failing, cause = "is unreachable", _reason(exc)
             if delay is None:

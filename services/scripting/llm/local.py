@@ -53,6 +53,7 @@ class LlamaCppServer:
         params.hostnames = ["127.0.0.1"]  # loopback only: the server has no authentication
         params.port = 0  # any free port
         params.use_jinja = True  # the model's own chat template, as `vllm serve` uses
+        params.verbosity = 0  # errors only: its per-request timing lines would flood the CLI's progress display
         self.model = settings.model_path.name
         params.model_alias = {self.model}  # the name replies carry, not the file's full path
         try:

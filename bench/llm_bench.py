@@ -42,15 +42,19 @@ def llm_rows(song: Path, duration: float, work: Path) -> list[Row]:
         return WriteScriptRequest("labels.json", "segments.json", writer, f"{writer}/prompt.txt",
                                   f"{writer}/script.json", f"{writer}/script.txt",
                                   ScriptInputs(story="A night drive through a city that slowly wakes up."), 0,
-                                  f"{writer}/response.txt", f"{writer}/reasoning.txt")
+                                  f"{writer}/response.txt", f"{writer}/reasoning.txt",
+                                  "template" if writer != "template" else "")
 
     template_s = best_of(3, lambda: stage.run(request("template")))
     started = time.perf_counter()
     info = stage.run(request("llamacpp")).info
     llm_s = time.perf_counter() - started
+    # A script the model could not make valid falls back to the template writer: said in the row.
+    outcome = f"fell back to template after {info['attempts']} replies" if info.get("fallback") \
+        else f"valid after {info['repairs']} repairs"
     name = f"script, {SEGMENTS} segments, llamacpp {info['model']}"
     return [
-        (f"{name}, s", llm_s, "template writer", template_s),
+        (f"{name} ({outcome}), s", llm_s, "template writer", template_s),
         (f"{name}: completion tokens/s", info["tokens_per_second"], "-", 0.0),
         (f"{name}: prompt + completion tokens ({info['attempts']} replies)",
          info["prompt_tokens"] + info["completion_tokens"], "-", 0.0),

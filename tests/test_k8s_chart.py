@@ -556,3 +556,11 @@ def test_the_default_values_pass_the_schema():
 def test_rendered_manifests_validate_strictly(value_set):
     problems = [p for doc in manifests(value_set) for p in validation_problems(doc)]
     assert problems == [], f"kubernetes-validate --strict (k8s {', '.join(KUBE_VERSIONS)}) and CRD schemas"
+
+
+def test_k8s_check_passes_on_every_value_set(capsys):
+    """What `make k8s-check` runs before these tests (helm lint --strict, kubernetes-validate --strict
+    on every value set, yamllint), so that `make test` covers all of it."""
+    from k8s.chart_check import main as k8s_check
+
+    assert k8s_check() == 0, capsys.readouterr().out

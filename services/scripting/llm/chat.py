@@ -38,9 +38,12 @@ class ChatReply:
 
 class ChatModel(Protocol):
     model: str
+    temperature: float  # the configured sampling temperature
 
-    def chat(self, messages: list[Message], *, schema: dict[str, Any] | None, seed: int) -> ChatReply:
-        """One assistant turn after `messages`, constrained to `schema` where the server can."""
+    def chat(self, messages: list[Message], *, schema: dict[str, Any] | None, seed: int,
+             temperature: float | None = None) -> ChatReply:
+        """One assistant turn after `messages`, constrained to `schema` where the server can;
+        `temperature` overrides the configured one."""
 
 
 @dataclass(frozen=True)
@@ -90,11 +93,13 @@ class OpenAIChat:
 
         self.settings = settings
         self.model = settings.model
+        self.temperature = settings.temperature
         self._openai = openai
         self._client = openai.OpenAI(base_url=settings.base_url, api_key=settings.api_key,
                                      timeout=settings.timeout_seconds, max_retries=settings.max_retries)
 
-    def chat(self, messages: list[Message], *, schema: dict[str, Any] | None, seed: int) -> ChatReply:
+    def chat(self, messages: list[Message], *, schema: dict[str, Any] | None, seed: int,
+             temperature: float | None = None) -> ChatReply:
         s = self.settings
         extra: dict[str, Any] = {}
         if schema is not None and s.structured_output == "json_schema":
@@ -107,7 +112,8 @@ class OpenAIChat:
         started = time.monotonic()
         try:
             response = self._client.chat.completions.create(
-                model=s.model, messages=messages, seed=seed, temperature=s.temperature, max_tokens=s.max_tokens,
+                model=s.model, messages=messages, seed=seed, max_tokens=s.max_tokens,
+                temperature=s.temperature if temperature is None else temperature,
                 **extra)
         except self._openai.APITimeoutError:
             raise TransientError(f"the model server at {s.base_url} did not answer within "

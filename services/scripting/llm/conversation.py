@@ -24,6 +24,10 @@ from services.scripting.validation import scene_problems, script_problems
 
 REPAIR_TEMPLATE = "repair_prompt.md.j2"  # the whole script again
 REWRITE_TEMPLATE = "rewrite_scenes_prompt.md.j2"  # only the scenes that are wrong
+# Added to the temperature on each repair turn (up to 1.0): sampled as before, a small model gives
+# the scenes it repeated once more.
+REPAIR_TEMPERATURE_STEP = 0.15
+MAX_REPAIR_TEMPERATURE = 1.0
 
 
 @dataclass
@@ -86,7 +90,9 @@ def request_script(chat: ChatModel, messages: list[Message], *, n_scenes: int, w
     base = list(messages)
     request, schema, draft, mending = base, script_schema(n_scenes), None, False
     for turn in range(max_repairs + 1):
-        reply = chat.chat(request, schema=schema, seed=seed + turn)
+        temperature = None if turn == 0 else min(MAX_REPAIR_TEMPERATURE,
+                                                 chat.temperature + REPAIR_TEMPERATURE_STEP * turn)
+        reply = chat.chat(request, schema=schema, seed=seed + turn, temperature=temperature)
         draft, problems = _read(reply, draft if mending else None, n_scenes, writer)
         transcript.attempts.append(Attempt(reply, problems))
         if not problems:

@@ -90,12 +90,15 @@ class VllmChat:
         self._vllm = vllm
         self.settings = settings
         self.model = settings.model
+        self.temperature = settings.temperature
         self._engine = vllm.LLM(model=settings.model, gpu_memory_utilization=settings.gpu_memory_utilization,
                                 max_model_len=settings.max_model_len)
 
-    def chat(self, messages: list[Message], *, schema: dict[str, Any] | None, seed: int) -> ChatReply:
+    def chat(self, messages: list[Message], *, schema: dict[str, Any] | None, seed: int,
+             temperature: float | None = None) -> ChatReply:
         s = self.settings
-        params = self._vllm.SamplingParams(temperature=s.temperature, max_tokens=s.max_tokens, seed=seed,
+        params = self._vllm.SamplingParams(temperature=s.temperature if temperature is None else temperature,
+                                           max_tokens=s.max_tokens, seed=seed,
                                            **_structured_output(schema))
         started = time.monotonic()
         output = self._engine.chat(messages, params, use_tqdm=False)[0]

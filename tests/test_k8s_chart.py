@@ -9,7 +9,6 @@ What this cannot check: that the pods schedule and run (no cluster, no GPU nodes
 
 from __future__ import annotations
 
-import datetime
 import os
 import re
 import shutil
@@ -24,10 +23,6 @@ from typing import Any
 import grpc
 import helm_python as helm
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from k8s.chart_check import (
@@ -42,6 +37,7 @@ from k8s.chart_check import (
     validation_problems,
     values_for,
 )
+from tests.tls import self_signed_certificate
 
 H100_PRODUCTS = {"NVIDIA-H100-80GB-HBM3", "NVIDIA-H100-PCIe", "NVIDIA-H100-NVL"}
 STAGE_PORTS = {"segmentation": 50051, "analysis": 50052, "scripting": 50053, "video": 50054, "assembly": 50055}
@@ -289,20 +285,7 @@ def test_mvgen_services_are_probed_with_grpc_health(value_set):
 @pytest.fixture(scope="module")
 def server_certificate(tmp_path_factory) -> tuple[Path, Path]:
     """A self-signed certificate for the gateway Service's in-cluster name, and its key (PEM files)."""
-    folder = tmp_path_factory.mktemp("tls")
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{GATEWAY}.{NAMESPACE}.svc")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(f"{GATEWAY}.{NAMESPACE}.svc")]), critical=False)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = folder / "tls.crt", folder / "tls.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
+    return self_signed_certificate(tmp_path_factory.mktemp("tls"), [f"{GATEWAY}.{NAMESPACE}.svc"])
 
 
 def test_with_tls_the_gateway_mounts_its_certificate_and_reads_it_from_the_env():

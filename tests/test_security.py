@@ -9,8 +9,6 @@ in any log of a stack after faults (tests/test_faults.py); non-root images (test
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import os
 import subprocess
 import sys
@@ -23,10 +21,6 @@ from pathlib import Path
 import grpc
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from services.common.errors import InvalidInputError, ResourceExhaustedError
 from services.common.pb import job_pb2, stage_pb2
@@ -40,6 +34,7 @@ from tests.media import tone
 from tests.servers import REPO_ROOT
 # local_store and s3_store are fixtures: imported, pytest finds them here.
 from tests.test_gateway import AUTH, TOKEN, RunningGateway, create, local_store, s3_store, upload  # noqa: F401
+from tests.tls import self_signed_certificate
 
 MVGEN = str(Path(sys.executable).parent / "mvgen")
 OTHER_TOKEN = "the-token-of-another-client"
@@ -59,23 +54,7 @@ def songs(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory) -> tuple[Path, Path]:
     """A self-signed certificate for localhost and 127.0.0.1, and its key (PEM files)."""
-    folder = tmp_path_factory.mktemp("tls")
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = folder / "gateway.crt", folder / "gateway.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
+    return self_signed_certificate(tmp_path_factory.mktemp("tls"), ["localhost"], ("127.0.0.1",), stem="gateway")
 
 
 def list_jobs(channel: grpc.Channel, metadata=AUTH) -> list[job_pb2.Job]:

@@ -17,16 +17,14 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import replace
 from pathlib import Path
 
 from services.common import audio
 from services.common.errors import InvalidInputError, JobCancelledError, MvgenError
 from services.common.stage_api import ScriptInputs, SegmenterParams
 from services.common.store import LocalArtifactStore
-from services.common.vocabulary import PROMPTS_DIR
 from gateway.client import COMMANDS as CLIENT_COMMANDS, add_client_commands, run_client_command
-from gateway.job import PIPELINES, JobLayout, JobOptions, backend_config_digest
+from gateway.job import PIPELINES, JobLayout, JobOptions
 from gateway.orchestrator import JobSpec, Orchestrator
 from gateway.progress import ProgressDisplay
 
@@ -175,7 +173,6 @@ def _generate(args: argparse.Namespace, scratch: Path) -> int:
     for flag, variable in BACKEND_FLAGS.items():
         if getattr(args, flag):
             os.environ[variable] = getattr(args, flag)
-    options = replace(options, backend_config=backend_config_digest(PROMPTS_DIR, os.environ))
     _check_options(options, args)
 
     readable, info = audio.ingest(song_path, scratch, max_seconds=args.max_duration)  # before anything is written

@@ -29,6 +29,8 @@ from services.common.pb import (
     scripting_service_pb2_grpc,
     segmentation_service_pb2,
     segmentation_service_pb2_grpc,
+    stage_info_service_pb2,
+    stage_info_service_pb2_grpc,
 )
 from services.common.settings import env_float, env_str
 from services.common.stage_api import (
@@ -79,6 +81,9 @@ UNARY_STAGES = {
 # The scripting service's second RPC (LALM pipeline), on the scripting stage's channel.
 TELL_STORY = _unary_stage(scripting_service_pb2, scripting_service_pb2_grpc,
                           "ScriptingService", "TellStory", "TellStoryRequest")
+# Served beside every stage service: its backends' configuration digest.
+STAGE_INFO = _unary_stage(stage_info_service_pb2, stage_info_service_pb2_grpc,
+                          "StageInfoService", "GetStageInfo", "GetStageInfoRequest")
 
 
 @dataclass(frozen=True)
@@ -171,6 +176,16 @@ class GrpcStageClients(StageClients):
         if not_ready:
             raise TransientError(f"not serving after {timeout:.0f} s: " + "; ".join(not_ready))
 
+    async def backend_config(self, stage: str) -> str:
+        """What the stage's replicas report; for video, every serving replica's digest (they differ
+        only during a rollout, and a mix is then a configuration of its own)."""
+        if stage == "video":
+            await self.start()
+            return await self.video_pool.backend_config()
+        info = await self._unary(stage, STAGE_INFO, stage_info_service_pb2.GetStageInfoRequest(), missing_ok=True)
+        # None: a service older than StageInfoService, whose configuration is unknown, as it was before.
+        return info.config_digest if info is not None else ""
+
     async def segment(self, req: SegmentRequest) -> StageResult:
         return await self._call("segmentation", req)
 
@@ -192,19 +207,25 @@ class GrpcStageClients(StageClients):
         return await self._call("assembly", req)
 
     async def _call(self, stage: str, req: Any, spec: _UnaryStage | None = None) -> StageResult:
-        await self.start()
         spec = spec or UNARY_STAGES[stage]
+        response = await self._unary(stage, spec, to_message(req, spec.request_type))
+        return result_from_message(response.result)
+
+    async def _unary(self, stage: str, spec: _UnaryStage, request: Message, missing_ok: bool = False) -> Any:
+        """One call on the stage's channel, retried with backoff while the stage is unavailable or busy;
+        a failure comes back as the error its status stands for. `missing_ok`: None for UNIMPLEMENTED."""
+        await self.start()
         method = getattr(spec.stub(self._channels[stage]), spec.method)
-        request = to_message(req, spec.request_type)
         loop = asyncio.get_running_loop()
         started = loop.time()
         attempt = 0
         while True:
             try:
-                response = await method(request, timeout=self.settings.stage_timeout_seconds)
-                return result_from_message(response.result)
+                return await method(request, timeout=self.settings.stage_timeout_seconds)
             except grpc.aio.AioRpcError as exc:
                 code, details = exc.code(), exc.details() or ""
+                if missing_ok and code is grpc.StatusCode.UNIMPLEMENTED:
+                    return None
                 delay = backoff_seconds(attempt)
                 if code in RETRIED_CODES and loop.time() - started + delay <= self.settings.retry_seconds:
                     log.warning("%s stage at %s: %s %s; retrying in %.1f s", stage, self.settings.address(stage),

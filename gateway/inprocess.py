@@ -12,6 +12,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from services.common.backend_config import backend_config_digest
 from services.common.stage_api import (
     AnalyzeRequest,
     AssembleRequest,
@@ -21,6 +22,7 @@ from services.common.stage_api import (
     TellStoryRequest,
     StageResult,
 )
+from services.common.settings import PROMPTS_DIR
 from services.common.store import ArtifactStore
 from gateway.job import STAGES as STAGE_NAMES
 from gateway.stage_clients import CancelCheck, ProgressCallback
@@ -44,6 +46,10 @@ class InProcessStages:
         """Build and load every stage now (cog's setup), so a bad backend name fails before any work."""
         for name in STAGE_NAMES:
             await asyncio.to_thread(self._stage, name)
+
+    async def backend_config(self, stage: str) -> str:
+        # This process's environment, as the backends read it when they load (the CLI's flags included).
+        return await asyncio.to_thread(backend_config_digest, stage, PROMPTS_DIR, os.environ)
 
     async def segment(self, req: SegmentRequest) -> StageResult:
         return await self._call("segmentation", req)

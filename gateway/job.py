@@ -11,9 +11,7 @@ import asyncio
 import hashlib
 import json
 import time
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from services.common import encoding
@@ -45,9 +43,6 @@ class JobOptions:
     fps: int = 24
     width: int = 640
     height: int = 360
-    # A digest of what configures the backends beyond their names (model weights, label sets,
-    # prompts): part of every fingerprint, so that changing them regenerates what they produced.
-    backend_config: str = ""
 
     def check(self) -> None:
         """Raise InvalidInputError for an option no stage could honour, before any work starts."""
@@ -151,26 +146,6 @@ class JobLayout:
     @property
     def final(self) -> str:
         return self.key("final.mp4")
-
-
-# Environment variables that choose model weights or generation settings (services read them at load).
-BACKEND_ENV_PREFIXES = ("MVGEN_CLAP_", "MVGEN_WAN_", "MVGEN_MOCHI_", "MVGEN_VIDEO_", "MVGEN_LONG_SEGMENT_",
-                        "MVGEN_LLM_", "MVGEN_LALM_", "MVGEN_LLAMACPP_", "MVGEN_VLLM_")
-# Settings that change no output (secrets, network patience) stay out of the digest.
-NEUTRAL_ENV_SUFFIXES = ("_API_KEY", "_TIMEOUT_SECONDS", "_MAX_RETRIES", "_THREADS")
-
-
-def backend_config_digest(prompts_dir: Path, environ: Mapping[str, str]) -> str:
-    """What configures the in-process backends: the prompts/ files, and the MVGEN_* variables
-    that name weights or settings (for a path, its size and modification time too)."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in prompts_dir.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(prompts_dir).as_posix().encode() + b"\0" + path.read_bytes())
-    for name in sorted(k for k in environ if k.startswith(BACKEND_ENV_PREFIXES) and not k.endswith(NEUTRAL_ENV_SUFFIXES)):
-        value = environ[name]
-        stat = Path(value).stat() if value and Path(value).exists() else None
-        digest.update(f"{name}={value}:{stat and (stat.st_size, stat.st_mtime_ns)}".encode())
-    return digest.hexdigest()[:16]
 
 
 def fingerprint(*parts: Any) -> str:

@@ -105,18 +105,19 @@ class Orchestrator:
         if opts.pipeline == "lalm":
             await self._skip(manifest, "analysis", "the LALM pipeline hears the song itself")
             script_fp = fingerprint("scripting", "lalm", seg_fp, opts.storyteller, opts.scene_writer,
-                                    opts.script_inputs, opts.seed, opts.backend_config)
+                                    opts.script_inputs, opts.seed, await self.stages.backend_config("scripting"))
             await self._stage(manifest, "scripting", script_fp, opts.storyteller, lambda: self.stages.tell_story(
                 TellStoryRequest(job.song_key, layout.segments, opts.storyteller, layout.prompt, layout.story,
                                  layout.scenes_prompt, layout.script, layout.script_text, opts.script_inputs,
                                  opts.seed, opts.writer, layout.response, layout.reasoning)))
         else:
-            labels_fp = fingerprint("analysis", seg_fp, opts.analyzer, opts.top_k, opts.backend_config)
+            labels_fp = fingerprint("analysis", seg_fp, opts.analyzer, opts.top_k,
+                                    await self.stages.backend_config("analysis"))
             await self._stage(manifest, "analysis", labels_fp, opts.analyzer, lambda: self.stages.analyze(
                 AnalyzeRequest(job.song_key, layout.segments, opts.analyzer, layout.labels, opts.top_k)))
 
             script_fp = fingerprint("scripting", labels_fp, opts.writer, opts.fallback_writer, opts.script_inputs,
-                                    opts.seed)
+                                    opts.seed, await self.stages.backend_config("scripting"))
             await self._stage(manifest, "scripting", script_fp, opts.writer, lambda: self.stages.write_script(
                 WriteScriptRequest(layout.labels, layout.segments, opts.writer, layout.prompt, layout.script,
                                    layout.script_text, opts.script_inputs, opts.seed, layout.response,
@@ -168,6 +169,7 @@ class Orchestrator:
         if {scene.index for scene in script.scenes} != {segment.index for segment in segmentation.segments}:
             raise MvgenError("the script's scenes are not numbered as the segments are: each segment needs its own scene")
         scenes = {scene.index: scene for scene in script.scenes}
+        video_config = await self.stages.backend_config("video")
         requests: list[tuple[GenerateClipRequest, str]] = []
         for segment in segmentation.segments:
             frames = timing.frame_count(segment.start, segment.end, opts.fps)
@@ -178,7 +180,7 @@ class Orchestrator:
             # nor on where this job keeps its files.
             clip_fp = fingerprint("video", job.song["sha256"], scenes[segment.index].text, script.style,
                                   script.characters, replace(req, song_key="", script_key="", clip_key=""),
-                                  opts.backend_config)
+                                  video_config)
             requests.append((req, clip_fp))
 
         await manifest.mark(stage, "running", backend=opts.generator, started_at=stage.get("started_at") or utc_now())

@@ -24,6 +24,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.errors import InvalidInputError, JobCancelledError, StageFailedError, TransientError
+from services.common.pb import stage_info_service_pb2 as info_pb
+from services.common.pb import stage_info_service_pb2_grpc as info_grpc
 from services.common.pb import video_service_pb2 as video_pb
 from services.common.pb import video_service_pb2_grpc as video_grpc
 from services.common.stage_api import GenerateClipRequest, StageResult
@@ -41,6 +43,7 @@ CANCEL_POLL_SECONDS = 0.2  # how often a waiting or streaming clip looks at is_c
 RETRIED_CODES = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 HEALTH_POLL_SECONDS = 0.5  # a replica that stops or comes back is noticed within about this long
 HEALTH_TIMEOUT_SECONDS = 5.0  # generous: a replica busy rendering may answer slowly, and is not down
+INFO_TIMEOUT_SECONDS = 10.0  # StageInfoService answers from memory; this only bounds a stuck replica
 
 # gRPC's default reconnect backoff grows to two minutes; a restarted replica should be back in seconds.
 
@@ -209,6 +212,33 @@ class VideoPool:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), remaining)
         return True
+
+    async def backend_config(self) -> str:
+        """The configuration digests of the serving replicas, joined. While none serves (scaled to zero)
+        this waits, as a clip would, up to `retry_seconds`: the job's clips count as pending meanwhile,
+        which is what scales the replicas up."""
+        if not await self.wait_serving(self.retry_seconds):
+            raise TransientError(f"no video replica has served for {self.retry_seconds:.0f} s ({self.describe()})")
+        serving = [r for r in self._replicas.values() if r.serving]
+        answers = await asyncio.gather(*(self._config_digest(r) for r in serving), return_exceptions=True)
+        digests = sorted({a for a in answers if isinstance(a, str)})
+        if not digests:
+            failure = answers[0]
+            if not isinstance(failure, grpc.aio.AioRpcError):
+                raise failure
+            raise error_for_status(failure.code(), f"no serving video replica said how it is configured "
+                                                   f"({self.describe()}): {failure.details()}") from failure
+        return "+".join(digests)
+
+    async def _config_digest(self, replica: _Replica) -> str:
+        try:
+            info = await info_grpc.StageInfoServiceStub(replica.channel).GetStageInfo(
+                info_pb.GetStageInfoRequest(), timeout=INFO_TIMEOUT_SECONDS)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() is grpc.StatusCode.UNIMPLEMENTED:
+                return ""  # a replica older than StageInfoService: its configuration is unknown
+            raise
+        return info.config_digest
 
     async def generate_clip(self, req: GenerateClipRequest, on_progress: ProgressCallback,
                             is_cancelled: CancelCheck) -> StageResult:

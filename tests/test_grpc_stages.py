@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
@@ -16,7 +17,8 @@ import pytest
 
 from services.common import artifacts
 from services.common.errors import InvalidInputError, JobCancelledError, TransientError
-from services.common.pb import video_service_pb2, video_service_pb2_grpc
+from services.common.backend_config import backend_config_digest
+from services.common.pb import analysis_service_pb2_grpc, video_service_pb2, video_service_pb2_grpc
 from services.common.stage_api import (
     AnalyzeRequest,
     GenerateClipRequest,
@@ -24,6 +26,7 @@ from services.common.stage_api import (
     StageResult,
     WriteScriptRequest,
 )
+from services.common.settings import PROMPTS_DIR
 from services.common.store import LocalArtifactStore
 from services.common.timing import frame_at, frame_count
 from services.common.transport.convert import to_message
@@ -324,6 +327,62 @@ def test_a_unary_stage_that_comes_up_late_is_retried(cluster, tmp_path, finished
         late.close()
     assert result.keys["script"] == "jobs/late/script.json"
     assert cluster.store.exists("jobs/late/script.json")
+
+
+def test_each_service_reports_its_backend_config_and_a_video_replica_with_other_weights_regenerates_the_clips(
+        cluster, tmp_path):
+    """Only a stage service sees its environment: the gateway asks it (StageInfoService) before it
+    reuses an output, so a replica restarted with new weights regenerates what the old ones made."""
+    a = cluster.servers["video_a"]
+    reweighted = stage_server("video", tmp_path, {**a.env, "MVGEN_VIDEO_STEPS": "12"})
+    job = cluster.job("reweighted")
+
+    async def run_on(video: str) -> tuple[dict, list[JobEvent], dict[str, str]]:
+        events: list[JobEvent] = []
+        async with GrpcStageClients(cluster.settings(video)) as stages:
+            await until(lambda: stages.video_pool.serving_count() == len(video.split(",")))
+            configs = {s: await stages.backend_config(s) for s in ("analysis", "scripting", "video")}
+            manifest = await Orchestrator(cluster.store, stages, on_event=events.append).run(job)
+        return manifest.data, events, configs
+
+    def generated(events: list[JobEvent]) -> set[str]:
+        return {e.stage for e in events if e.kind == "stage" and e.state == "succeeded"}
+
+    with serving(reweighted):
+        _, _, first = asyncio.run(run_on(a.address))
+        _, events, same = asyncio.run(run_on(cluster.servers["video_b"].address))
+        manifest, reweighted_events, second = asyncio.run(run_on(reweighted.address))
+        _, _, mixed = asyncio.run(run_on(f"{a.address},{reweighted.address}"))
+
+    environ = {**os.environ, **a.env}
+    assert first == same == {s: backend_config_digest(s, PROMPTS_DIR, environ) for s in first}
+    assert generated(events) == set()  # another replica, the same configuration: every output reused
+    assert second == {**first, "video": backend_config_digest("video", PROMPTS_DIR, {**environ, **reweighted.env})}
+    assert second["video"] != first["video"]
+    assert generated(reweighted_events) == {"video", "assembly"}
+    assert all(c["state"] == "succeeded" and "reused_from" not in c for c in manifest["clips"].values())
+    assert mixed["video"] == "+".join(sorted({first["video"], second["video"]}))  # a rollout half done
+    assert_complete(cluster, job, manifest)
+
+
+def test_a_stage_service_without_stage_info_counts_as_unknown_configuration(cluster):
+    """A gateway upgraded before its stage services keeps working: an old service's digest is empty."""
+    class OldAnalysis(analysis_service_pb2_grpc.AnalysisServiceServicer):
+        pass
+
+    async def run() -> str:
+        server = grpc.aio.server()
+        analysis_service_pb2_grpc.add_AnalysisServiceServicer_to_server(OldAnalysis(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            settings = cluster.settings(cluster.servers["video_a"].address, analysis_address=f"127.0.0.1:{port}")
+            async with GrpcStageClients(settings) as stages:
+                return await stages.backend_config("analysis")
+        finally:
+            await server.stop(None)
+
+    assert asyncio.run(run()) == ""
 
 
 def test_settings_come_from_the_environment(monkeypatch):

@@ -73,6 +73,24 @@ def test_changed_settings_rerun_the_stages_they_touch(tmp_path):
     assert ran == ["segmentation", "analysis", "scripting", "video", "assembly"]
 
 
+# The template writer and the animatic ignore these settings, so the script and the clips come out
+# the same: a clip depends on its scene, not on how the script was made, and is reused.
+@pytest.mark.parametrize(("variable", "rerun"), [
+    ("MVGEN_VIDEO_GUIDANCE", ["video", "assembly"]),
+    ("MVGEN_CLAP_WEIGHTS", ["analysis", "scripting"]),
+    ("MVGEN_LLM_MODEL", ["scripting"]),
+])
+def test_a_changed_backend_setting_reruns_its_stage_and_what_follows_from_it(tmp_path, monkeypatch, variable, rerun):
+    store, stages, job = make_job(tmp_path)
+    asyncio.run(Orchestrator(store, stages).run(job))
+    monkeypatch.setenv(variable, "other-weights")
+    events = []
+    asyncio.run(Orchestrator(store, stages, on_event=events.append).run(job))
+    stage_events = {e.stage: e.state for e in events if e.kind == "stage" and e.state in ("succeeded", "cached")}
+    assert stage_events == {s: "succeeded" if s in rerun else "cached"
+                            for s in ("segmentation", "analysis", "scripting", "video", "assembly")}
+
+
 def test_an_unknown_backend_is_refused_before_any_work(tmp_path):
     store, stages, _ = make_job(tmp_path, JobOptions(generator="nonesuch"))
     with pytest.raises(InvalidInputError, match="nonesuch"):

@@ -16,9 +16,9 @@ from services.common.artifacts import (
     Character, LabelGroup, Labels, LabelScore, Scene, Script, Segment, Segmentation, SegmentLabels, StyleBible,
 )
 from services.common.errors import InvalidInputError, StageFailedError
+from services.common.settings import PROMPTS_DIR
 from services.common.stage_api import ScriptInputs, WriteScriptRequest
 from services.common.store import LocalArtifactStore
-from services.common.vocabulary import PROMPTS_DIR
 from services.scripting.prompt import TRUNCATION_MARK, USER_TEXT_LIMITS, render_prompt
 from services.scripting.stage import ScriptingStage
 from services.scripting.template_writer import PROTAGONIST, SETTING_BY_MOOD, TemplateWriter

@@ -4,6 +4,7 @@ reflection, status codes with a person's message, busy answers, graceful SIGTERM
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
@@ -13,11 +14,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from services.common.artifacts import Scene, Script, StyleBible, dumps
+from services.common.backend_config import backend_config_digest
 from services.common.pb import segmentation_service_pb2 as seg_pb
 from services.common.pb import segmentation_service_pb2_grpc as seg_grpc
+from services.common.pb import stage_info_service_pb2 as info_pb
+from services.common.pb import stage_info_service_pb2_grpc as info_grpc
 from services.common.pb import stage_pb2
 from services.common.pb import video_service_pb2 as video_pb
 from services.common.pb import video_service_pb2_grpc as video_grpc
+from services.common.settings import PROMPTS_DIR
 from services.common.store import LocalArtifactStore
 from tests.media import tone
 from tests.servers import local_store_env, serving, stage_server
@@ -62,7 +67,14 @@ def test_health_and_reflection_answer(servers):
         answer = next(reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
                                                       timeout=5))
         names = {s.name for s in answer.list_services_response.service}
-        assert {"mvgen.v1.SegmentationService", "grpc.health.v1.Health"} <= names
+        assert {"mvgen.v1.SegmentationService", "mvgen.v1.StageInfoService", "grpc.health.v1.Health"} <= names
+
+
+def test_stage_info_names_the_stage_its_backends_and_their_configuration(servers):
+    with grpc.insecure_channel(servers["video"].address) as channel:
+        info = info_grpc.StageInfoServiceStub(channel).GetStageInfo(info_pb.GetStageInfoRequest(), timeout=5)
+    assert (info.stage, list(info.backends)) == ("video", ["animatic"])
+    assert info.config_digest == backend_config_digest("video", PROMPTS_DIR, {**os.environ, **servers["video"].env})
 
 
 def test_bad_input_is_invalid_argument_with_a_readable_message(servers):

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from services.common.errors import InvalidInputError
+
+# prompts/ holds what a person edits without touching code; images and pods mount it at MVGEN_PROMPTS_DIR.
+PROMPTS_DIR = Path(os.environ.get("MVGEN_PROMPTS_DIR") or Path(__file__).resolve().parents[2] / "prompts")
 
 
 def env_str(name: str, default: str) -> str:

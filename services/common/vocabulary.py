@@ -11,7 +11,6 @@ twice, a template without its `{}`), as `LabelSetError`.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +19,8 @@ from typing import Any
 import yaml
 
 from services.common.errors import StageFailedError
+from services.common.settings import PROMPTS_DIR
 
-# prompts/ holds what a person edits without touching code; images and pods mount it at MVGEN_PROMPTS_DIR.
-PROMPTS_DIR = Path(os.environ.get("MVGEN_PROMPTS_DIR") or Path(__file__).resolve().parents[2] / "prompts")
 LABELS_DIR = PROMPTS_DIR / "labels"
 
 # The groups every vocabulary has, in the order labels.json lists them; a vocabulary may add others.

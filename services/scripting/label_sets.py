@@ -11,7 +11,8 @@ from pathlib import Path
 
 from services.common.artifacts import LabelGroup, Labels
 from services.common.errors import StageFailedError
-from services.common.vocabulary import PROMPTS_DIR, load_vocabulary
+from services.common.settings import PROMPTS_DIR
+from services.common.vocabulary import load_vocabulary
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ import jinja2
 
 from services.common.artifacts import LabelGroup, Labels, Segment, Segmentation
 from services.common.errors import InvalidInputError
+from services.common.settings import PROMPTS_DIR
 from services.common.stage_api import ScriptInputs
-from services.common.vocabulary import PROMPTS_DIR
 from services.scripting.label_sets import LabelSets
 
 PROMPT_TEMPLATE = "script_prompt.md.j2"

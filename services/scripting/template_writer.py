@@ -19,7 +19,7 @@ from typing import Any
 
 from services.common.artifacts import Character, LabelGroup, Scene, Script, StyleBible
 from services.common.errors import StageFailedError
-from services.common.vocabulary import PROMPTS_DIR
+from services.common.settings import PROMPTS_DIR
 from services.scripting.label_sets import LabelSets
 from services.scripting.prompt import USER_TEXT_LIMITS, clean_user_text, paired_segments
 from services.scripting.writer import Draft, ScriptTask, ScriptWriter

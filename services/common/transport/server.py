@@ -2,7 +2,8 @@
 
 start listening at once with health NOT_SERVING, load the backends in a worker thread, then
 SERVING; on SIGTERM or SIGINT go NOT_SERVING (so load balancers stop sending), let in-flight
-calls finish within the grace period, and exit. Reflection is on, so grpcurl works.
+calls finish within the grace period, and exit. Reflection is on, so grpcurl works. Every stage
+service also serves StageInfoService (its backends and the digest of their configuration).
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common.errors import ResourceExhaustedError
+from services.common.pb import stage_info_service_pb2_grpc
 from services.common.settings import ServiceSettings
 from services.common.transport.errors import ErrorMappingInterceptor
 from services.common.transport.options import SERVER_OPTIONS
+from services.common.transport.stage_info import SERVICE_NAME as STAGE_INFO_SERVICE, StageInfoServicer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -75,13 +78,16 @@ class HealthServer:
 
 class ServiceRunner:
     def __init__(self, *, name: str, service_names: Sequence[str], host: str, port: int,
-                 grace_seconds: float, stage: ServedStage):
+                 grace_seconds: float, stage: ServedStage, backends: Sequence[str] = ()):
+        """`name`: the stage ("analysis", ...), which StageInfoService reports with `backends`."""
         self.name = name
         self.address = f"{host}:{port}"
         self.grace_seconds = grace_seconds
         self.stage = stage
-        self.grpc = HealthServer(service_names, self.address, [ErrorMappingInterceptor()])
+        self.grpc = HealthServer((*service_names, STAGE_INFO_SERVICE), self.address, [ErrorMappingInterceptor()])
         self.server, self.port = self.grpc.server, self.grpc.port
+        stage_info_service_pb2_grpc.add_StageInfoServiceServicer_to_server(StageInfoServicer(name, backends),
+                                                                          self.server)
         self.stopping = asyncio.Event()
 
     async def set_serving(self, serving: bool) -> None:
@@ -159,5 +165,5 @@ def stage_main(*, name: str, service_name: str, default_port: int, default_backe
                                         default_max_concurrent=default_max_concurrent)
     stage, add_servicers = build(settings)
     runner_args = dict(name=name, service_names=[service_name], host=settings.host, port=settings.port,
-                       grace_seconds=settings.grace_seconds, stage=stage)
+                       grace_seconds=settings.grace_seconds, stage=stage, backends=settings.backends)
     asyncio.run(serve(runner_args, add_servicers))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from services.common.artifacts import Script
 from services.common.errors import StageFailedError
-from services.common.vocabulary import PROMPTS_DIR
+from services.common.settings import PROMPTS_DIR
 from services.scripting.llm.chat import ChatModel, ChatReply, Message
 from services.scripting.llm.reasoning import parse_json_answer
 from services.scripting.llm.schema import scene_texts_from_json, scenes_schema, script_from_json, script_schema

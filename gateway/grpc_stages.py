@@ -44,7 +44,7 @@ from services.common.stage_api import (
 )
 from services.common.transport.convert import result_from_message, to_message
 from services.common.transport.errors import error_for_status
-from gateway.stage_clients import CancelCheck, ProgressCallback, StageClients
+from gateway.stage_clients import CancelCheck, ProgressCallback, RetryCallback, StageClients
 from gateway.video_pool import VideoPool, backoff_seconds, open_channel
 
 log = logging.getLogger(__name__)
@@ -199,9 +199,9 @@ class GrpcStageClients(StageClients):
         return await self._call("scripting", req, TELL_STORY)
 
     async def generate_clip(self, req: GenerateClipRequest, on_progress: ProgressCallback,
-                            is_cancelled: CancelCheck) -> StageResult:
+                            is_cancelled: CancelCheck, on_retry: RetryCallback) -> StageResult:
         await self.start()
-        return await self.video_pool.generate_clip(req, on_progress, is_cancelled)
+        return await self.video_pool.generate_clip(req, on_progress, is_cancelled, on_retry)
 
     async def assemble(self, req: AssembleRequest) -> StageResult:
         return await self._call("assembly", req)

@@ -25,7 +25,7 @@ from services.common.stage_api import (
 from services.common.settings import PROMPTS_DIR
 from services.common.store import ArtifactStore
 from gateway.job import STAGES as STAGE_NAMES
-from gateway.stage_clients import CancelCheck, ProgressCallback
+from gateway.stage_clients import CancelCheck, ProgressCallback, RetryCallback
 
 
 class InProcessStages:
@@ -64,7 +64,8 @@ class InProcessStages:
         return await asyncio.to_thread(lambda: self._stage("scripting").tell_story(req))
 
     async def generate_clip(self, req: GenerateClipRequest, on_progress: ProgressCallback,
-                            is_cancelled: CancelCheck) -> StageResult:
+                            is_cancelled: CancelCheck, on_retry: RetryCallback) -> StageResult:
+        """One try: in process there is no other replica to try again on, so `on_retry` is never called."""
         loop = asyncio.get_running_loop()
 
         def progress_from_worker(fraction: float) -> None:

@@ -402,9 +402,15 @@ class JobView:
         clip = next((c for c in self.job.clips if c.index == event.clip_index), None)
         if clip is None:  # not listed yet: the refresh after segmentation brings it
             return
+        detail = "done" if event.fraction >= 1.0 else "generating"
         if event.state == "progress":
             if round(event.fraction * 100) <= round(clip.progress.fraction * 100):
                 return  # streamed in whole percents
+        elif event.state == "retrying":
+            # A new generation from nothing, on another replica or on the same one once it is back.
+            clip.attempts += 1
+            clip.start_time.CopyFrom(_now())
+            detail = f"retrying after {(event.detail or {}).get('reason', 'a failure')}"
         elif event.state == "running":
             self._live_clips[clip.index] = job_pb2.CLIP_STATE_RUNNING
             clip.state = job_pb2.CLIP_STATE_RUNNING
@@ -419,7 +425,7 @@ class JobView:
             clip.end_time.CopyFrom(_now())
         clip.progress.CopyFrom(stage_pb2.ClipProgress(
             fraction=event.fraction, frames_done=round(event.fraction * clip.frame_count),
-            total_frames=clip.frame_count, detail="done" if event.fraction >= 1.0 else "generating"))
+            total_frames=clip.frame_count, detail=detail))
         self._changed()
         self._publish(api_pb2.WatchJobResponse(event_time=_now(), clip=clip))
 

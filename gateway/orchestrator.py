@@ -37,7 +37,7 @@ class JobEvent:
 
     kind: str  # "stage" | "clip"
     stage: str
-    state: str  # running | succeeded | cached | failed | progress
+    state: str  # running | succeeded | cached | failed | progress | retrying (a clip starts again)
     clip_index: int | None = None
     fraction: float = 0.0
     detail: dict[str, Any] | None = None
@@ -203,8 +203,11 @@ class Orchestrator:
                 def progress(fraction: float) -> None:
                     self.on_event(JobEvent("clip", "video", "progress", req.index, fraction))
 
+                def retrying(reason: str) -> None:
+                    self.on_event(JobEvent("clip", "video", "retrying", req.index, 0.0, {"reason": reason}))
+
                 try:
-                    result = await self.stages.generate_clip(req, progress, self._cancelled.is_set)
+                    result = await self.stages.generate_clip(req, progress, self._cancelled.is_set, retrying)
                 except BaseException as exc:
                     await manifest.mark(record, "failed", error=str(exc))
                     raise

@@ -58,9 +58,9 @@ class ProgressDisplay:
             bar = tqdm(total=frames, desc=f"  clip {index:04d}", unit="frame",
                        file=self.stream, position=position, leave=False)
             self._clip_bars[index] = (bar, position)
-        elif event.state == "progress" and index in self._clip_bars:
+        elif event.state in ("progress", "retrying") and index in self._clip_bars:
             bar, _ = self._clip_bars[index]
-            bar.update(round(event.fraction * bar.total) - bar.n)
+            bar.update(round(event.fraction * bar.total) - bar.n)  # back to 0 on a retry
         elif event.state in ("succeeded", "cached"):
             if index in self._clip_bars:
                 bar, position = self._clip_bars.pop(index)

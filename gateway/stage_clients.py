@@ -21,6 +21,8 @@ from services.common.stage_api import (
 
 ProgressCallback = Callable[[float], None]
 CancelCheck = Callable[[], bool]
+# A clip starts again from nothing (its replica refused or lost it); the argument says why.
+RetryCallback = Callable[[str], None]
 
 
 class StageClients(Protocol):
@@ -42,7 +44,7 @@ class StageClients(Protocol):
     async def tell_story(self, req: TellStoryRequest) -> StageResult: ...
 
     async def generate_clip(self, req: GenerateClipRequest, on_progress: ProgressCallback,
-                            is_cancelled: CancelCheck) -> StageResult: ...
+                            is_cancelled: CancelCheck, on_retry: RetryCallback) -> StageResult: ...
 
     async def assemble(self, req: AssembleRequest) -> StageResult: ...
 

@@ -32,7 +32,7 @@ from services.common.stage_api import GenerateClipRequest, StageResult
 from services.common.transport.convert import result_from_message, to_message
 from services.common.transport.errors import error_for_status
 from services.common.transport.options import CLIENT_OPTIONS
-from gateway.stage_clients import CancelCheck, ProgressCallback
+from gateway.stage_clients import CancelCheck, ProgressCallback, RetryCallback
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +241,8 @@ class VideoPool:
         return info.config_digest
 
     async def generate_clip(self, req: GenerateClipRequest, on_progress: ProgressCallback,
-                            is_cancelled: CancelCheck) -> StageResult:
+                            is_cancelled: CancelCheck, on_retry: RetryCallback) -> StageResult:
+        """Generate the clip on a free replica; after a refusal or a loss, on_retry(why), then again."""
         request = to_message(req, video_pb.GenerateClipRequest)
         loop = asyncio.get_running_loop()
         first_setback: float | None = None
@@ -253,6 +254,7 @@ class VideoPool:
                 if first_setback is None:
                     first_setback = loop.time()
                 self._setback(req.index, replica, exc, loop.time() - first_setback)
+                on_retry(f"video replica {replica.address}: {exc.code().name} {exc.details() or ''}".strip())
                 continue
             finally:
                 self._release(replica)

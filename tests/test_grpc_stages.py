@@ -175,15 +175,17 @@ def test_a_busy_replica_sends_the_clip_to_another(cluster, finished_job):
             try:
                 await other.read()  # its first progress: a is generating
                 await until(lambda: pool.serving_count() == 2)
-                result = await pool.generate_clip(clip, lambda fraction: None, lambda: False)
+                result = await pool.generate_clip(clip, lambda fraction: None, lambda: False, retries.append)
                 return result, {r.address: r for r in pool.stats()}
             finally:
                 other.cancel()
                 await pool.close()
 
+    retries: list[str] = []
     result, replicas = asyncio.run(run())
     assert result.keys["clip"] == clip.clip_key and cluster.store.exists(clip.clip_key)
     assert (replicas[a.address].refusals, replicas[a.address].clips_done) == (1, 0)
+    assert len(retries) == 1 and retries[0].startswith(f"video replica {a.address}: RESOURCE_EXHAUSTED busy")
     assert replicas[b.address].clips_done == 1
 
 
@@ -205,16 +207,19 @@ def test_cancelling_a_job_stops_its_clip_on_the_replica(cluster, finished_job):
         async with GrpcStageClients(cluster.settings(replica.address)) as stages:
             await stages.wait_ready()
             with pytest.raises(JobCancelledError):
-                await stages.generate_clip(large, cancel_at_first_progress, lambda: bool(cancelled_at))
+                await stages.generate_clip(large, cancel_at_first_progress, lambda: bool(cancelled_at), retries.append)
             seconds_to_cancel = loop.time() - cancelled_at[0]
             # The replica stops at its next frame, so it takes the next clip.
             await stages.generate_clip(replace(large, clip_key="jobs/cancelled/clips/again.mp4", fps=12,
                                                frame_count=frame_count(segment.start, segment.end, 12),
-                                               width=160, height=90), lambda fraction: None, lambda: False)
+                                               width=160, height=90), lambda fraction: None, lambda: False,
+                                       lambda reason: None)
             return seconds_to_cancel, stages.video_pool.clips_in_flight
 
+    retries: list[str] = []
     seconds_to_cancel, in_flight = asyncio.run(run())
     assert seconds_to_cancel < 1.0 and in_flight == 0
+    assert retries == []  # a cancelled clip is not tried again (the next one may be, while the replica stops)
     assert not cluster.store.exists(large.clip_key)  # a cancelled clip writes nothing
     assert cluster.store.exists("jobs/cancelled/clips/again.mp4")
 
@@ -223,11 +228,14 @@ def test_a_replica_killed_mid_clip_and_restarted_finishes_the_job_with_every_cli
     replica = cluster.servers["video_a"]
     job = cluster.job("killed-replica")
     killed_during: list[int] = []
+    retried: list[JobEvent] = []
 
     async def run():
         loop = asyncio.get_running_loop()
 
         def kill_during_clip_1(event: JobEvent) -> None:
+            if event.state == "retrying":
+                retried.append(event)
             if (event.state == "progress" and event.clip_index == 1 and event.fraction < 0.5
                     and not killed_during):
                 replica.kill()
@@ -245,6 +253,8 @@ def test_a_replica_killed_mid_clip_and_restarted_finishes_the_job_with_every_cli
         replica.wait_serving()  # restarted: the other tests find it serving
     assert killed_during == [1]
     assert stats.failures == 1
+    assert [(e.clip_index, e.fraction) for e in retried] == [(1, 0.0)]
+    assert retried[0].detail["reason"].startswith(f"video replica {replica.address}: UNAVAILABLE")
     assert stats.clips_done == len(manifest.data["clips"])
     assert_complete(cluster, job, manifest.data)
 

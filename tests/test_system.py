@@ -377,11 +377,13 @@ def test_the_video_service_killed_mid_clip_and_restarted_finishes_the_job_with_e
     finally:
         client.close()
     clips = {c.index: c for c in final.clips}
-    # The clip that was rendering was lost with the replica and made again once it was back (ClipStatus.
-    # attempts would say so, but the gateway does not count the video pool's retries: see the report).
-    assert seconds(clips[interrupted].start_time) < killed_at < back_at < seconds(clips[interrupted].end_time), \
+    # The clip that was rendering was lost with the replica and generated again once it was back: a
+    # second attempt, started after the kill.
+    assert clips[interrupted].attempts >= 2, describe(final)
+    assert killed_at < seconds(clips[interrupted].start_time) < seconds(clips[interrupted].end_time), describe(final)
+    assert back_at < seconds(clips[interrupted].end_time), describe(final)
+    assert all(seconds(clips[i].end_time) < killed_at and clips[i].attempts == 1 for i in done_before), \
         describe(final)
-    assert all(seconds(clips[i].end_time) < killed_at for i in done_before), describe(final)
     assert all(c.state == SUCCEEDED and not c.cached for c in final.clips), describe(final)
     assert_complete_video(system, job.job_id, truth, FPS, tmp_path)
 

@@ -30,7 +30,8 @@ def test_secrets_patience_and_wiring_leave_every_digest_alone():
     neutral = {"MVGEN_LLM_API_KEY": "s3cret", "MVGEN_LLM_TIMEOUT_SECONDS": "5", "MVGEN_LLM_MAX_RETRIES": "1",
                "MVGEN_LLAMACPP_THREADS": "2", "MVGEN_VIDEO_ADDR": "dns:///video:50054",
                "MVGEN_VIDEO_RESOLVE_SECONDS": "3", "MVGEN_VIDEO_BACKENDS": "wan", "MVGEN_VIDEO_MAX_CONCURRENT": "1",
-               "MVGEN_STORE_ROOT": "/elsewhere", "PATH": os.environ.get("PATH", "")}
+               "MVGEN_STORE_ROOT": "/elsewhere", "PATH": os.environ.get("PATH", ""),
+               "MVGEN_WAN_MODEL": "", "MVGEN_CLAP_WEIGHTS": " "}  # empty: the default, as unset
     assert digests(PROMPTS_DIR, neutral) == base
 
 

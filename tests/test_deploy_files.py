@@ -26,6 +26,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from services.common.backend_config import NEUTRAL_ENV_SUFFIXES, STAGE_ENV_PREFIXES
+
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 ENV_EXAMPLE = REPO / ".env.example"
@@ -191,6 +193,35 @@ def test_video_reserves_an_nvidia_gpu(resolved):
     devices = resolved["services"]["video"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"capabilities": ["gpu"], "driver": "nvidia", "count": 1}]
     assert resolved["services"]["video"]["environment"]["MVGEN_MAX_CONCURRENT"] == "1"
+
+
+def test_each_model_setting_reaches_the_service_whose_backends_read_it(resolved):
+    """Every model setting .env.example offers is passed to its stage's service (the prefixes the
+    stage's configuration digest covers), and to no other."""
+    assigned = re.findall(r"^(MVGEN_[A-Z0-9_]+)=", ENV_EXAMPLE.read_text(), re.MULTILINE)
+    for stage, prefixes in STAGE_ENV_PREFIXES.items():
+        offered = {v for v in assigned if v.startswith(prefixes) and not v.endswith(NEUTRAL_ENV_SUFFIXES)}
+        assert offered, f"no {stage} model setting in .env.example"
+        for name, service in resolved["services"].items():
+            passed = offered & set(service.get("environment", {}))
+            assert passed == (offered if name == stage else set()), (name, offered - passed)
+    assert {"MVGEN_CLAP_WEIGHTS", "MVGEN_WAN_MODEL", "MVGEN_MOCHI_MODEL", "MVGEN_LLAMACPP_MODEL"} <= set(assigned)
+
+
+def test_weights_come_from_a_cache_volume_at_hf_home_and_a_read_only_models_folder(resolved):
+    services = resolved["services"]
+    assert "model-cache" in resolved["volumes"]
+    for name in ("analysis", "video"):
+        runtime = parse_dockerfile(DOCKERFILES[name])[-1]
+        hf_home = re.search(r"\bHF_HOME=(\S+)", " ".join(a for i, a in runtime if i == "ENV")).group(1)
+        # The image makes HF_HOME its user's, so the new volume starts with that owner.
+        assert any(i == "RUN" and "install -d -o mvgen" in a and hf_home in a for i, a in runtime), name
+        mounts = {m["target"]: m for m in services[name]["volumes"]}
+        assert mounts[hf_home]["type"] == "volume" and mounts[hf_home]["source"] == "model-cache"
+        assert mounts["/models"]["read_only"] and mounts["/models"]["type"] == "bind"
+    scripting = {m["target"]: m for m in services["scripting"]["volumes"]}
+    assert set(scripting) == {"/models"} and scripting["/models"]["read_only"]
+    assert services["scripting"]["build"]["args"]["WITH_LLAMACPP"] == "false"
 
 
 def test_documented_cpu_override_drops_the_gpu_reservation(tmp_path, env_file):

@@ -26,14 +26,16 @@ NEUTRAL_ENV_SUFFIXES = ("_API_KEY", "_TIMEOUT_SECONDS", "_MAX_RETRIES", "_THREAD
 
 def backend_config_digest(stage: str, prompts_dir: Path, environ: Mapping[str, str]) -> str:
     """The prompts/ files, and the variables of `stage` that name weights or settings (for a path,
-    its size and modification time too, so that weights replaced in place count as new)."""
+    its size and modification time too, so that weights replaced in place count as new). An empty
+    variable means the default, as unset does (compose passes every setting, most of them empty)."""
     digest = hashlib.sha256(stage.encode() + b"\0")
     if prompts_dir.is_dir():
         for path in sorted(p for p in prompts_dir.rglob("*") if p.is_file()):
             digest.update(path.relative_to(prompts_dir).as_posix().encode() + b"\0" + path.read_bytes())
     prefixes = STAGE_ENV_PREFIXES.get(stage, ())
-    for name in sorted(k for k in environ if k.startswith(prefixes) and not k.endswith(NEUTRAL_ENV_SUFFIXES)):
-        value = environ[name]
+    for name in sorted(k for k in environ if k.startswith(prefixes) and not k.endswith(NEUTRAL_ENV_SUFFIXES)
+                       and environ[k].strip()):
+        value = environ[name].strip()
         stat = Path(value).stat() if value and Path(value).exists() else None
         digest.update(f"{name}={value}:{stat and (stat.st_size, stat.st_mtime_ns)}".encode())
     return digest.hexdigest()[:16]

@@ -36,6 +36,6 @@ def backend_config_digest(stage: str, prompts_dir: Path, environ: Mapping[str, s
     for name in sorted(k for k in environ if k.startswith(prefixes) and not k.endswith(NEUTRAL_ENV_SUFFIXES)
                        and environ[k].strip()):
         value = environ[name].strip()
-        stat = Path(value).stat() if value and Path(value).exists() else None
+        stat = Path(value).stat() if Path(value).exists() else None
         digest.update(f"{name}={value}:{stat and (stat.st_size, stat.st_mtime_ns)}".encode())
     return digest.hexdigest()[:16]

@@ -94,6 +94,9 @@ def resolve_options(requested: job_pb2.JobOptions, choices: BackendChoices) -> j
     if lalm and not choices.storytellers:
         raise InvalidInputError("this gateway serves no audio-language model, so only the CLAP pipeline "
                                 "(PIPELINE_CLAP); its operator can enable one with MVGEN_STORYTELLERS")
+    # A CLAP job uses no storyteller, but one it names must be served here, as a writer it names must.
+    storyteller = (_backend("storyteller", requested.storyteller, choices.storytellers)
+                   if lalm or requested.storyteller else "")
     resolved = job_pb2.JobOptions(
         pipeline=pipeline,
         segmenter=to_message(from_message(requested.segmenter, SegmenterParams), stage_pb2.SegmenterParams),
@@ -101,7 +104,7 @@ def resolve_options(requested: job_pb2.JobOptions, choices: BackendChoices) -> j
         top_k=requested.top_k or defaults.top_k,
         # In the LALM pipeline an empty writer means the storyteller writes the scenes itself.
         writer=(_backend("writer", requested.writer, choices.writers) if requested.writer or not lalm else ""),
-        storyteller=_backend("storyteller", requested.storyteller, choices.storytellers) if lalm else "",
+        storyteller=storyteller if lalm else "",
         fallback_writer=(_backend("fallback writer", requested.fallback_writer, choices.writers)
                          if requested.fallback_writer else ""),
         script_inputs=to_message(from_message(requested.script_inputs, ScriptInputs), stage_pb2.ScriptInputs),
@@ -118,7 +121,7 @@ def resolve_options(requested: job_pb2.JobOptions, choices: BackendChoices) -> j
 def _backend(kind: str, requested: str, served: tuple[str, ...]) -> str:
     name = requested or served[0]
     if name not in served:
-        raise InvalidInputError(f"unknown {kind} {name!r}; this gateway serves: {', '.join(served)}")
+        raise InvalidInputError(f"unknown {kind} {name!r}; this gateway serves: {', '.join(served) or 'none'}")
     return name
 
 

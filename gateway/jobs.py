@@ -16,6 +16,7 @@ import base64
 import hashlib
 import json
 import logging
+import re
 import time
 import uuid
 import weakref
@@ -32,6 +33,7 @@ from services.common.pb import job_pb2, music_video_service_pb2 as api_pb2, song
 from services.common.stage_api import ScriptInputs, SegmenterParams
 from services.common.store import ArtifactStore
 from services.common.transport.convert import from_message, to_message
+from services.common.untrusted import quoted
 from gateway.job import STAGES, JobLayout, JobOptions, Manifest
 from gateway.metrics import WorkCounts
 from gateway.orchestrator import JobEvent, JobSpec, Orchestrator
@@ -54,6 +56,7 @@ WATCH_BACKLOG = 256  # messages a slow watcher may fall behind before it gets a 
 MIN_SEGMENT_SECONDS = 1.0
 SEGMENT_LENGTHS = ("min_seconds", "max_seconds", "random_min_seconds", "random_max_seconds")
 SETTLE_RETRY_SECONDS = 5.0  # while the store is unreachable, how often a job's end is tried again to be recorded
+JOB_ID = re.compile(r"[0-9a-f]{32}")  # what new_job_id makes: checked before any lookup
 
 
 class NotFoundError(MvgenError):
@@ -121,7 +124,8 @@ def resolve_options(requested: job_pb2.JobOptions, choices: BackendChoices) -> j
 def _backend(kind: str, requested: str, served: tuple[str, ...]) -> str:
     name = requested or served[0]
     if name not in served:
-        raise InvalidInputError(f"unknown {kind} {name!r}; this gateway serves: {', '.join(served) or 'none'}")
+        raise InvalidInputError(f"unknown {kind} {quoted(name)}; "
+                                f"this gateway serves: {', '.join(served) or 'none'}")
     return name
 
 
@@ -553,7 +557,7 @@ class JobRegistry:
             fresh = earlier and time.time() - earlier["created"] < REQUEST_ID_TTL_SECONDS
             if fresh and earlier["job_id"] in self._views:
                 if earlier["request_fingerprint"] != request_fingerprint:
-                    raise AlreadyExistsError(f"request_id {request_id!r} was used for job {earlier['job_id']} "
+                    raise AlreadyExistsError(f"request_id {quoted(request_id)} was used for job {earlier['job_id']} "
                                              "with another song or options")
                 return self._views[earlier["job_id"]].snapshot()
             job = await self._create_counted(client, request_id, song, options)
@@ -579,7 +583,7 @@ class JobRegistry:
 
     async def _create(self, client: str, request_id: str, song: song_pb2.Song,
                       options: job_pb2.JobOptions) -> job_pb2.Job:
-        record = JobRecord(uuid.uuid4().hex, client, request_id, song, options, _now())
+        record = JobRecord(new_job_id(), client, request_id, song, options, _now())
         await asyncio.to_thread(self.store.put_bytes, record.layout.key("job.json"), record.to_json())
         view = JobView(record, self.store, self.observe_stage)
         self._views[record.job_id] = view
@@ -588,9 +592,12 @@ class JobRegistry:
         return view.snapshot()
 
     def get(self, client: str, job_id: str) -> JobView:
+        if not JOB_ID.fullmatch(job_id):
+            raise InvalidInputError("job_id must be the 32 hexadecimal digits CreateJob returned, "
+                                    f"not {quoted(job_id)}")
         view = self._views.get(job_id)
         if view is None or view.record.client != client:  # another client's job is as unknown as none
-            raise NotFoundError(f"no job {job_id!r}")
+            raise NotFoundError(f"no job {quoted(job_id)}")
         return view
 
     def list(self, client: str, state: int, page_size: int, page_token: str) -> tuple[list[job_pb2.Job], str]:
@@ -722,6 +729,10 @@ class JobRegistry:
             opened.finish_now("cancelled", "cancelled by the user")
         else:
             opened.finish_now("failed", str(error) if isinstance(error, MvgenError) else f"internal error: {error!r}")
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
 
 
 def _listing_key(view: JobView) -> tuple[int, str]:

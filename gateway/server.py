@@ -41,6 +41,7 @@ from services.common.settings import StoreSettings, env_float, env_int, env_list
 from services.common.store import ArtifactStore, open_store
 from services.common.transport.errors import ErrorMappingInterceptor
 from services.common.transport.server import HealthServer, configure_logging
+from services.common.untrusted import printable, quoted
 from gateway.auth import AuthInterceptor, Authenticator, load_token_digests
 from gateway.jobs import (
     AlreadyExistsError,
@@ -67,6 +68,7 @@ AUDIO_FORMATS = {
 }
 OTHER_AUDIO = (".audio", "application/octet-stream")
 SONG_ID = re.compile(r"[0-9a-f]{32}|[0-9a-f]{64}")  # uuid4 hex (reserved uploads) or sha256 (streamed ones)
+MAX_FILE_NAME_CHARS = 100  # of the name a song is shown by
 
 
 @dataclass(frozen=True)
@@ -266,11 +268,9 @@ class SongLibrary:
 
     def _load(self, client: str, song_id: str) -> song_pb2.Song:
         try:
-            if not SONG_ID.fullmatch(song_id):
-                raise KeyError(song_id)
             return json_format.Parse(self.store.get_bytes(_record_key(client, song_id)), song_pb2.Song())
         except KeyError:
-            raise NotFoundError(f"no song {song_id!r}: upload it with UploadSong or RequestUpload") from None
+            raise NotFoundError(f"no song {quoted(song_id)}: upload it with UploadSong or RequestUpload") from None
 
     def _too_large(self, size: int) -> str:
         return f"the song is larger than {self.max_bytes / MIB:.0f} MiB ({size} bytes or more)"
@@ -294,7 +294,9 @@ def _sha256_file(path: Path) -> str:
 
 
 def _display_name(file_name: str) -> str:
-    return PurePath(file_name.replace("\\", "/")).name[:200] or "the upload"
+    """The name a song is shown by, in messages and listings: the client's file name without its
+    folders, escaped and shortened (it is the client's text)."""
+    return printable(PurePath(file_name.replace("\\", "/")).name, MAX_FILE_NAME_CHARS) or "the upload"
 
 
 # --- the service ---------------------------------------------------------------------------------------
@@ -330,6 +332,9 @@ class MusicVideoServicer(api_grpc.MusicVideoServiceServicer):
                         context: grpc.aio.ServicerContext) -> api_pb2.CreateJobResponse:
         client = self.auth.client_of(context)
         _required(request.song_id, "song_id", "upload the song with UploadSong or RequestUpload first")
+        if not SONG_ID.fullmatch(request.song_id):
+            raise InvalidInputError("song_id must be the hexadecimal id UploadSong or RequestUpload returned, "
+                                    f"not {quoted(request.song_id)}")
         options = resolve_options(request.options, self.settings.backends)
         # What a retry must repeat exactly for its request id to name the same job.
         fingerprint = hashlib.sha256(request.song_id.encode() + b"\0" +

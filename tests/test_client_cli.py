@@ -169,7 +169,8 @@ def test_errors_are_one_line_with_the_right_exit_code(gateway, songs, tmp_path):
     cases = (
         (("jobs", "--server", gateway.address), "wrong-token", 2, "invalid token"),
         (("jobs", "--server", gateway.address), "", 2, "MVGEN_TOKEN"),
-        (("status", "no-such-job", "--server", gateway.address), TOKEN, 1, "no job"),
+        (("status", "no-such-job", "--server", gateway.address), TOKEN, 2, "job_id must be"),
+        (("status", "0" * 32, "--server", gateway.address), TOKEN, 1, "no job"),
         (("submit", str(songs / "song.wav"), "--server", gateway.address, "--fps", "500"), TOKEN, 2, "fps"),
         (("submit", "missing.wav", "--server", gateway.address), TOKEN, 2, "no such file"),
         (("jobs", "--server", f"127.0.0.1:{free_port()}"), TOKEN, 1, "cannot reach the gateway"),

@@ -227,13 +227,13 @@ def test_broken_job_lookups_are_invalid_arguments(gateway):
                           (api_pb2.ListJobsRequest(page_token="../../etc"), "page_token is not one")):
         error = refusal(lambda: gateway.stub.ListJobs(request, metadata=AUTH, timeout=10))
         assert_readable(error, grpc.StatusCode.INVALID_ARGUMENT, says)
-    # Ids that are paths are nobody's job or song.
+    # Ids that are paths are not ids: refused for their format before any lookup.
     for job_id in ("../../etc/passwd", "jobs/x/../y", "\x00"):
         error = refusal(lambda: gateway.stub.GetJob(api_pb2.GetJobRequest(job_id=job_id), metadata=AUTH, timeout=10))
-        assert error.code() == grpc.StatusCode.NOT_FOUND, error.details()
+        assert_readable(error, grpc.StatusCode.INVALID_ARGUMENT, "job_id must be the 32 hexadecimal digits")
     error = refusal(lambda: gateway.stub.CreateJob(api_pb2.CreateJobRequest(song_id="../songs/x"), metadata=AUTH,
                                                    timeout=10))
-    assert error.code() == grpc.StatusCode.NOT_FOUND, error.details()
+    assert_readable(error, grpc.StatusCode.INVALID_ARGUMENT, "song_id must be the hexadecimal id")
 
 
 def test_last_the_gateway_still_serves_logged_no_internal_error_and_its_memory_stayed_bounded(gateway, song):

@@ -17,6 +17,7 @@ from services.common.errors import InvalidInputError
 from services.common.lifecycle import BackendSet
 from services.common.stage_api import AnalyzeRequest, StageResult
 from services.common.store import ArtifactStore
+from services.common.untrusted import quoted
 
 
 def _clap_analyzer() -> Analyzer:
@@ -49,7 +50,7 @@ class AnalysisStage:
             with self.store.local_path(req.song_key) as path:
                 samples = decode(path, sample_rate=sample_rate)
         except KeyError as exc:
-            raise InvalidInputError(f"no song at {req.song_key!r}") from exc
+            raise InvalidInputError(f"no song at {quoted(req.song_key)}") from exc
         labels = analyzer.analyze(samples, sample_rate, segmentation, req.top_k)
         self.store.put_bytes(req.labels_key, artifacts.dumps(labels))
         return StageResult(
@@ -66,6 +67,6 @@ def _read_segmentation(store: ArtifactStore, key: str) -> Segmentation:
     try:
         return Segmentation.from_dict(json.loads(store.get_text(key)))
     except KeyError as exc:
-        raise InvalidInputError(f"no segmentation at {key!r} ({exc})") from exc
+        raise InvalidInputError(f"no segmentation at {quoted(key)} ({exc})") from exc
     except (TypeError, ValueError) as exc:  # ValueError covers bad JSON and bad UTF-8
         raise InvalidInputError(f"{key} is not a segmentation ({exc})") from exc

@@ -15,6 +15,7 @@ import numpy as np
 
 from services.common import ffmpeg
 from services.common.errors import InvalidInputError
+from services.common.untrusted import printable
 
 ANALYSIS_SAMPLE_RATE = 22050
 MIN_SONG_SECONDS = 1.0
@@ -167,4 +168,4 @@ def _short(stderr: str) -> str:
         return "unknown format"
     last = re.sub(r"^\[[^]]*@ 0x[0-9a-f]+\]\s*", "", lines[-1])
     last = last.rsplit(": ", 1)[-1] if last.endswith(UNRECOGNISED) else last
-    return "its format is not recognised, or its data is corrupt" if last in UNRECOGNISED else last[:160]
+    return "its format is not recognised, or its data is corrupt" if last in UNRECOGNISED else printable(last, 160)

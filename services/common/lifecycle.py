@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Generic, TypeVar
 
 from services.common.errors import InvalidInputError
+from services.common.untrusted import quoted
 
 
 class BackendState(enum.Enum):
@@ -57,7 +58,8 @@ B = TypeVar("B", bound=Backend)
 
 def _pick(kind: str, name: str, registry: Mapping[str, type[B]]) -> type[B]:
     if name not in registry:
-        raise InvalidInputError(f"unknown {kind} backend {name!r}; choose one of: {', '.join(sorted(registry))}")
+        raise InvalidInputError(f"unknown {kind} backend {quoted(name)}; "
+                                f"choose one of: {', '.join(sorted(registry))}")
     return registry[name]
 
 
@@ -81,7 +83,7 @@ class BackendSet(Generic[B]):
     def get(self, name: str) -> B:
         backend = self.backends.get(name)
         if backend is None:
-            raise InvalidInputError(f"{self.kind} backend {name!r} is not enabled here; "
+            raise InvalidInputError(f"{self.kind} backend {quoted(name)} is not enabled here; "
                                     f"choose one of: {', '.join(sorted(self.backends)) or 'none'}")
         backend.load()  # no-op once loaded; a stage used without load() still works
         return backend

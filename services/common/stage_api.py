@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.common.errors import InvalidInputError
+from services.common.untrusted import quoted
 
 SEGMENTERS = ("rules", "random")
 
@@ -35,7 +36,8 @@ class SegmenterParams:
     def check(self) -> None:
         """Raise InvalidInputError, naming the parameter, when its segmenter cannot use these values."""
         if self.segmenter not in SEGMENTERS:
-            raise InvalidInputError(f"unknown segmenter {self.segmenter!r}; choose one of: {', '.join(SEGMENTERS)}")
+            raise InvalidInputError(f"unknown segmenter {quoted(self.segmenter)}; "
+                                    f"choose one of: {', '.join(SEGMENTERS)}")
         if self.segmenter == "random":
             self._check_positive("random_min_seconds", "random_max_seconds")
             self._check_order("random_min_seconds", "random_max_seconds")

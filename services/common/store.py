@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 
 from services.common.errors import InvalidInputError
 from services.common.settings import StoreSettings
+from services.common.untrusted import quoted
 
 
 MAX_KEY_CHARS = 1024  # S3's limit on an object key (in UTF-8 bytes; our keys are ASCII)
@@ -29,7 +30,7 @@ def check_key(key: str) -> str:
     parts = key.split("/")
     if (not key or len(key) > MAX_KEY_CHARS or any(p in ("", ".", "..") for p in parts) or "\\" in key
             or any(ord(c) < 0x20 or c == "\x7f" for c in key)):
-        raise InvalidInputError(f"invalid artifact key {key[:100]!r}")
+        raise InvalidInputError(f"invalid artifact key {quoted(key)}")
     return key
 
 
@@ -86,7 +87,7 @@ class LocalArtifactStore(ArtifactStore):
         path = self.root / check_key(key)
         # A symbolic link inside the folder must not lead out of it either.
         if not path.resolve().is_relative_to(self.root.resolve()):
-            raise InvalidInputError(f"artifact key {key!r} leads outside the store")
+            raise InvalidInputError(f"artifact key {quoted(key)} leads outside the store")
         return path
 
     def exists(self, key: str) -> bool:

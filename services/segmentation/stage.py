@@ -11,6 +11,7 @@ from services.common.errors import InvalidInputError
 from services.common.lifecycle import Backend
 from services.common.stage_api import SegmenterParams, SegmentRequest, StageResult
 from services.common.store import ArtifactStore
+from services.common.untrusted import quoted
 from services.segmentation.random_segmenter import segment_random
 from services.segmentation.rules_segmenter import segment_rules
 
@@ -37,7 +38,7 @@ class SegmentationStage(Backend):
             with self.store.local_path(req.song_key) as path:
                 samples = decode(path, sample_rate=ANALYSIS_SAMPLE_RATE)
         except KeyError:
-            raise InvalidInputError(f"the song {req.song_key!r} is not in the store") from None
+            raise InvalidInputError(f"the song {quoted(req.song_key)} is not in the store") from None
         segmentation = segment_samples(samples, ANALYSIS_SAMPLE_RATE, req.params)
         self.store.put_bytes(req.segments_key, artifacts.dumps(segmentation))
         self.store.put_text(req.segments_text_key, segmentation.to_text())

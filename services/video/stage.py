@@ -13,6 +13,7 @@ from services.common.errors import InvalidInputError
 from services.common.lifecycle import BackendSet
 from services.common.stage_api import GenerateClipRequest, StageResult
 from services.common.store import ArtifactStore
+from services.common.untrusted import quoted
 from services.video.animatic import AnimaticGenerator
 from services.video.generator import ClipGenerator
 from services.video.mochi import MochiGenerator
@@ -46,9 +47,9 @@ class VideoStage:
         generator = self.generators.get(req.generator)
         script = self._script(req.script_key)
         if not any(scene.index == req.index for scene in script.scenes):
-            raise InvalidInputError(f"the script {req.script_key} has no scene {req.index}")
+            raise InvalidInputError(f"the script {quoted(req.script_key)} has no scene {req.index}")
         if not self.store.exists(req.song_key):
-            raise InvalidInputError(f"no song in the store at {req.song_key!r}")
+            raise InvalidInputError(f"no song in the store at {quoted(req.song_key)}")
 
         meta_key = clip_meta_key(req.clip_key)
         with self.store.local_path(req.song_key) as song_path, self.store.writing(req.clip_key) as out_path:
@@ -66,11 +67,11 @@ class VideoStage:
         try:
             text = self.store.get_text(key)
         except KeyError:
-            raise InvalidInputError(f"no script in the store at {key!r}") from None
+            raise InvalidInputError(f"no script in the store at {quoted(key)}") from None
         try:
             return Script.from_dict(json.loads(text))
         except (ValueError, TypeError, KeyError) as exc:
-            raise InvalidInputError(f"the script at {key!r} is not a valid script: {exc}") from exc
+            raise InvalidInputError(f"the script at {quoted(key)} is not a valid script: {exc}") from exc
 
 
 def _check_request(req: GenerateClipRequest) -> None:

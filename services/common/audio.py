@@ -7,6 +7,7 @@ channel count; the decoded sample count, not the header, is the truth about a so
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,11 @@ from services.common.untrusted import printable
 
 ANALYSIS_SAMPLE_RATE = 22050
 MIN_SONG_SECONDS = 1.0
+# Codecs add or drop a few hundredths of a second at a song's edges (an encoder's delay or padding,
+# a Vorbis decoder's first half-block): lengths are compared with the limits allowing this much, so
+# that a 1.000 s song passes in every format.
+CODEC_EDGE_SECONDS = 0.05
+DECODED_PAST_LIMIT_SECONDS = 1.0  # a song is decoded up to its limit and this much more, never further
 # Below this many bytes per second of claimed duration (8 kbit/s, the lowest MP3 bitrate) a header's
 # duration is not believed: a 50 KB file "of 14 hours" is a lying header, and its samples decide.
 MIN_PLAUSIBLE_BYTES_PER_SECOND = 1000
@@ -63,17 +69,26 @@ def probe(path: str | Path, max_seconds: float) -> AudioInfo:
         raise InvalidInputError(f"{path}: the file holds no audio stream")
     stream = streams[0]
     header_seconds = _float(meta.get("format", {}).get("duration"))
-    if (header_seconds is not None and header_seconds > max_seconds * 1.5
-            and path.stat().st_size >= header_seconds * MIN_PLAUSIBLE_BYTES_PER_SECOND):
-        # Refuse early, before decoding, but only when the header is far over and the file could hold
-        # that much: headers lie (VBR mp3, a forged Xing frame count). Decoding below is bounded anyway.
+    # Headers lie (VBR mp3, a forged Xing frame count): one is believed only when the file could hold that much.
+    believable = header_seconds is not None and path.stat().st_size >= header_seconds * MIN_PLAUSIBLE_BYTES_PER_SECOND
+    if believable and header_seconds > max_seconds * 1.5:
+        # Refuse early, before decoding, when the header is far over. Decoding below is bounded anyway.
         raise InvalidInputError(_too_long(path, header_seconds, max_seconds))
-    samples = decode(path, sample_rate=8000, max_seconds=max_seconds + 1.0)
+    samples = decode(path, sample_rate=8000, max_seconds=max_seconds + DECODED_PAST_LIMIT_SECONDS)
+    if not samples.size:
+        raise InvalidInputError(f"{path}: the file holds no audio (a header without any sound after it)")
     duration = samples.size / 8000
-    if duration < MIN_SONG_SECONDS:
-        raise InvalidInputError(f"{path}: the audio is {duration:.2f} s long; at least {MIN_SONG_SECONDS:.0f} s is needed")
-    if duration > max_seconds:
-        raise InvalidInputError(_too_long(path, duration, max_seconds))
+    if duration < MIN_SONG_SECONDS - CODEC_EDGE_SECONDS:
+        shown = math.floor(duration * 100) / 100  # rounded down: a refused length never shows as the minimum
+        raise InvalidInputError(f"{path}: the audio is {shown:.2f} s long; "
+                                f"at least {MIN_SONG_SECONDS:.0f} s is needed")
+    if duration > max_seconds + CODEC_EDGE_SECONDS:
+        # Decoding stopped past the limit: then only a believable header knows how long the song is.
+        if duration < max_seconds + DECODED_PAST_LIMIT_SECONDS:
+            length = duration
+        else:
+            length = header_seconds if believable and header_seconds > max_seconds else None
+        raise InvalidInputError(_too_long(path, length, max_seconds))
     return AudioInfo(
         duration=duration,
         sample_rate=int(stream.get("sample_rate") or 0),
@@ -112,6 +127,8 @@ def _libsndfile_copy(path: Path, scratch: Path) -> Path | None:
     copy = scratch / f"{path.stem}.flac"
     try:
         with soundfile.SoundFile(str(path)) as source:
+            if not source.frames:  # an Ogg of headers alone: ffmpeg stops at its end, libsndfile finds no sound
+                raise InvalidInputError(f"{path}: the file holds no audio (a header without any sound after it)")
             with soundfile.SoundFile(str(copy), "w", source.samplerate, source.channels, format="FLAC") as target:
                 for block in source.blocks(blocksize=1 << 16, dtype="float32"):
                     target.write(block)
@@ -153,12 +170,18 @@ def _float(value: object) -> float | None:
         return None
 
 
-def _too_long(path: Path, seconds: float, max_seconds: float) -> str:
+def _too_long(path: Path, seconds: float | None, max_seconds: float) -> str:
+    """`seconds`: the song's length, None when unknown. A length that reads as the maximum is no answer."""
+    if seconds is None or _span(seconds) == _span(max_seconds):
+        return f"{path}: the song is longer than {_span(max_seconds)}, the maximum"
     return f"{path}: the song is {_span(seconds)} long; the maximum is {_span(max_seconds)}"
 
 
 def _span(seconds: float) -> str:
-    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s" if rest else f"{minutes} min"
 
 
 def _short(stderr: str) -> str:

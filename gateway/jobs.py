@@ -234,7 +234,6 @@ class JobView:
         self.clips_in_flight = 0
         self._live_stages: dict[str, int] = {}  # what this run's events said, by stage
         self._live_clips: dict[int, int] = {}
-        self._cached_stages: set[str] = set()
         self._events: asyncio.Queue[Any] = asyncio.Queue()
         self._pump: asyncio.Task[None] | None = None
         self._watchers: set[asyncio.Queue[Any]] = set()
@@ -275,7 +274,8 @@ class JobView:
         for name, status in zip(STAGES, job.stages):
             record = stage_records.get(name, {})
             status.state = self._stage_state(name, record.get("state", "pending"), job.state)
-            status.cached = name in self._cached_stages
+            # Cached: copied from another job's output. What this job made before a restart is its own.
+            status.cached = status.state == job_pb2.STAGE_STATE_SUCCEEDED and "reused_from" in record
             status.artifact_keys.clear()
             status.artifact_keys.update(record.get("outputs", {}))
             if name != "video":
@@ -290,6 +290,8 @@ class JobView:
                 status.end_time.FromNanoseconds(status.start_time.ToNanoseconds() + int(record["seconds"] * 1e9))
 
         self._apply_clips(stored, manifest.get("clips", {}), job.error_message)
+        video = job.stages[STAGES.index("video")]
+        video.cached = video.state == job_pb2.STAGE_STATE_SUCCEEDED and all(c.cached for c in job.clips)
         if stored.script:
             job.title = stored.script.get("title", "")
         started = [s.start_time for s in job.stages if s.HasField("start_time")]
@@ -332,6 +334,7 @@ class JobView:
             clip.state = self._clip_state(index, record, job_error)
             if clip.state == job_pb2.CLIP_STATE_SUCCEEDED:
                 clip.clip_key = record.get("outputs", {}).get("clip") or self.record.layout.clip(index)
+                _recorded_history(clip, record)
             clip.error_message = (record.get("error") or "") if clip.state == job_pb2.CLIP_STATE_FAILED else ""
             clips.append(clip)
         del self.job.clips[:]
@@ -350,7 +353,6 @@ class JobView:
     # Live events ---------------------------------------------------------------------------------------
 
     def begin_run(self) -> None:
-        self._cached_stages.clear()
         self._pump = asyncio.ensure_future(self._pump_events())
 
     async def end_run(self) -> None:
@@ -386,9 +388,7 @@ class JobView:
             status.ClearField("end_time")
         elif event.state in ("succeeded", "cached"):
             self._live_stages[event.stage] = job_pb2.STAGE_STATE_SUCCEEDED
-            if event.state == "cached":
-                self._cached_stages.add(event.stage)
-            else:
+            if event.state == "succeeded":
                 status.end_time.CopyFrom(now)
         elif event.state == "failed":
             self._live_stages[event.stage] = job_pb2.STAGE_STATE_FAILED
@@ -415,21 +415,23 @@ class JobView:
                 return  # streamed in whole percents
         elif event.state == "retrying":
             # A new generation from nothing, on another replica or on the same one once it is back.
-            clip.attempts += 1
+            clip.attempts = event.detail["attempt"]
             clip.start_time.CopyFrom(_now())
-            detail = f"retrying after {(event.detail or {}).get('reason', 'a failure')}"
+            detail = f"retrying after {event.detail['reason']}"
         elif event.state == "running":
             self._live_clips[clip.index] = job_pb2.CLIP_STATE_RUNNING
             clip.state = job_pb2.CLIP_STATE_RUNNING
-            clip.attempts += 1
+            clip.attempts = event.detail["attempt"]  # a try lost with a crashed gateway counts too
             clip.start_time.CopyFrom(_now())
             clip.ClearField("end_time")
-        else:  # succeeded or cached
+        elif clip.state != job_pb2.CLIP_STATE_SUCCEEDED or event.state == "succeeded":
             self._live_clips[clip.index] = job_pb2.CLIP_STATE_SUCCEEDED
             clip.state = job_pb2.CLIP_STATE_SUCCEEDED
-            clip.cached = event.state == "cached"
+            clip.cached = event.state == "cached"  # copied from another job's output just now
             clip.clip_key = self.record.layout.clip(clip.index)
             clip.end_time.CopyFrom(_now())
+        else:  # finished before this run (the gateway restarted): its recorded history stands
+            self._live_clips[clip.index] = job_pb2.CLIP_STATE_SUCCEEDED
         clip.progress.CopyFrom(stage_pb2.ClipProgress(
             fraction=event.fraction, frames_done=round(event.fraction * clip.frame_count),
             total_frames=clip.frame_count, detail=detail))
@@ -490,6 +492,22 @@ class JobView:
                 queue.put_nowait(message)
             except asyncio.QueueFull:  # a slow watcher: what it missed is summed up by a snapshot
                 _replace_backlog(queue, self._snapshot_message())
+
+
+def _recorded_history(clip: job_pb2.ClipStatus, record: dict[str, Any]) -> None:
+    """A finished clip as its manifest record says it went: made here (how many attempts, when) or
+    copied from another job's output. A record written before clips kept their history has no end."""
+    if "ended_at" not in record:
+        return
+    clip.cached = "reused_from" in record
+    clip.attempts = record.get("attempts", 0)
+    if record.get("started_at"):
+        clip.start_time.FromJsonString(record["started_at"])
+    else:
+        clip.ClearField("start_time")
+    clip.end_time.FromJsonString(record["ended_at"])
+    clip.progress.CopyFrom(stage_pb2.ClipProgress(fraction=1.0, frames_done=clip.frame_count,
+                                                  total_frames=clip.frame_count, detail="done"))
 
 
 def _replace_backlog(queue: asyncio.Queue[Any], message: Any) -> None:

@@ -140,6 +140,7 @@ class Orchestrator:
             return
         self._check_cancelled()
         started = time.monotonic()
+        _forget(record, "reused_from", "ended_at")  # a reuse of an earlier configuration's output
         await manifest.mark(record, "running", backend=backend, fingerprint=fp, started_at=utc_now())
         self.on_event(JobEvent("stage", name, "running"))
         try:
@@ -197,22 +198,30 @@ class Orchestrator:
             async with limit:
                 self._check_cancelled()
                 clip_started = time.monotonic()
-                await manifest.mark(record, "running", fingerprint=clip_fp, frames=req.frame_count)
-                self.on_event(JobEvent("clip", "video", "running", req.index, 0.0, {"frames": req.frame_count}))
+                # The clip's history is recorded with it (a resumed job shows it as it was): every
+                # attempt of this fingerprint, one lost with a crashed process included.
+                tried = record.get("attempts", 0) if record.get("fingerprint") == clip_fp else 0
+                _forget(record, "reused_from", "ended_at")
+                await manifest.mark(record, "running", fingerprint=clip_fp, frames=req.frame_count,
+                                    attempts=tried + 1, started_at=utc_now())
+                self.on_event(JobEvent("clip", "video", "running", req.index, 0.0,
+                                       {"frames": req.frame_count, "attempt": record["attempts"]}))
 
                 def progress(fraction: float) -> None:
                     self.on_event(JobEvent("clip", "video", "progress", req.index, fraction))
 
                 def retrying(reason: str) -> None:
-                    self.on_event(JobEvent("clip", "video", "retrying", req.index, 0.0, {"reason": reason}))
+                    record.update(attempts=record["attempts"] + 1, started_at=utc_now())  # saved with the outcome
+                    self.on_event(JobEvent("clip", "video", "retrying", req.index, 0.0,
+                                           {"reason": reason, "attempt": record["attempts"]}))
 
                 try:
                     result = await self.stages.generate_clip(req, progress, self._cancelled.is_set, retrying)
                 except BaseException as exc:
-                    await manifest.mark(record, "failed", error=str(exc))
+                    await manifest.mark(record, "failed", error=str(exc), ended_at=utc_now())
                     raise
                 await manifest.mark(record, "succeeded", outputs=result.keys,
-                              seconds=round(time.monotonic() - clip_started, 3))
+                                    seconds=round(time.monotonic() - clip_started, 3), ended_at=utc_now())
                 await self._publish(manifest, clip_fp, result)
                 generated.append(req.index)
                 self.on_event(JobEvent("clip", "video", "succeeded", req.index, 1.0, {"frames": req.frame_count}))
@@ -244,7 +253,9 @@ class Orchestrator:
         if found is None:
             return False
         outputs, info, source = found
-        await manifest.mark(record, "succeeded", fingerprint=fp, outputs=outputs, info=info, reused_from=source)
+        _forget(record, "attempts", "started_at", "seconds", "error")  # of an earlier run; this output was copied
+        await manifest.mark(record, "succeeded", fingerprint=fp, outputs=outputs, info=info, reused_from=source,
+                            ended_at=utc_now())
         return True
 
     def _copy_shared_outputs(self, layout: JobLayout, fp: str) -> tuple[dict[str, str], dict[str, Any], str] | None:
@@ -267,6 +278,11 @@ class Orchestrator:
 
     async def _read_json(self, key: str) -> dict[str, Any]:
         return json.loads(await asyncio.to_thread(self.store.get_bytes, key))
+
+
+def _forget(record: dict[str, Any], *names: str) -> None:
+    for name in names:
+        record.pop(name, None)
 
 
 def shared_output_key(fp: str) -> str:

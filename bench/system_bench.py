@@ -112,6 +112,7 @@ def replica_env(state: dict[str, Any], port: int) -> dict[str, str]:
         "MVGEN_S3_REGION": s3["region"], "MVGEN_S3_SECURE": "false",
         "MVGEN_PROMPTS_DIR": str(REPO / "prompts"),
         "MVGEN_MAX_CONCURRENT": "1",
+        "MVGEN_STAGE_SECRET": state["stage_secret"],
     })
     return env
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
@@ -42,6 +42,7 @@ from services.common.stage_api import (
     TellStoryRequest,
     WriteScriptRequest,
 )
+from services.common.transport.auth import stage_secret_from_env
 from services.common.transport.convert import result_from_message, to_message
 from services.common.transport.errors import error_for_status
 from gateway.stage_clients import CancelCheck, ProgressCallback, RetryCallback, StageClients
@@ -103,6 +104,9 @@ class GrpcStagesSettings:
     retry_seconds: float = 300.0
     ready_timeout_seconds: float = 300.0  # MVGEN_READY_TIMEOUT_SECONDS: how long wait_ready() waits
     video_resolve_seconds: float = 10.0  # MVGEN_VIDEO_RESOLVE_SECONDS: how often dns:/// is re-resolved
+    # MVGEN_STAGE_SECRET: sent with every stage call (services/common/transport/auth.py); None with
+    # MVGEN_STAGE_AUTH=none
+    stage_secret: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls) -> GrpcStagesSettings:
@@ -118,6 +122,7 @@ class GrpcStagesSettings:
             retry_seconds=env_float("MVGEN_RETRY_SECONDS", d.retry_seconds),
             ready_timeout_seconds=env_float("MVGEN_READY_TIMEOUT_SECONDS", d.ready_timeout_seconds),
             video_resolve_seconds=env_float("MVGEN_VIDEO_RESOLVE_SECONDS", d.video_resolve_seconds),
+            stage_secret=stage_secret_from_env(),
         )
 
     def address(self, stage: str) -> str:
@@ -132,7 +137,8 @@ class GrpcStageClients(StageClients):
         self.settings = settings
         self.video_pool = VideoPool.for_target(
             settings.video_address, clip_timeout_seconds=settings.clip_timeout_seconds,
-            retry_seconds=settings.retry_seconds, resolve_seconds=settings.video_resolve_seconds)
+            retry_seconds=settings.retry_seconds, resolve_seconds=settings.video_resolve_seconds,
+            stage_secret=settings.stage_secret)
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._start_lock = asyncio.Lock()
 
@@ -146,7 +152,8 @@ class GrpcStageClients(StageClients):
             if self._channels:
                 return
             await self.video_pool.start()
-            self._channels = {stage: open_channel(self.settings.address(stage), ROUND_ROBIN)
+            secret = self.settings.stage_secret
+            self._channels = {stage: open_channel(self.settings.address(stage), secret, ROUND_ROBIN)
                               for stage in UNARY_STAGES}
 
     async def close(self) -> None:

@@ -29,6 +29,7 @@ from services.common.pb import stage_info_service_pb2_grpc as info_grpc
 from services.common.pb import video_service_pb2 as video_pb
 from services.common.pb import video_service_pb2_grpc as video_grpc
 from services.common.stage_api import GenerateClipRequest, StageResult
+from services.common.transport.auth import secret_interceptors
 from services.common.transport.convert import result_from_message, to_message
 from services.common.transport.errors import error_for_status
 from services.common.transport.options import CLIENT_OPTIONS
@@ -55,8 +56,10 @@ def backoff_seconds(attempt: int, base: float = 0.2, cap: float = 5.0) -> float:
     return min(cap, base * 2 ** attempt) * random.uniform(0.5, 1.0)
 
 
-def open_channel(address: str, *options: tuple[str, int | str]) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address, options=(*CLIENT_OPTIONS, *options))
+def open_channel(address: str, stage_secret: str | None, *options: tuple[str, int | str]) -> grpc.aio.Channel:
+    """A channel to a stage service whose every call carries `stage_secret` (None: nothing)."""
+    interceptors = secret_interceptors(stage_secret) if stage_secret is not None else None
+    return grpc.aio.insecure_channel(address, options=(*CLIENT_OPTIONS, *options), interceptors=interceptors)
 
 
 def resolver_for(target: str) -> tuple[Resolver, bool]:
@@ -127,11 +130,13 @@ class _Replica:
 
 class VideoPool:
     def __init__(self, resolve: Resolver, *, name: str, refresh_seconds: float | None,
-                 clip_timeout_seconds: float, retry_seconds: float):
+                 clip_timeout_seconds: float, retry_seconds: float, stage_secret: str | None = None):
         """`resolve` lists the replicas' addresses; with `refresh_seconds` it is asked again that often.
         `retry_seconds` bounds how long a clip keeps trying after a refusal or failure, and how long it
-        waits while no replica serves; waiting for a busy but serving replica is not bounded."""
+        waits while no replica serves; waiting for a busy but serving replica is not bounded.
+        `stage_secret` goes with every call to a replica (services/common/transport/auth.py)."""
         self.name = name
+        self.stage_secret = stage_secret
         self.refresh_seconds = refresh_seconds
         self.clip_timeout_seconds = clip_timeout_seconds
         self.retry_seconds = retry_seconds
@@ -144,10 +149,11 @@ class VideoPool:
 
     @classmethod
     def for_target(cls, target: str, *, clip_timeout_seconds: float, retry_seconds: float,
-                   resolve_seconds: float) -> VideoPool:
+                   resolve_seconds: float, stage_secret: str | None = None) -> VideoPool:
         resolve, dynamic = resolver_for(target)
         return cls(resolve, name=target, refresh_seconds=resolve_seconds if dynamic else None,
-                   clip_timeout_seconds=clip_timeout_seconds, retry_seconds=retry_seconds)
+                   clip_timeout_seconds=clip_timeout_seconds, retry_seconds=retry_seconds,
+                   stage_secret=stage_secret)
 
     async def start(self) -> None:
         await self.refresh()
@@ -185,7 +191,7 @@ class VideoPool:
             return
         for address in addresses:
             if address not in self._replicas:
-                channel = open_channel(address)
+                channel = open_channel(address, self.stage_secret)
                 replica = _Replica(address, channel, video_grpc.VideoServiceStub(channel))
                 replica.health_poll = asyncio.ensure_future(self._poll_health(replica))
                 self._replicas[address] = replica

@@ -3,11 +3,16 @@
     servers = [stage_server("video", log_dir, local_store_env(root)), ...]
     with serving(*servers):   # started together, each waited for until health says SERVING
         ...                   # server.address, server.kill(), server.start(), server.wait_serving()
+
+Every server requires STAGE_SECRET (services/common/transport/auth.py), as deployed ones do; a test
+calls one directly through `stage_channel(address)`, which sends it.
 """
 
 from __future__ import annotations
 
+import collections
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -26,6 +31,7 @@ from services.common.s3_store import S3ArtifactStore
 from services.common.settings import StoreSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+STAGE_SECRET = secrets.token_urlsafe(32)  # the secret every stage server of this test run requires
 # Poll a starting server often: gRPC's default reconnect backoff would add seconds to every start.
 FAST_RECONNECT = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
                   ("grpc.max_reconnect_backoff_ms", 200)]
@@ -35,6 +41,39 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+class _CallDetails(collections.namedtuple("_CallDetails", ("method", "timeout", "metadata", "credentials",
+                                                           "wait_for_ready", "compression")),
+                   grpc.ClientCallDetails):
+    pass
+
+
+class _SendStageSecret(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                       grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    def __init__(self, secret: str):
+        self.metadatum = ("authorization", f"Bearer {secret}")
+
+    def _details(self, details: grpc.ClientCallDetails) -> _CallDetails:
+        return _CallDetails(details.method, details.timeout, [*(details.metadata or ()), self.metadatum],
+                            details.credentials, details.wait_for_ready, details.compression)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation, details, requests):
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation, details, requests):
+        return continuation(self._details(details), requests)
+
+
+def stage_channel(address: str, secret: str = STAGE_SECRET) -> grpc.Channel:
+    """A channel to a stage server that sends `secret` with every call, as the gateway does."""
+    return grpc.intercept_channel(grpc.insecure_channel(address), _SendStageSecret(secret))
 
 
 def dev_stack_store(state: Mapping) -> S3ArtifactStore:
@@ -72,7 +111,7 @@ class StageServer:
     def start(self) -> StageServer:
         """Spawn the server (again, after a kill: same port, same log); return at once."""
         env = {**os.environ, "MVGEN_HOST": "127.0.0.1", "MVGEN_PORT": str(self.port),
-               "MVGEN_GRACE_SECONDS": "2", **self.env}
+               "MVGEN_GRACE_SECONDS": "2", "MVGEN_STAGE_SECRET": STAGE_SECRET, **self.env}
         if self._log is None:
             self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen([sys.executable, "-m", f"services.{self.stage}.server"],

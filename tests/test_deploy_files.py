@@ -142,6 +142,13 @@ def test_no_secret_value_is_written_into_the_compose_file():
             assert re.fullmatch(rf"\$\{{{key}:\?[^}}]*\}}", value), f"{key}: {value!r} must be ${{{key}:?...}}"
 
 
+def test_the_gateway_and_every_stage_service_get_the_stage_secret_from_env(resolved, env_file):
+    secret = dict(re.findall(r"^([A-Z0-9_]+)=(.*)$", env_file.read_text(), re.MULTILINE))["MVGEN_STAGE_SECRET"]
+    for name in MVGEN_SERVICES:
+        assert resolved["services"][name]["environment"]["MVGEN_STAGE_SECRET"] == secret, name
+    assert "MVGEN_STAGE_SECRET" not in resolved["services"]["minio"]["environment"]
+
+
 def test_every_service_is_defined(resolved):
     assert set(resolved["services"]) == {"minio", "minio-init", *MVGEN_SERVICES}
 

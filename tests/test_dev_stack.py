@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 
 from services.common.s3_store import S3ArtifactStore
 from services.common.settings import StoreSettings
+from tests.servers import stage_channel
 from tools.dev_stack import STAGES, DevStack, DevStackError, _is_running, check_health
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,7 +79,7 @@ def test_every_service_is_serving_and_reflects_its_service(stack):
         entry = state["processes"][name]
         assert check_health(entry["address"]) == "SERVING", name
         assert check_health(entry["address"], entry["service"]) == "SERVING", name
-        with grpc.insecure_channel(entry["address"]) as channel:
+        with stage_channel(entry["address"], state["stage_secret"]) as channel:
             services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
         assert {entry["service"], "grpc.health.v1.Health"} <= services, (name, services)
 
@@ -92,6 +93,8 @@ def test_every_service_is_configured_for_the_moto_store(stack):
         assert env["MVGEN_S3_ENDPOINT"] == state["s3"]["endpoint"], name
         assert env["MVGEN_S3_BUCKET"] == state["s3"]["bucket"], name
         assert env["MVGEN_HOST"] == "127.0.0.1", name
+    assert {proc_environ(state["processes"][name]["pid"])["MVGEN_STAGE_SECRET"] for name in GRPC_PROCESSES} == \
+        {state["stage_secret"]}
     env = proc_environ(state["processes"]["gateway"]["pid"])
     for stage in STAGES:
         assert env[f"MVGEN_{stage.upper()}_ADDR"] == state["processes"][stage]["address"]
@@ -156,6 +159,21 @@ def test_a_killed_service_restarts_on_its_port_with_its_configuration(stack):
     assert {k: v for k, v in proc_environ(after["pid"]).items() if k.startswith("MVGEN_")} == env_before
     assert json.loads((base_dir / "state.json").read_text())["processes"]["segmentation"]["pid"] == after["pid"]
     assert set(stack_.running()) == set(state["processes"])
+
+
+def test_a_stage_of_the_stack_refuses_a_call_without_the_stack_secret(stack):
+    from services.common.pb import segmentation_service_pb2 as seg_pb
+    from services.common.pb import segmentation_service_pb2_grpc as seg_grpc
+
+    _, state, _ = stack
+    address = state["processes"]["segmentation"]["address"]
+    request = seg_pb.SegmentRequest(song_key="nowhere.wav", segments_key="x.json", segments_text_key="x.txt")
+    with grpc.insecure_channel(address) as channel, pytest.raises(grpc.RpcError) as refused:
+        seg_grpc.SegmentationServiceStub(channel).Segment(request, timeout=10)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with stage_channel(address, state["stage_secret"]) as channel, pytest.raises(grpc.RpcError) as served:
+        seg_grpc.SegmentationServiceStub(channel).Segment(request, timeout=10)
+    assert served.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # past the check: the song is not there
 
 
 def test_down_stops_every_process(stack):

@@ -39,7 +39,7 @@ from services.video.stage import VideoStage, clip_meta_key
 from services.video.timing_policy import NativeFormat, native_frames_needed, plan_clip
 from services.video.wan import WanGenerator
 from tests.media import counted_frames, decode_frames, tone
-from tests.servers import local_store_env, serving, stage_server
+from tests.servers import local_store_env, serving, stage_channel, stage_server
 from tools.tiny_t2v import save_tiny_pipeline
 
 WAN = NativeFormat(fps=16, frame_step=4, max_frames=81)
@@ -362,7 +362,7 @@ def grpc_request(key: str, end: float) -> video_pb.GenerateClipRequest:
 def test_service_streams_progress_and_can_be_cancelled(models, store, tmp_path) -> None:
     env = {**local_store_env(store.root), **tiny_env(models, MVGEN_VIDEO_STEPS="40"), "MVGEN_BACKENDS": "wan"}
     server = stage_server("video", tmp_path, env)
-    with serving(server), grpc.insecure_channel(server.address) as channel:
+    with serving(server), stage_channel(server.address) as channel:
         stub = video_grpc.VideoServiceStub(channel)
 
         answers = list(stub.GenerateClip(grpc_request("clips/grpc.mp4", 0.4), timeout=120))

@@ -33,9 +33,9 @@ from services.common.transport.convert import to_message
 from gateway.grpc_stages import GrpcStageClients, GrpcStagesSettings
 from gateway.job import JobLayout, JobOptions
 from gateway.orchestrator import JobEvent, JobSpec, Orchestrator
-from gateway.video_pool import VideoPool
+from gateway.video_pool import VideoPool, open_channel
 from tests.media import counted_frames
-from tests.servers import StageServer, free_port, local_store_env, serving, stage_server
+from tests.servers import STAGE_SECRET, StageServer, free_port, local_store_env, serving, stage_server
 from tools.synth_song import render_song
 
 OPTIONS = JobOptions(segmenter=SegmenterParams(segmenter="random", seed=1), fps=12, width=160, height=90)
@@ -52,7 +52,7 @@ class Cluster:
     def settings(self, video: str, **overrides) -> GrpcStagesSettings:
         addresses = {f"{stage}_address": self.servers[stage].address for stage in UNARY}
         return replace(GrpcStagesSettings(**addresses, video_address=video, retry_seconds=30.0,
-                                          ready_timeout_seconds=30.0), **overrides)
+                                          ready_timeout_seconds=30.0, stage_secret=STAGE_SECRET), **overrides)
 
     def job(self, job_id: str, options: JobOptions = OPTIONS) -> JobSpec:
         return JobSpec(job_id, JobLayout(f"jobs/{job_id}/"), SONG_KEY, self.song, options)
@@ -167,9 +167,9 @@ def test_a_busy_replica_sends_the_clip_to_another(cluster, finished_job):
 
     async def run():
         pool = VideoPool.for_target(f"{a.address},{b.address}", clip_timeout_seconds=60, retry_seconds=30,
-                                    resolve_seconds=10)
+                                    resolve_seconds=10, stage_secret=STAGE_SECRET)
         await pool.start()
-        async with grpc.aio.insecure_channel(a.address) as channel:
+        async with open_channel(a.address, STAGE_SECRET) as channel:
             other = video_service_pb2_grpc.VideoServiceStub(channel).GenerateClip(
                 to_message(large, video_service_pb2.GenerateClipRequest))
             try:
@@ -268,7 +268,7 @@ def test_clip_concurrency_follows_replicas_appearing_and_disappearing(cluster):
 
     async def run():
         pool = VideoPool(resolve, name="test replicas", refresh_seconds=0.1, clip_timeout_seconds=60,
-                         retry_seconds=30)
+                         retry_seconds=30, stage_secret=STAGE_SECRET)
         await pool.start()
         try:
             await until(lambda: pool.serving_count() == 2)
@@ -400,8 +400,10 @@ def test_settings_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("MVGEN_ASSEMBLY_ADDR", "assembly:7000")
     monkeypatch.setenv("MVGEN_CLIP_TIMEOUT_SECONDS", "90")
     monkeypatch.delenv("MVGEN_SEGMENTATION_ADDR", raising=False)
+    monkeypatch.setenv("MVGEN_STAGE_SECRET", STAGE_SECRET)
     settings = GrpcStageClients.from_env().settings
     assert settings.video_address == "dns:///video-headless.mvgen.svc.cluster.local:50054"
     assert settings.assembly_address == "assembly:7000"
     assert settings.segmentation_address == "localhost:50051"
     assert settings.clip_timeout_seconds == 90.0
+    assert settings.stage_secret == STAGE_SECRET

@@ -396,6 +396,33 @@ def test_no_secret_values_are_rendered(value_set):
     assert env_value(tokens, "MVGEN_GATEWAY_TOKENS_FILE") == "/etc/mvgen/gateway-tokens/tokens-sha256"
 
 
+@value_sets
+def test_the_gateway_and_every_stage_share_the_stage_secret_from_a_secret(value_set):
+    docs = manifests(value_set)
+    deployments = [d for d in find(docs, "Deployment") if component(d) in MVGEN_COMPONENTS]
+    assert {component(d) for d in deployments} == MVGEN_COMPONENTS
+    for deployment in deployments:
+        env = env_of(deployment["spec"]["template"]["spec"]["containers"][0])
+        assert env["MVGEN_STAGE_SECRET"]["valueFrom"]["secretKeyRef"] == {"name": f"{RELEASE}-stage-secret",
+                                                                          "key": "stage-secret"}
+        assert "MVGEN_STAGE_AUTH" not in env, deployment["metadata"]["name"]
+
+
+def test_stage_authentication_names_its_secret_or_is_turned_off_for_every_service():
+    named = {"stageAuth": {"existingSecret": "stage-auth", "key": "shared"}}
+    off = {"stageAuth": {"enabled": False}}
+    for values in (named, off):
+        docs = tuple(documents(render(values_for([values]))))
+        for deployment in [d for d in find(docs, "Deployment") if component(d) in MVGEN_COMPONENTS]:
+            container = deployment["spec"]["template"]["spec"]["containers"][0]
+            if values is named:
+                assert env_of(container)["MVGEN_STAGE_SECRET"]["valueFrom"]["secretKeyRef"] == {"name": "stage-auth",
+                                                                                                "key": "shared"}
+            else:
+                assert "MVGEN_STAGE_SECRET" not in env_of(container)
+                assert env_value(container, "MVGEN_STAGE_AUTH") == "none"
+
+
 # ---------------------------------------------------------------------------- storage, prompts, models
 
 def test_external_s3_replaces_minio():

@@ -25,7 +25,7 @@ from services.common.pb import video_service_pb2_grpc as video_grpc
 from services.common.settings import PROMPTS_DIR
 from services.common.store import LocalArtifactStore
 from tests.media import tone
-from tests.servers import local_store_env, serving, stage_server
+from tests.servers import local_store_env, serving, stage_channel, stage_server
 
 SCRIPT = Script("template", "t", StyleBible(["#112233", "#445566"], "look", "light", "camera", "calm"), [],
                 [Scene(0, "A long, slow shot of the sea.")])
@@ -58,7 +58,7 @@ def long_clip(index_key: str) -> video_pb.GenerateClipRequest:
 
 
 def test_health_and_reflection_answer(servers):
-    with grpc.insecure_channel(servers["segmentation"].address) as channel:
+    with stage_channel(servers["segmentation"].address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for service in ("", "mvgen.v1.SegmentationService"):
             assert health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status == \
@@ -71,14 +71,14 @@ def test_health_and_reflection_answer(servers):
 
 
 def test_stage_info_names_the_stage_its_backends_and_their_configuration(servers):
-    with grpc.insecure_channel(servers["video"].address) as channel:
+    with stage_channel(servers["video"].address) as channel:
         info = info_grpc.StageInfoServiceStub(channel).GetStageInfo(info_pb.GetStageInfoRequest(), timeout=5)
     assert (info.stage, list(info.backends)) == ("video", ["animatic"])
     assert info.config_digest == backend_config_digest("video", PROMPTS_DIR, {**os.environ, **servers["video"].env})
 
 
 def test_bad_input_is_invalid_argument_with_a_readable_message(servers):
-    with grpc.insecure_channel(servers["segmentation"].address) as channel:
+    with stage_channel(servers["segmentation"].address) as channel:
         stub = seg_grpc.SegmentationServiceStub(channel)
         with pytest.raises(grpc.RpcError) as missing:
             stub.Segment(seg_pb.SegmentRequest(song_key="nowhere.wav", segments_key="s.json",
@@ -94,7 +94,7 @@ def test_bad_input_is_invalid_argument_with_a_readable_message(servers):
 
 
 def test_defaults_apply_to_unset_parameters(servers, store_root):
-    with grpc.insecure_channel(servers["segmentation"].address) as channel:
+    with stage_channel(servers["segmentation"].address) as channel:
         stub = seg_grpc.SegmentationServiceStub(channel)
         answer = stub.Segment(seg_pb.SegmentRequest(song_key="song.wav", segments_key="d.json",
                                                     segments_text_key="d.txt",
@@ -106,7 +106,7 @@ def test_defaults_apply_to_unset_parameters(servers, store_root):
 
 
 def test_a_busy_video_replica_answers_resource_exhausted(servers):
-    with grpc.insecure_channel(servers["video"].address) as channel:
+    with stage_channel(servers["video"].address) as channel:
         stub = video_grpc.VideoServiceStub(channel)
         first = stub.GenerateClip(long_clip("clips/busy.mp4"), timeout=120)
         assert next(first).HasField("progress")  # the first clip is rendering
@@ -120,7 +120,7 @@ def test_a_busy_video_replica_answers_resource_exhausted(servers):
 def test_sigterm_stops_serving_and_lets_the_clip_in_flight_finish(servers, store_root):
     video = servers["video"]
     results: list = []
-    with grpc.insecure_channel(video.address) as channel:
+    with stage_channel(video.address) as channel:
         stub = video_grpc.VideoServiceStub(channel)
         stream = stub.GenerateClip(long_clip("clips/drained.mp4"), timeout=120)
         next(stream)

@@ -6,8 +6,8 @@ subprocesses with the environment docker-compose.yml gives their containers (MVG
 pointed at moto), every one listening on 127.0.0.1 only. `up` returns once each answers gRPC
 health SERVING and leaves them running in the background; `down` stops them (SIGTERM, then SIGKILL
 after a grace period). Under the base folder (default `.dev-stack/`): `state.json` (ports, pids,
-the S3 settings and the generated dev token; readable by its owner only) and one log per process
-in `logs/`.
+the S3 settings, the generated dev token and stage secret; readable by its owner only) and one log
+per process in `logs/`.
 
     python -m tools.dev_stack up [--free-ports] [--video-replicas N]
     python -m tools.dev_stack status
@@ -265,6 +265,8 @@ class DevStack:
                 "MVGEN_S3_SECURE": "false",
                 "MVGEN_PROMPTS_DIR": str(REPO / "prompts"),
             })
+            # Stages and gateways alike: the stages serve only callers that hold it (transport/auth.py).
+            env["MVGEN_STAGE_SECRET"] = self.state["stage_secret"]
         if name == "gateway":
             env.update(self._gateway_env())
         env.update(self.extra_env.get("*", {}))
@@ -373,6 +375,7 @@ class DevStack:
                    "region": "us-east-1"},
             "gateway": {"address": f"{HOST}:{ports['gateway']}", "server": f"localhost:{ports['gateway']}",
                         "metrics_port": ports["metrics"], "token": token},
+            "stage_secret": secrets.token_urlsafe(32),
             "processes": {},
         }
         deadline = time.monotonic() + self.startup_timeout

@@ -110,6 +110,24 @@ nodeSelector:
 {{- .Values.minio.existingSecret | default (printf "%s-minio-root" (include "mvgen.fullname" .)) -}}
 {{- end -}}
 
+{{- define "mvgen.stageSecretName" -}}
+{{- .Values.stageAuth.existingSecret | default (printf "%s-stage-secret" (include "mvgen.fullname" .)) -}}
+{{- end -}}
+
+{{/* The stage secret, as the stage services require it and the gateway sends it (transport/auth.py). */}}
+{{- define "mvgen.stageAuthEnv" -}}
+{{- if .Values.stageAuth.enabled -}}
+- name: MVGEN_STAGE_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "mvgen.stageSecretName" . }}
+      key: {{ .Values.stageAuth.key }}
+{{- else -}}
+- name: MVGEN_STAGE_AUTH
+  value: none
+{{- end -}}
+{{- end -}}
+
 {{- define "mvgen.gatewayTokensSecretName" -}}
 {{- .Values.gateway.auth.existingSecret | default (printf "%s-gateway-tokens" (include "mvgen.fullname" .)) -}}
 {{- end -}}
@@ -155,6 +173,7 @@ nodeSelector:
   value: {{ .values.graceSeconds | quote }}
 {{ include "mvgen.homeEnv" . }}
 {{ include "mvgen.storeEnv" .root }}
+{{ include "mvgen.stageAuthEnv" .root }}
 {{- end -}}
 
 {{/* The root filesystem is read-only: caches that libraries keep under $HOME go to the /tmp emptyDir. */}}

@@ -3,7 +3,8 @@
 start listening at once with health NOT_SERVING, load the backends in a worker thread, then
 SERVING; on SIGTERM or SIGINT go NOT_SERVING (so load balancers stop sending), let in-flight
 calls finish within the grace period, and exit. Reflection is on, so grpcurl works. Every stage
-service also serves StageInfoService (its backends and the digest of their configuration).
+service also serves StageInfoService (its backends and the digest of their configuration), and
+serves only callers that send the stage secret (auth.py; health answers anyone).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.common.errors import ResourceExhaustedError
+from services.common.errors import InvalidInputError, ResourceExhaustedError
 from services.common.pb import stage_info_service_pb2_grpc
 from services.common.settings import ServiceSettings
+from services.common.transport.auth import MODE_ENV, StageAuthInterceptor, stage_secret_from_env
 from services.common.transport.errors import ErrorMappingInterceptor
 from services.common.transport.options import SERVER_OPTIONS
 from services.common.transport.stage_info import SERVICE_NAME as STAGE_INFO_SERVICE, StageInfoServicer
@@ -78,13 +80,17 @@ class HealthServer:
 
 class ServiceRunner:
     def __init__(self, *, name: str, service_names: Sequence[str], host: str, port: int,
-                 grace_seconds: float, stage: ServedStage, backends: Sequence[str] = ()):
-        """`name`: the stage ("analysis", ...), which StageInfoService reports with `backends`."""
+                 grace_seconds: float, stage: ServedStage, backends: Sequence[str] = (),
+                 stage_secret: str | None = None):
+        """`name`: the stage ("analysis", ...), which StageInfoService reports with `backends`.
+        `stage_secret`: serve only calls that carry it (transport/auth.py); None: serve any caller."""
         self.name = name
         self.address = f"{host}:{port}"
         self.grace_seconds = grace_seconds
         self.stage = stage
-        self.grpc = HealthServer((*service_names, STAGE_INFO_SERVICE), self.address, [ErrorMappingInterceptor()])
+        auth = [StageAuthInterceptor(stage_secret)] if stage_secret is not None else []
+        self.grpc = HealthServer((*service_names, STAGE_INFO_SERVICE), self.address,
+                                 [*auth, ErrorMappingInterceptor()])
         self.server, self.port = self.grpc.server, self.grpc.port
         stage_info_service_pb2_grpc.add_StageInfoServiceServicer_to_server(StageInfoServicer(name, backends),
                                                                           self.server)
@@ -161,9 +167,16 @@ def stage_main(*, name: str, service_name: str, default_port: int, default_backe
     `build(settings)` returns (stage, add_servicers): what is loaded before SERVING and watched
     after, and how to register the servicers on the server."""
     configure_logging()
-    settings = ServiceSettings.from_env(default_port=default_port, default_backends=default_backends,
-                                        default_max_concurrent=default_max_concurrent)
+    try:
+        settings = ServiceSettings.from_env(default_port=default_port, default_backends=default_backends,
+                                            default_max_concurrent=default_max_concurrent)
+        stage_secret = stage_secret_from_env()
+    except InvalidInputError as exc:  # a configuration error, said in one line
+        raise SystemExit(f"{name}: {exc}") from None
+    if stage_secret is None:
+        log.warning("%s: %s=none: this service serves anyone who reaches its port", name, MODE_ENV)
     stage, add_servicers = build(settings)
     runner_args = dict(name=name, service_names=[service_name], host=settings.host, port=settings.port,
-                       grace_seconds=settings.grace_seconds, stage=stage, backends=settings.backends)
+                       grace_seconds=settings.grace_seconds, stage=stage, backends=settings.backends,
+                       stage_secret=stage_secret)
     asyncio.run(serve(runner_args, add_servicers))

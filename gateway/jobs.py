@@ -520,12 +520,15 @@ def _replace_backlog(queue: asyncio.Queue[Any], message: Any) -> None:
 
 class JobRegistry:
     def __init__(self, store: ArtifactStore, stages: StageClients, *, max_active_jobs: int,
-                 observe_stage: Callable[[str, float], None], max_jobs_per_client: int = 0):
-        """`max_jobs_per_client`: jobs one client may have queued or running at once (0: no limit)."""
+                 observe_stage: Callable[[str, float], None], max_jobs_per_client: int = 0,
+                 shared_cache: bool = False):
+        """`max_jobs_per_client`: jobs one client may have queued or running at once (0: no limit).
+        `shared_cache`: one output cache for every client (see output_cache)."""
         self.store = store
         self.stages = stages
         self.observe_stage = observe_stage
         self.max_jobs_per_client = max_jobs_per_client
+        self.shared_cache = shared_cache
         self._creating: dict[str, int] = {}  # per client, jobs being created (their song is probed)
         self._views: dict[str, JobView] = {}
         self._slots = asyncio.Semaphore(max(1, max_active_jobs))
@@ -729,7 +732,8 @@ class JobRegistry:
                 except TransientError as exc:
                     log.warning("job %s waits for the stages: %s", view.record.job_id, exc)
                     await asyncio.sleep(STAGES_RETRY_SECONDS)
-            view.orchestrator = Orchestrator(self.store, self.stages, on_event=view.on_event, share_outputs=True)
+            view.orchestrator = Orchestrator(self.store, self.stages, on_event=view.on_event,
+                                             output_cache=output_cache(view.record.client, self.shared_cache))
             await view.orchestrator.run(view.record.spec())
 
     def _settle(self, view: JobView, error: BaseException | None) -> None:
@@ -751,6 +755,14 @@ class JobRegistry:
 
 def new_job_id() -> str:
     return uuid.uuid4().hex
+
+
+def output_cache(client: str, shared: bool) -> str:
+    """Where a client's jobs publish and find outputs by fingerprint. Each client has its own cache:
+    a job reuses only what the same client's jobs made, so a reused output ("cached") tells nobody
+    that someone else processed the same song. A deployment may share one cache among all its
+    clients (MVGEN_SHARED_CACHE) to save the work, at the cost of that knowledge."""
+    return "cache/shared/" if shared else f"cache/clients/{client}/"
 
 
 def _listing_key(view: JobView) -> tuple[int, str]:

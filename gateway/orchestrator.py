@@ -57,14 +57,16 @@ class JobSpec:
 
 class Orchestrator:
     def __init__(self, store: ArtifactStore, stages: StageClients, on_event: EventSink | None = None,
-                 share_outputs: bool = False):
-        """`share_outputs`: publish every output under its fingerprint (cache/<fp>.json in the store)
-        and reuse what other jobs published, so that a song rerun with the same settings as a new
-        job regenerates nothing. Off for the CLI, whose run folder is its own cache."""
+                 output_cache: str | None = None):
+        """`output_cache`: a store prefix under which every output is published by its fingerprint
+        (<prefix><fp>.json) and where the outputs other jobs published there are found, so that a
+        song rerun with the same settings as a new job regenerates nothing. Whoever shares the
+        prefix shares the outputs (the gateway gives each client its own). None for the CLI, whose
+        run folder is its own cache."""
         self.store = store
         self.stages = stages
         self.on_event = on_event or (lambda event: None)
-        self.share_outputs = share_outputs
+        self.output_cache = output_cache
         self._cancelled = asyncio.Event()
         self._interrupted = False
 
@@ -241,15 +243,15 @@ class Orchestrator:
         return requests
 
     async def _publish(self, manifest: Manifest, fp: str, result: StageResult) -> None:
-        if self.share_outputs:
+        if self.output_cache is not None:
             entry = {"prefix": manifest.layout.prefix, "outputs": result.keys, "info": result.info}
-            await asyncio.to_thread(self.store.put_bytes, shared_output_key(fp), json.dumps(entry).encode())
+            await asyncio.to_thread(self.store.put_bytes, f"{self.output_cache}{fp}.json", json.dumps(entry).encode())
 
     async def _reuse(self, manifest: Manifest, record: dict[str, Any], fp: str) -> bool:
         """Copy another job's outputs of the same fingerprint into this job, if there are any."""
-        if not self.share_outputs:
+        if self.output_cache is None:
             return False
-        found = await asyncio.to_thread(self._copy_shared_outputs, manifest.layout, fp)
+        found = await asyncio.to_thread(self._copy_shared_outputs, manifest.layout, f"{self.output_cache}{fp}.json")
         if found is None:
             return False
         outputs, info, source = found
@@ -258,9 +260,10 @@ class Orchestrator:
                             ended_at=utc_now())
         return True
 
-    def _copy_shared_outputs(self, layout: JobLayout, fp: str) -> tuple[dict[str, str], dict[str, Any], str] | None:
+    def _copy_shared_outputs(self, layout: JobLayout,
+                             entry_key: str) -> tuple[dict[str, str], dict[str, Any], str] | None:
         try:
-            entry = json.loads(self.store.get_bytes(shared_output_key(fp)))
+            entry = json.loads(self.store.get_bytes(entry_key))
         except KeyError:
             return None
         prefix, outputs = entry["prefix"], entry["outputs"]
@@ -283,10 +286,6 @@ class Orchestrator:
 def _forget(record: dict[str, Any], *names: str) -> None:
     for name in names:
         record.pop(name, None)
-
-
-def shared_output_key(fp: str) -> str:
-    return f"cache/{fp}.json"
 
 
 class ClipLimit:

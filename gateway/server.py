@@ -37,7 +37,7 @@ from services.common.pb import job_pb2, song_pb2
 from services.common.pb import music_video_service_pb2 as api_pb2
 from services.common.pb import music_video_service_pb2_grpc as api_grpc
 from services.common.s3_store import S3ArtifactStore
-from services.common.settings import StoreSettings, env_float, env_int, env_list, env_str
+from services.common.settings import StoreSettings, env_bool, env_float, env_int, env_list, env_str
 from services.common.store import ArtifactStore, open_store
 from services.common.transport.errors import ErrorMappingInterceptor
 from services.common.transport.server import HealthServer, configure_logging
@@ -93,6 +93,9 @@ class GatewaySettings:
     max_jobs_per_client: int = 8  # MVGEN_CLIENT_MAX_JOBS: jobs one client may have queued or running (0: no limit)
     # MVGEN_CLIENT_UPLOAD_BYTES_PER_HOUR: what one client may upload in an hour (0: no limit)
     upload_bytes_per_hour: int = 2048 * MIB
+    # MVGEN_SHARED_CACHE: one output cache for all clients (a client then learns, from its job's
+    # "cached" stages, that another processed the same song with the same settings); off: one per client
+    shared_cache: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.presign_seconds <= MAX_PRESIGN_SECONDS:
@@ -123,6 +126,7 @@ class GatewaySettings:
             tls_key_file=env_str("MVGEN_TLS_KEY_FILE", ""),
             max_jobs_per_client=env_int("MVGEN_CLIENT_MAX_JOBS", defaults.max_jobs_per_client),
             upload_bytes_per_hour=env_int("MVGEN_CLIENT_UPLOAD_BYTES_PER_HOUR", defaults.upload_bytes_per_hour),
+            shared_cache=env_bool("MVGEN_SHARED_CACHE", defaults.shared_cache),
         )
 
     def server_credentials(self) -> grpc.ServerCredentials | None:
@@ -173,8 +177,10 @@ def _wait_text(seconds: float) -> str:
 # --- songs ---------------------------------------------------------------------------------------------
 
 class SongLibrary:
-    """Uploaded songs: probed, stored content-addressed at songs/<sha256><ext>, recorded per client at
-    songs/records/<client>/<song_id>.json. Keys never come from the client's file name."""
+    """Uploaded songs: probed, stored content-addressed per client at songs/<client>/<sha256><ext>,
+    recorded at songs/records/<client>/<song_id>.json. Keys never come from the client's file name.
+    Per client, so that an upload tells nobody whether another client sent the same bytes (no
+    faster upload, no object of another's with its own upload time)."""
 
     def __init__(self, store: ArtifactStore, max_bytes: int, max_seconds: float,
                  allowance: UploadAllowance | None = None):
@@ -254,7 +260,7 @@ class SongLibrary:
     def _store_song(self, client: str, song_id: str, path: Path, sha256: str, name: str,
                     info: audio.AudioInfo) -> song_pb2.Song:
         extension, mime = AUDIO_FORMATS.get(info.container, OTHER_AUDIO)
-        key = f"songs/{sha256}{extension}"
+        key = f"songs/{client}/{sha256}{extension}"
         if not self.store.exists(key):
             self.store.put_file(key, path)
         song = song_pb2.Song(song_id=song_id, song_key=key, file_name=name, content_type=mime,
@@ -427,7 +433,8 @@ class GatewayServer:
         self.metrics = GatewayMetrics()
         self.registry = JobRegistry(store, stages, max_active_jobs=settings.max_active_jobs,
                                     observe_stage=lambda stage, seconds: self.metrics.stage_seconds.labels(stage)
-                                    .observe(seconds), max_jobs_per_client=settings.max_jobs_per_client)
+                                    .observe(seconds), max_jobs_per_client=settings.max_jobs_per_client,
+                                    shared_cache=settings.shared_cache)
         self.metrics.watch(self.registry.counts)
         authenticator = Authenticator(settings.token_digests)
         self.grpc = HealthServer([SERVICE_NAME], f"{settings.host}:{settings.port}", [
@@ -445,8 +452,9 @@ class GatewayServer:
         await self.registry.start()
         self.metrics_port = self.metrics.serve(self.settings.metrics_port, self.settings.host)
         await self.grpc.set_serving(True)
-        log.info("gateway serving on port %d (%s), metrics on port %d", self.port,
-                 "TLS" if self.settings.tls_cert_file else "plain text", self.metrics_port)
+        log.info("gateway serving on port %d (%s), metrics on port %d, output cache %s", self.port,
+                 "TLS" if self.settings.tls_cert_file else "plain text", self.metrics_port,
+                 "shared among all clients" if self.settings.shared_cache else "per client")
 
     async def stop(self) -> None:
         await self.grpc.set_serving(False)

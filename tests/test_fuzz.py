@@ -35,7 +35,7 @@ MAX_SECONDS = 30.0
 EXAMPLES = int(os.environ.get("MVGEN_FUZZ_EXAMPLES", "25"))
 SEED_FORMATS = {"wav": ["-c:a", "pcm_s16le"], "mp3": ["-c:a", "libmp3lame", "-b:a", "32k"],
                 "flac": ["-c:a", "flac"], "ogg": ["-c:a", "libvorbis", "-q:a", "0"]}
-STORED_KEY = re.compile(r"songs/[0-9a-f]{64}\.(wav|mp3|flac|ogg|m4a|aiff|webm|aac|audio)")
+STORED_KEY = re.compile(r"songs/fuzzer/[0-9a-f]{64}\.(wav|mp3|flac|ogg|m4a|aiff|webm|aac|audio)")
 
 
 @pytest.fixture(scope="module")

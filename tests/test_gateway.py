@@ -127,7 +127,7 @@ def clips_done(job: job_pb2.Job) -> int:
 def test_a_whole_job_through_the_gateway(gateway, songs, local_store):
     song = upload(gateway.stub, songs / "short.wav")
     assert song.sha256 and song.duration_seconds == pytest.approx(12.0, abs=0.01)
-    assert song.song_key == f"songs/{song.sha256}.wav" and local_store.exists(song.song_key)
+    assert song.song_key == f"songs/{token_digest(TOKEN)[:12]}/{song.sha256}.wav" and local_store.exists(song.song_key)
     assert upload(gateway.stub, songs / "short.wav").song_id == song.song_id  # content-addressed
 
     request_id = str(uuid.uuid4())

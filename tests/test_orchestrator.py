@@ -102,9 +102,10 @@ def test_a_second_job_with_the_same_song_and_settings_reuses_every_output(tmp_pa
     store, stages, job = make_job(tmp_path)
     first = JobSpec("a", JobLayout("jobs/a/"), job.song_key, job.song, job.options)
     second = JobSpec("b", JobLayout("jobs/b/"), job.song_key, job.song, job.options)
-    asyncio.run(Orchestrator(store, stages, share_outputs=True).run(first))
+    asyncio.run(Orchestrator(store, stages, output_cache="cache/clients/c/").run(first))
     events = []
-    manifest = asyncio.run(Orchestrator(store, stages, on_event=events.append, share_outputs=True).run(second))
+    second_run = Orchestrator(store, stages, on_event=events.append, output_cache="cache/clients/c/")
+    manifest = asyncio.run(second_run.run(second))
 
     assert not [e for e in events if e.state == "succeeded"]  # nothing generated again
     assert {e.stage for e in events if e.kind == "stage" and e.state == "cached"} == \

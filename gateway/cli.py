@@ -2,22 +2,29 @@
 
 Errors a person can fix (bad file, bad option) end in one line on stderr and exit code 2;
 a bug ends in one line and exit code 1, with the traceback written to the run folder's log.
+A crash that no Python code survives (SIGSEGV in a compiled kernel, SIGKILL from the
+out-of-memory killer) ends in one line too, and exit code 128 + the signal's number: the command
+runs in a child process, and the `mvgen` a person started watches it (`_supervise`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import hashlib
 import logging
 import os
 import re
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
 import traceback
 from pathlib import Path
+from typing import TextIO
 
 from services.common import audio
 from services.common.errors import InvalidInputError, JobCancelledError, MvgenError
@@ -32,6 +39,11 @@ EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 DEFAULTS = SegmenterParams()
+# Set in the child that runs the command; CRASH_REPORT_ENV names the file its fatal-signal stack goes to.
+WORKER_ENV = "MVGEN_CLI_WORKER"
+CRASH_REPORT_ENV = "MVGEN_CLI_CRASH_REPORT"
+RUN_FOLDER_LINE = "run folder: "  # the crash report's first line, once the run folder is known
+_crash_report: TextIO | None = None
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -127,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if os.environ.get(WORKER_ENV) != "1":
+        return _supervise(sys.argv[1:] if argv is None else list(argv))
+    _report_fatal_signals(os.environ.get(CRASH_REPORT_ENV))
     args = build_parser().parse_args(argv)
     if args.command in CLIENT_COMMANDS:
         return run_client_command(args)
@@ -140,6 +155,81 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc), EXIT_FAILED)
     except KeyboardInterrupt:
         return _fail("interrupted", EXIT_INTERRUPTED)
+
+
+def _supervise(argv: list[str]) -> int:
+    """Run the command in a child process and outlive it: a process cannot report its own death by
+    SIGSEGV or SIGKILL, its parent can. The child's Python stack at a fatal signal (faulthandler's)
+    goes to the run folder's mvgen.log."""
+    fd, name = tempfile.mkstemp(prefix="mvgen-crash-", suffix=".txt")
+    os.close(fd)
+    report = Path(name)
+    child = subprocess.Popen([sys.executable, "-c", "import sys; from gateway.cli import main; sys.exit(main())",
+                              *argv], env={**os.environ, WORKER_ENV: "1", CRASH_REPORT_ENV: str(report)})
+    # Ctrl-C and Ctrl-\ reach the child from the terminal (one process group): this process only waits.
+    # SIGTERM is sent to one process (timeout, a job runner): passed on, the child cancels as for Ctrl-C.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))
+    code = child.wait()
+    if code >= 0:
+        report.unlink(missing_ok=True)
+        return code
+    return _died(signal.Signals(-code), report)
+
+
+def _died(sig: signal.Signals, report: Path) -> int:
+    """One line for a child that `sig` ended, and exit code 128 + its number, as a shell gives."""
+    text = report.read_text(errors="replace") if report.exists() else ""
+    run_dir = None
+    if text.startswith(RUN_FOLDER_LINE):
+        first, _, text = text.partition("\n")
+        run_dir = Path(first.removeprefix(RUN_FOLDER_LINE))
+    kept = f"; finished artifacts are kept in {run_dir} and a rerun resumes" if run_dir else ""
+    stack_file = None
+    if sig is signal.SIGINT:
+        message = f"interrupted{kept}"
+    elif sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        message = f"stopped by {sig.name}{kept}"
+    elif sig is signal.SIGKILL:
+        message = f"killed by SIGKILL (the out-of-memory killer, or kill -9){kept}"
+    else:
+        message = f"crashed with {sig.name}{_innermost_frame(text)}"
+        if text.strip():
+            stack_file = report if run_dir is None else run_dir / "mvgen.log"
+            if run_dir is not None:
+                with stack_file.open("a") as log:
+                    log.write(f"mvgen: the process died of {sig.name}; its Python stack (faulthandler):\n{text}")
+            message += f"; the Python stack is in {stack_file}"
+    if stack_file != report:
+        report.unlink(missing_ok=True)
+    return _fail(message, 128 + sig.value)
+
+
+def _innermost_frame(stack: str) -> str:
+    """ ' in librosa/util/utils.py line 1352 (peak_pick)' from faulthandler's text, or ''."""
+    frame = re.search(r'Current thread [^\n]*\n\s+File "([^"]+)", line (\d+) in (\S+)', stack)
+    if not frame:
+        return ""
+    path = frame[1].rpartition("site-packages/")[2]
+    return f" in {path} line {frame[2]} ({frame[3]})"
+
+
+def _report_fatal_signals(report: str | None) -> None:
+    """In the child: SIGTERM cancels the run as Ctrl-C does; on SIGSEGV, SIGBUS, SIGFPE, SIGILL or
+    SIGABRT, faulthandler writes every thread's Python stack to the report the parent reads."""
+    global _crash_report
+    signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
+    if report:
+        _crash_report = open(report, "a")  # faulthandler writes to its descriptor: it stays open
+        faulthandler.enable(_crash_report)
+
+
+def _note_run_folder(run_dir: Path) -> None:
+    """The run folder, as the crash report's first line: the parent puts a stack in its log."""
+    if _crash_report is not None:
+        _crash_report.write(f"{RUN_FOLDER_LINE}{run_dir.resolve()}\n")
+        _crash_report.flush()
 
 
 BACKEND_FLAGS = {"clap_weights": "MVGEN_CLAP_WEIGHTS", "llm_url": "MVGEN_LLM_URL", "llm_model": "MVGEN_LLM_MODEL",
@@ -179,6 +269,7 @@ def _generate(args: argparse.Namespace, scratch: Path) -> int:
     sha256 = _sha256(song_path)
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / f"{_slug(song_path.stem)}-{sha256[:8]}"
     store = LocalArtifactStore(run_dir)
+    _note_run_folder(run_dir)
     layout = JobLayout()
     song_key = layout.song(readable.suffix or ".audio")
     song = {"sha256": sha256, "source_name": song_path.name, "duration": round(info.duration, 4),

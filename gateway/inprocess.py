@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from services.common.backend_config import backend_config_digest
+from services.common.numba_cache import lease_numba_cache
 from services.common.stage_api import (
     AnalyzeRequest,
     AssembleRequest,
@@ -32,6 +33,7 @@ class InProcessStages:
     def __init__(self, store: ArtifactStore, *, analyzer: str, scripting: Sequence[str], generator: str,
                  clip_workers: int | None = None):
         """`scripting`: every scripting backend the job may use (writer, fallback, storyteller)."""
+        lease_numba_cache("inprocess")  # before the stage packages import numba
         self.store = store
         self._backends = {"analysis": (analyzer,), "scripting": tuple(dict.fromkeys(scripting)),
                           "video": (generator,)}

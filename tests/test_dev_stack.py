@@ -161,6 +161,40 @@ def test_a_killed_service_restarts_on_its_port_with_its_configuration(stack):
     assert set(stack_.running()) == set(state["processes"])
 
 
+def test_the_restart_command_restarts_a_running_process_on_its_port(stack):
+    from services.common.pb import music_video_service_pb2 as api_pb2
+    from services.common.pb import music_video_service_pb2_grpc as api_grpc
+
+    base_dir, state, _ = stack
+    before = json.loads((base_dir / "state.json").read_text())["processes"]["gateway"]
+    restarted = dev_stack_cli(base_dir, "restart", "gateway")
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    after = json.loads((base_dir / "state.json").read_text())["processes"]["gateway"]
+    assert f"{'gateway':<14} restarted: {after['address']} pid {after['pid']}" in restarted.stdout
+    assert after["pid"] != before["pid"] and after["port"] == before["port"]
+    assert not _is_running(before["pid"])
+    assert check_health(after["address"], before["service"]) == "SERVING"
+    with grpc.insecure_channel(after["address"]) as channel:  # the printed dev token still opens it
+        api_grpc.MusicVideoServiceStub(channel).ListJobs(
+            api_pb2.ListJobsRequest(), timeout=10, metadata=(("authorization", f"Bearer {state['gateway']['token']}"),))
+
+
+def test_restarting_moto_keeps_its_objects(stack):
+    base_dir, state, _ = stack
+    store_of(state).put_bytes("dev-stack-test/kept.txt", b"still here after a restart")
+    restarted = dev_stack_cli(base_dir, "restart", "s3")
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    assert "the store holds again its" in restarted.stdout
+    assert store_of(state).get_bytes("dev-stack-test/kept.txt") == b"still here after a restart"
+
+
+def test_restart_names_the_processes_there_are(stack):
+    base_dir, _, _ = stack
+    unknown = dev_stack_cli(base_dir, "restart", "nosuch", timeout=60)
+    assert unknown.returncode == 1
+    assert "no process 'nosuch' in the dev stack; there are: s3, segmentation" in unknown.stderr, unknown.stderr
+
+
 def test_a_stage_of_the_stack_refuses_a_call_without_the_stack_secret(stack):
     from services.common.pb import segmentation_service_pb2 as seg_pb
     from services.common.pb import segmentation_service_pb2_grpc as seg_grpc

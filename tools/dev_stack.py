@@ -9,9 +9,18 @@ after a grace period). Under the base folder (default `.dev-stack/`): `state.jso
 the S3 settings, the generated dev token and stage secret; readable by its owner only) and one log
 per process in `logs/`.
 
+moto keeps objects in memory only, so `down` copies the bucket into `store/` before it stops moto
+(with the dev token, in `kept.json`), and the next `up` puts them back: jobs, songs and videos
+outlive a dev-down/up, and the same token still owns them. `down --discard` drops them instead.
+
+A service that dies of a signal while it loads (a crash in native code) is started once more before
+`up` gives up; each one that compiles librosa's kernels has a numba cache of its own
+(services/common/numba_cache.py), so services starting together never corrupt one another's.
+
     python -m tools.dev_stack up [--free-ports] [--video-replicas N]
     python -m tools.dev_stack status
-    python -m tools.dev_stack down
+    python -m tools.dev_stack restart PROCESS     # e.g. gateway, video, s3: stopped, started again
+    python -m tools.dev_stack down [--discard]
 
 Importable, so that tests run the real system:
 
@@ -36,14 +45,21 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from services.common.errors import MvgenError
+
+if TYPE_CHECKING:
+    from services.common.s3_store import S3ArtifactStore
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_BASE_DIR = REPO / ".dev-stack"
@@ -78,6 +94,26 @@ def default_port(name: str) -> int:
 
 class DevStackError(RuntimeError):
     """Something a person can act on: a port in use, a service that did not come up (with its log)."""
+
+
+@dataclass(frozen=True)
+class KeptStore:
+    """What `stop(keep_store=True)` copied out of moto, or what `start()` put back."""
+
+    objects: int
+    bytes: int
+    path: Path
+
+    def describe(self) -> str:
+        return f"{self.objects} objects ({self.bytes / 2**20:.1f} MiB)"
+
+
+def signal_name(returncode: int) -> str:
+    """'SIGSEGV' for a process that a signal ended (a negative return code), else 'code N'."""
+    try:
+        return signal.Signals(-returncode).name if returncode < 0 else f"code {returncode}"
+    except ValueError:
+        return f"signal {-returncode}"
 
 
 def free_ports(count: int) -> list[int]:
@@ -198,7 +234,13 @@ class DevStack:
         self.extra_env = {name: dict(values) for name, values in (env or {}).items()}
         self.python = python or sys.executable
         self.videos = video_names(video_replicas)
+        self.kept_dir = self.base_dir / "store"  # the bucket's objects, as the last dev-down kept them
+        self.kept_path = self.base_dir / "kept.json"  # what was kept, and the dev token that owns it
         self.state: dict[str, Any] | None = None
+        self.restored: KeptStore | None = None  # what start() put back into moto
+        self.kept: KeptStore | None = None  # what stop(keep_store=True) copied out of moto
+        self.crashed_at_start: dict[str, str] = {}  # name -> the signal that ended its first start
+        self.keep_failure: str | None = None  # why stop(keep_store=True) could not copy the objects
         self._popen: dict[str, subprocess.Popen] = {}  # only the processes this object started
         self._spawned: dict[str, tuple[list[str], dict[str, str]]] = {}  # name -> (argv, environment)
 
@@ -212,13 +254,7 @@ class DevStack:
 
     def _write_state(self) -> None:
         assert self.state is not None
-        tmp = self.state_path.with_suffix(".tmp")
-        # The state holds the dev token and the S3 keys: owner-only from the first byte.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.state, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, self.state_path)
+        _write_private_json(self.state_path, self.state)
 
     def running(self) -> dict[str, dict[str, Any]]:
         """The processes of the recorded stack that are still alive, by name."""
@@ -309,9 +345,6 @@ class DevStack:
         self._write_state()
 
     def _wait_s3(self, deadline: float) -> None:
-        from services.common.s3_store import S3ArtifactStore
-        from services.common.settings import StoreSettings
-
         entry = self.state["processes"]["s3"]
         while True:
             if self._popen["s3"].poll() is not None:
@@ -323,11 +356,19 @@ class DevStack:
                 if time.monotonic() > deadline:
                     raise DevStackError(f"moto (S3) did not listen on {entry['address']}:\n{log_tail(entry['log'])}")
                 time.sleep(0.1)
-        s3 = self.state["s3"]
         # The bucket is made through the store the services use, so a client mismatch shows here.
-        S3ArtifactStore(StoreSettings(kind="s3", root="", endpoint=s3["endpoint"], bucket=s3["bucket"],
-                                      access_key=s3["access_key"], secret_key=s3["secret_key"],
-                                      region=s3["region"], secure=False)).ensure_bucket()
+        self.store().ensure_bucket()
+
+    def store(self, retry_seconds: float = 10.0) -> S3ArtifactStore:
+        """moto's bucket through the store the services use; `retry_seconds`: how long an operation
+        retries while moto does not answer."""
+        from services.common.s3_store import S3ArtifactStore
+        from services.common.settings import StoreSettings
+
+        s3 = self.state["s3"]
+        return S3ArtifactStore(StoreSettings(kind="s3", root="", endpoint=s3["endpoint"], bucket=s3["bucket"],
+                                             access_key=s3["access_key"], secret_key=s3["secret_key"],
+                                             region=s3["region"], secure=False, retry_seconds=retry_seconds))
 
     def _wait_serving(self, names: Iterable[str], deadline: float, timeout: float | None = None) -> None:
         import grpc
@@ -336,9 +377,19 @@ class DevStack:
         while pending:
             for name in list(pending):
                 entry = self.state["processes"][name]
-                if self._popen[name].poll() is not None:
-                    raise DevStackError(f"{name} exited (code {self._popen[name].returncode}) before it was "
-                                        f"ready; the end of {entry['log']}:\n{log_tail(entry['log'])}")
+                code = self._popen[name].poll()
+                if code is not None and code < 0 and name not in self.crashed_at_start:
+                    # Died of a signal while loading (a crash in native code): once more, with what it
+                    # left behind cleared (a numba cache it was filling is emptied by its next lessee).
+                    self.crashed_at_start[name] = signal_name(code)
+                    with open(entry["log"], "a") as log:
+                        log.write(f"dev_stack: {name} died of {signal_name(code)} while loading; starting it again\n")
+                    self._spawn_again(name)
+                    continue
+                if code is not None:
+                    again = " again" if name in self.crashed_at_start else ""
+                    raise DevStackError(f"{name} exited{again} ({signal_name(code)}) before it was ready; the end "
+                                        f"of {entry['log']}:\n{log_tail(entry['log'])}")
                 try:
                     if check_health(entry["address"], timeout=1.0) == "SERVING":
                         pending.remove(name)
@@ -364,7 +415,9 @@ class DevStack:
         # Runtime state never belongs in git (it holds a token), whatever the repo's .gitignore says.
         (self.base_dir / ".gitignore").write_text("*\n")
         ports = self._choose_ports()
-        token = secrets.token_urlsafe(32)
+        kept = self.read_kept()
+        # The token that owned the kept jobs owns them again; without a kept store, a new one.
+        token = kept.get("token") or secrets.token_urlsafe(32)
         self.state = {
             "version": STATE_VERSION,
             "base_dir": str(self.base_dir),
@@ -382,6 +435,7 @@ class DevStack:
         try:
             self._spawn("s3", MOTO_MODULE, ["-H", HOST, "-p", str(ports["s3"])], ports["s3"], service=None)
             self._wait_s3(deadline)
+            self.restored = self._restore_store()  # before the gateway starts: it resumes the jobs it finds
             for name, (module, _, service) in STAGES.items():
                 self._spawn(name, module, [], ports[name], service=service)
             module, _, service = STAGES["video"]
@@ -418,16 +472,40 @@ class DevStack:
             self._kill_group(entry["pid"])
         self._reap(name)
 
-    def restart(self, name: str, timeout: float | None = None) -> dict[str, Any]:
+    def restart(self, name: str, timeout: float | None = None, *, stop_first: bool = False) -> dict[str, Any]:
         """Start `name` again after `kill(name)` (or a crash): the same module and arguments on the same
         port with the same environment (the one it was started with by this object; otherwise made
         again from the state), its log appended to. Returns its new state entry once it answers health
-        SERVING (moto: once it listens and the bucket exists again; moto keeps objects in memory, so
-        a restarted moto is empty). DevStackError if it is still running or does not come back."""
+        SERVING (moto: once it listens and the bucket exists again). DevStackError if it does not come
+        back, or if it is still running and not `stop_first`.
+
+        `stop_first` (`python -m tools.dev_stack restart NAME`): a running `name` is stopped first as
+        `stop()` stops it (SIGTERM, drain, SIGKILL after the grace period); moto's objects are copied
+        out before and put back after, as dev-down and dev-up do. A killed moto comes back empty."""
         entry = self._entry(name)
+        keep = False
         if self._alive(name, entry):
-            raise DevStackError(f"{name} (pid {entry['pid']}) is still running: kill or stop it first")
+            if not stop_first:
+                raise DevStackError(f"{name} (pid {entry['pid']}) is still running: kill or stop it first")
+            if name == "s3":
+                self._keep_store()
+                keep = True
+            self._stop_group({name: entry}, self.grace_seconds + 5.0)
         self._reap(name)
+        self._spawn_again(name)
+        timeout = self.startup_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        if name == "s3":
+            self._wait_s3(deadline)
+            if keep:
+                self.restored = self._restore_store()
+        else:
+            self._wait_serving([name], deadline, timeout)
+        return self.state["processes"][name]
+
+    def _spawn_again(self, name: str) -> None:
+        """`name` as it was last started: by this object, or as the state records it."""
+        entry = self.state["processes"][name]
         argv, env = self._spawned.get(name, (None, None))
         if argv is None:
             args = ["-H", HOST, "-p", str(entry["port"])] if name == "s3" else []
@@ -435,13 +513,6 @@ class DevStack:
             args = argv[3:]  # after python -m <module>
         extra = {k: v for k, v in entry.items() if k not in ("pid", "start_time", "module", "port", "address", "log")}
         self._spawn(name, entry["module"], args, entry["port"], env=env, append_log=True, **extra)
-        timeout = self.startup_timeout if timeout is None else timeout
-        deadline = time.monotonic() + timeout
-        if name == "s3":
-            self._wait_s3(deadline)
-        else:
-            self._wait_serving([name], deadline, timeout)
-        return self.state["processes"][name]
 
     def spawn_gateway(self, name: str, env: Mapping[str, str], timeout: float | None = None) -> dict[str, Any]:
         """Another gateway beside the stack's, on a free port, with the stack gateway's environment
@@ -470,12 +541,16 @@ class DevStack:
 
     # ------------------------------------------------------------------ stop
 
-    def stop(self, grace_seconds: float | None = None) -> dict[str, str]:
+    def stop(self, grace_seconds: float | None = None, *, keep_store: bool = False) -> dict[str, str]:
         """Stop every recorded process: SIGTERM (the services drain in-flight calls within
         MVGEN_GRACE_SECONDS), then SIGKILL to the process group of any still running after the
         grace period. The gateway goes first, moto last, so draining calls can still reach the
-        store. Returns how each ended ("exited", "killed", "gone"); removes the state file."""
-        state = self.state or self.load_state()
+        store. Returns how each ended ("exited", "killed", "gone"); removes the state file.
+
+        `keep_store`: once the gateway and the services are down (their last writes made), moto's
+        objects are copied into `store/` and the dev token into `kept.json`, for the next `start()`
+        (`self.kept` says what; None if moto was not there to copy from). Without it they are lost."""
+        state = self.state = self.state or self.load_state()
         if not state:
             return {}
         grace = self.grace_seconds + 5.0 if grace_seconds is None else grace_seconds
@@ -483,11 +558,69 @@ class DevStack:
         gateways = [n for n in procs if n.startswith("gateway")]
         services = [n for n in procs if n not in gateways and n != "s3"]
         outcome: dict[str, str] = {}
-        for group in (gateways, services, [n for n in procs if n == "s3"]):
+        for group in (gateways, services):
             outcome.update(self._stop_group({name: procs[name] for name in group}, grace))
+        if keep_store and "s3" in procs and self._alive("s3", procs["s3"]):
+            try:
+                self._keep_store()
+            except (DevStackError, MvgenError, OSError) as exc:  # moto is stopped all the same
+                self.keep_failure = str(exc)
+        outcome.update(self._stop_group({name: procs[name] for name in procs if name == "s3"}, grace))
         self.state_path.unlink(missing_ok=True)
         self.state = None
         return outcome
+
+    # ------------------------------------------------------------------ the store across restarts
+
+    def read_kept(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.kept_path.read_text())
+        except FileNotFoundError:
+            return {}
+
+    def _keep_store(self) -> None:
+        """Copy every object of moto's bucket into `store/` (replacing what was kept before, only once
+        the copy is whole) and the dev token into `kept.json`; sets `self.kept`."""
+        store = self.store()
+        partial = self.base_dir / "store.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        objects = size = 0
+        for key in store.list(""):
+            target = (partial / key).resolve()
+            if not target.is_relative_to(partial.resolve()):  # keys come from the store, which refuses such
+                raise DevStackError(f"the bucket holds a key that would escape {partial}: {key!r}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with store.local_path(key) as path:
+                shutil.copyfile(path, target)
+            objects += 1
+            size += target.stat().st_size
+        shutil.rmtree(self.kept_dir, ignore_errors=True)
+        partial.mkdir(exist_ok=True)
+        partial.rename(self.kept_dir)
+        _write_private_json(self.kept_path, {"kept_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "objects": objects,
+                                             "bytes": size, "token": self.state["gateway"]["token"]})
+        self.kept = KeptStore(objects, size, self.kept_dir)
+
+    def _restore_store(self) -> KeptStore | None:
+        """Put what the last `stop(keep_store=True)` kept back into moto's bucket."""
+        if not self.kept_dir.is_dir():
+            return None
+        store = self.store()
+        objects = size = 0
+        for path in sorted(p for p in self.kept_dir.rglob("*") if p.is_file()):
+            store.put_file(path.relative_to(self.kept_dir).as_posix(), path)
+            objects += 1
+            size += path.stat().st_size
+        return KeptStore(objects, size, self.kept_dir)
+
+    def discard_kept_store(self) -> KeptStore | None:
+        """Delete what an earlier dev-down kept; returns what it was."""
+        kept = self.read_kept()
+        if not self.kept_dir.exists() and not kept:
+            return None
+        shutil.rmtree(self.kept_dir, ignore_errors=True)
+        self.kept_path.unlink(missing_ok=True)
+        return KeptStore(kept.get("objects", 0), kept.get("bytes", 0), self.kept_dir)
 
     def _stop_group(self, entries: Mapping[str, Mapping[str, Any]], grace: float) -> dict[str, str]:
         """SIGTERM each process, then SIGKILL those still running after `grace` seconds."""
@@ -542,9 +675,20 @@ class DevStack:
                 pass
 
 
+def _write_private_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Atomically, readable by its owner only from the first byte (it holds the dev token)."""
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
 # ---------------------------------------------------------------------- CLI
 
-def _describe(state: Mapping[str, Any], python_hint: str = ".venv/bin") -> str:
+def _describe(state: Mapping[str, Any], restored: KeptStore | None = None,
+              crashed: Mapping[str, str] | None = None, python_hint: str = ".venv/bin") -> str:
     base = Path(state["base_dir"])
     try:
         shown = base.relative_to(Path.cwd())
@@ -559,9 +703,15 @@ def _describe(state: Mapping[str, Any], python_hint: str = ".venv/bin") -> str:
                  if name == "gateway" else "")
         lines.append(f"  {name:<14} {procs[name]['address']:<22} pid {procs[name]['pid']:<8} {extra}".rstrip())
     gw = state["gateway"]
+    if restored is not None:
+        lines += ["", f"The store holds again the {restored.describe()} that dev-down kept in {restored.path}/;",
+                  "the dev token is the one that owns them."]
+    for name, how in (crashed or {}).items():
+        lines += ["", f"{name} died of {how} while loading and was started again (its log says more)."]
     lines += ["", "Submit a song:",
               f"  MVGEN_TOKEN={gw['token']} {python_hint}/mvgen submit song.wav --server {gw['server']}"]
-    lines += ["", "Stop: make dev-down"]
+    lines += ["", "Restart one process: .venv/bin/python -m tools.dev_stack restart NAME",
+              "Stop: make dev-down (keeps the store's objects for the next dev-up)"]
     return "\n".join(lines)
 
 
@@ -574,8 +724,15 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness (default 180)")
     up.add_argument("--video-replicas", type=int, default=1, metavar="N",
                     help="video services to run; the gateway spreads clips over them (default 1)")
-    down = sub.add_parser("down", help="stop everything (SIGTERM, then SIGKILL after the grace period)")
+    down = sub.add_parser("down", help="stop everything (SIGTERM, then SIGKILL after the grace period), keeping "
+                                       "the store's objects for the next up")
     down.add_argument("--grace", type=float, default=None, help="seconds before SIGKILL (default 10)")
+    down.add_argument("--discard", action="store_true",
+                      help="drop the store's objects (jobs, songs, videos) instead of keeping them")
+    restart = sub.add_parser("restart", help="stop one process (if it runs) and start it again as it was: "
+                                             "same port, same settings")
+    restart.add_argument("process", help="its name, as `status` lists them: gateway, segmentation, video, s3, ...")
+    restart.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness (default 180)")
     sub.add_parser("status", help="what is running")
     args = parser.parse_args(argv)
 
@@ -583,7 +740,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "up":
             stack = DevStack(args.base_dir, free_ports=args.free_ports, startup_timeout=args.timeout,
                              video_replicas=args.video_replicas)
-            print(_describe(stack.start()))
+            state = stack.start()
+            print(_describe(state, stack.restored, stack.crashed_at_start))
             return 0
         stack = DevStack(args.base_dir)
         if args.command == "status":
@@ -595,15 +753,40 @@ def main(argv: list[str] | None = None) -> int:
             for name, entry in state["processes"].items():
                 print(f"{name:<14} pid {entry['pid']:<8} {'running' if name in alive else 'NOT running'}")
             return 0 if len(alive) == len(state["processes"]) else 1
+        if args.command == "restart":
+            stack.startup_timeout = args.timeout
+            entry = stack.restart(args.process, stop_first=True)
+            print(f"{args.process:<14} restarted: {entry['address'] or ''} pid {entry['pid']}".rstrip())
+            if stack.restored is not None:
+                print(f"the store holds again its {stack.restored.describe()}")
+            return 0
         if not stack.load_state():
             print("no dev stack recorded in", stack.base_dir, "- nothing to stop")
             return 0
-        for name, how in stack.stop(args.grace).items():
+        for name, how in stack.stop(args.grace, keep_store=not args.discard).items():
             print(f"{name:<14} {how}")
+        print(_describe_store_after_down(stack, args.discard))
         return 0
     except DevStackError as exc:
         print(f"dev_stack: {exc}", file=sys.stderr)
         return 1
+
+
+def _describe_store_after_down(stack: DevStack, discarded: bool) -> str:
+    """What became of the store's objects, said plainly: moto held them in memory only."""
+    if discarded:
+        dropped = stack.discard_kept_store()
+        earlier = f" (and the {dropped.describe()} kept by an earlier dev-down)" if dropped else ""
+        return f"The store's objects are gone: moto held them in memory only{earlier}."
+    if stack.kept is not None:
+        return (f"Kept the store's {stack.kept.describe()} in {stack.kept.path}/: the next `make dev-up` puts them "
+                f"back, with the same dev token. To drop them: python -m tools.dev_stack down --discard")
+    kept = stack.read_kept()
+    why = (f"copying them out of moto failed ({stack.keep_failure})" if stack.keep_failure
+           else "moto (S3) was not running to copy them from")
+    earlier = (f" The {kept.get('objects', 0)} objects that dev-down kept at {kept['kept_at']} stay in "
+               f"{stack.kept_dir}/ for the next dev-up." if kept else "")
+    return f"The store's objects are lost: {why}, and moto held them in memory only.{earlier}"
 
 
 if __name__ == "__main__":

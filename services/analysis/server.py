@@ -33,7 +33,7 @@ def build(settings: ServiceSettings):
 
 def main() -> None:
     stage_main(name="analysis", service_name="mvgen.v1.AnalysisService", default_port=50052,
-               default_backends=("descriptors",), build=build)
+               default_backends=("descriptors",), build=build, uses_numba=True)
 
 
 if __name__ == "__main__":

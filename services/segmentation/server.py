@@ -33,7 +33,7 @@ def build(settings: ServiceSettings):
 
 def main() -> None:
     stage_main(name="segmentation", service_name="mvgen.v1.SegmentationService", default_port=50051,
-               default_backends=("rules", "random"), build=build)
+               default_backends=("rules", "random"), build=build, uses_numba=True)
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ def build(settings: ServiceSettings):
 
 def main() -> None:
     stage_main(name="video", service_name="mvgen.v1.VideoService", default_port=50054,
-               default_backends=("animatic",), build=build, default_max_concurrent=1)
+               default_backends=("animatic",), build=build, default_max_concurrent=1, uses_numba=True)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common.errors import InvalidInputError, ResourceExhaustedError
+from services.common.numba_cache import lease_numba_cache, mark_numba_cache_sound
 from services.common.pb import stage_info_service_pb2_grpc
 from services.common.settings import ServiceSettings
 from services.common.transport.auth import MODE_ENV, StageAuthInterceptor, stage_secret_from_env
@@ -121,6 +122,7 @@ class ServiceRunner:
             # Keep answering health (NOT_SERVING) so the orchestrator sees why; Kubernetes restarts us.
             log.exception("%s failed to load; health stays NOT_SERVING", self.name)
         else:
+            mark_numba_cache_sound()  # the backends' compiled kernels loaded and ran
             await self.set_serving(True)
             log.info("%s ready", self.name)
             asyncio.ensure_future(self._watch_backends())
@@ -161,12 +163,15 @@ async def serve(runner_args: dict, add_servicers: Callable[[grpc.aio.Server], No
 
 def stage_main(*, name: str, service_name: str, default_port: int, default_backends: tuple[str, ...],
                build: Callable[[ServiceSettings], tuple[ServedStage, Callable[[grpc.aio.Server], None]]],
-               default_max_concurrent: int = 4) -> None:
+               default_max_concurrent: int = 4, uses_numba: bool = False) -> None:
     """Entry point of a stage service: settings from the environment, build, serve until SIGTERM.
+    `uses_numba`: its backends compile numba kernels (librosa's), so it leases a numba cache of its own.
 
     `build(settings)` returns (stage, add_servicers): what is loaded before SERVING and watched
     after, and how to register the servicers on the server."""
     configure_logging()
+    if uses_numba:
+        lease_numba_cache(name)  # before the backends import numba: a cache no other process writes
     try:
         settings = ServiceSettings.from_env(default_port=default_port, default_backends=default_backends,
                                             default_max_concurrent=default_max_concurrent)

@@ -38,7 +38,7 @@ from services.common.pb import music_video_service_pb2_grpc as api_grpc
 from services.common.s3_store import S3ArtifactStore
 from gateway.client import apply_change
 from tests.media import audio_stream, counted_frames, probe_streams, video_stream
-from tests.servers import FAST_RECONNECT, dev_stack_store
+from tests.servers import FAST_RECONNECT, dev_stack_store, stage_channel
 from tools.dev_stack import DevStack, log_tail
 from tools.synth_song import SongTruth, render_song
 
@@ -242,8 +242,9 @@ def seconds(stamp) -> float:
     return stamp.ToNanoseconds() / 1e9
 
 
-def reflected_services(address: str) -> set[str]:
-    with grpc.insecure_channel(address) as channel:
+def reflected_services(address: str, stage_secret: str | None = None) -> set[str]:
+    """`stage_secret`: a stage service answers reflection only to a caller that sends it."""
+    with stage_channel(address, stage_secret) if stage_secret else grpc.insecure_channel(address) as channel:
         return set(ProtoReflectionDescriptorDatabase(channel).get_services())
 
 
@@ -368,7 +369,8 @@ def test_the_video_service_killed_mid_clip_and_restarted_finishes_the_job_with_e
         done_before = {c.index for c in seen.clips if c.state == SUCCEEDED}
         system.stack.restart("video", timeout=90)
         back_at = time.time()
-        assert "mvgen.v1.VideoService" in reflected_services(system.state["processes"]["video"]["address"])
+        assert "mvgen.v1.VideoService" in reflected_services(system.state["processes"]["video"]["address"],
+                                                             system.state["stage_secret"])
 
         ended = client.follow(job.job_id, what="the job to end after the video service came back",
                               logs=("gateway", "video"))

@@ -66,7 +66,8 @@ clean:
 .PHONY: up down dev-up dev-down compose-check
 DOCKER_COMPOSE ?= docker compose
 
-up:
+# The scripting service's default writer reads the local LLM from ./models (mounted at /models).
+up: llm-model
 	@test -f .env || { echo "no .env: cp .env.example .env and fill in the secrets it leaves empty"; exit 1; }
 	$(DOCKER_COMPOSE) up -d --build
 
@@ -75,7 +76,7 @@ down:
 
 # moto stands in for MinIO; the services and the gateway run as local processes (tools/dev_stack.py).
 # DEV_STACK_ARGS=--free-ports picks unused ports (e.g. beside a running stack or in tests).
-dev-up: setup
+dev-up: setup llm-model
 	$(PY) -m tools.dev_stack up $(DEV_STACK_ARGS)
 
 dev-down:

@@ -1,7 +1,8 @@
 """`make bench`: how fast the pipeline is on this machine, against baselines measured in the same run.
 
 Baselines: decoding the song (the floor of any stage that reads audio) for segmentation and
-analysis; for the LLM script writer, the template writer (bench/llm_bench.py); for `generate`, the song's own duration (real-time factor) and a plain ffmpeg encode of
+analysis; for the LLM script writer (bench/llm_bench.py: songs of 1 to 7 minutes), each song's own
+duration and llama.cpp's raw generation rate; for `generate`, the song's own duration (real-time factor) and a plain ffmpeg encode of
 a blank video of the same length with the song's audio (the floor of making any video at all).
 System rows (bench/system_bench.py; --skip-system leaves them out): the same song through
 `mvgen submit` against the gateway and services on loopback, against `generate` in-process; the
@@ -69,7 +70,7 @@ def main() -> None:
         seconds = best_of(3, lambda: analysis.run(req))
         rows.append(("analysis (descriptors), s per min of audio", seconds / minutes, "decode", decode_s / minutes))
         rows += clap_rows(work / "song.wav", minutes)
-        rows += llm_rows(work / "song.wav", truth.duration, work)
+        rows += llm_rows(work, log=lambda message: print(message, file=sys.stderr, flush=True))
 
         floor = best_of(1, lambda: blank_video(work / "song.wav", truth.duration, work / "blank.mp4"))
         mvgen = str(Path(sys.executable).parent / "mvgen")

@@ -292,10 +292,14 @@ class ProgressTranslator:
             self._clip(message.clip)
 
     def _stage(self, stage: job_pb2.StageStatus) -> None:
+        name = STAGE_NAMES.get(stage.stage, "?")
         if self._stage_states.get(stage.stage) == stage.state:
+            if stage.state == job_pb2.STAGE_STATE_RUNNING and stage.HasField("progress"):
+                progress = stage.progress
+                self.display.on_event(JobEvent("stage", name, "progress", fraction=progress.fraction, detail={
+                    "done": progress.done, "total": progress.total, "what": progress.detail}))
             return
         self._stage_states[stage.stage] = stage.state
-        name = STAGE_NAMES.get(stage.stage, "?")
         if stage.state == job_pb2.STAGE_STATE_RUNNING:
             self.display.on_event(JobEvent("stage", name, "running", detail={"clips": len(self.job.clips)}))
         elif stage.state == job_pb2.STAGE_STATE_SUCCEEDED:

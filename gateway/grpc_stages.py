@@ -2,9 +2,9 @@
 
 Each call turns the stage_api dataclass into its request message, calls with a deadline, and turns
 the StageResult back; a status code comes back as the error it stands for (INVALID_ARGUMENT as
-InvalidInputError, and so on), with the server's message. The four unary stages are retried with
-backoff while they are unavailable or busy; clips go through the video replica pool
-(gateway/video_pool.py).
+InvalidInputError, and so on), with the server's message. The four other stages are retried with
+backoff while they are unavailable or busy (scripting streams its progress, and a retry resumes
+from what it saved); clips go through the video replica pool (gateway/video_pool.py).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
@@ -19,7 +20,7 @@ import grpc
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common.errors import TransientError
+from services.common.errors import JobCancelledError, StageFailedError, TransientError
 from services.common.pb import (
     analysis_service_pb2,
     analysis_service_pb2_grpc,
@@ -45,8 +46,8 @@ from services.common.stage_api import (
 from services.common.transport.auth import stage_secret_from_env
 from services.common.transport.convert import result_from_message, to_message
 from services.common.transport.errors import error_for_status
-from gateway.stage_clients import CancelCheck, ProgressCallback, RetryCallback, StageClients
-from gateway.video_pool import VideoPool, backoff_seconds, open_channel
+from gateway.stage_clients import CancelCheck, PartsCallback, ProgressCallback, RetryCallback, StageClients
+from gateway.video_pool import CANCEL_POLL_SECONDS, VideoPool, backoff_seconds, open_channel
 
 log = logging.getLogger(__name__)
 
@@ -57,33 +58,34 @@ ROUND_ROBIN = ("grpc.lb_policy_name", "round_robin")
 
 
 @dataclass(frozen=True)
-class _UnaryStage:
+class _StageRpc:
     stub: type
     method: str
     request_type: type[Message]
     service: str  # the name health is checked under
 
 
-def _unary_stage(pb: Any, pb_grpc: Any, service: str, method: str, request: str) -> _UnaryStage:
-    return _UnaryStage(getattr(pb_grpc, f"{service}Stub"), method, getattr(pb, request),
+def _stage_rpc(pb: Any, pb_grpc: Any, service: str, method: str, request: str) -> _StageRpc:
+    return _StageRpc(getattr(pb_grpc, f"{service}Stub"), method, getattr(pb, request),
                        pb.DESCRIPTOR.services_by_name[service].full_name)
 
 
 UNARY_STAGES = {
-    "segmentation": _unary_stage(segmentation_service_pb2, segmentation_service_pb2_grpc,
+    "segmentation": _stage_rpc(segmentation_service_pb2, segmentation_service_pb2_grpc,
                                  "SegmentationService", "Segment", "SegmentRequest"),
-    "analysis": _unary_stage(analysis_service_pb2, analysis_service_pb2_grpc,
+    "analysis": _stage_rpc(analysis_service_pb2, analysis_service_pb2_grpc,
                              "AnalysisService", "Analyze", "AnalyzeRequest"),
-    "scripting": _unary_stage(scripting_service_pb2, scripting_service_pb2_grpc,
+    "scripting": _stage_rpc(scripting_service_pb2, scripting_service_pb2_grpc,
                               "ScriptingService", "WriteScript", "WriteScriptRequest"),
-    "assembly": _unary_stage(assembly_service_pb2, assembly_service_pb2_grpc,
+    "assembly": _stage_rpc(assembly_service_pb2, assembly_service_pb2_grpc,
                              "AssemblyService", "Assemble", "AssembleRequest"),
 }
-# The scripting service's second RPC (LALM pipeline), on the scripting stage's channel.
-TELL_STORY = _unary_stage(scripting_service_pb2, scripting_service_pb2_grpc,
+# The scripting service's second RPC (LALM pipeline), on the scripting stage's channel. Both of its RPCs
+# stream progress (the plan, each section), then the result.
+TELL_STORY = _stage_rpc(scripting_service_pb2, scripting_service_pb2_grpc,
                           "ScriptingService", "TellStory", "TellStoryRequest")
 # Served beside every stage service: its backends' configuration digest.
-STAGE_INFO = _unary_stage(stage_info_service_pb2, stage_info_service_pb2_grpc,
+STAGE_INFO = _stage_rpc(stage_info_service_pb2, stage_info_service_pb2_grpc,
                           "StageInfoService", "GetStageInfo", "GetStageInfoRequest")
 
 
@@ -98,6 +100,8 @@ class GrpcStagesSettings:
     video_address: str = "localhost:50054"
     assembly_address: str = "localhost:50055"  # MVGEN_ASSEMBLY_ADDR
     stage_timeout_seconds: float = 600.0  # MVGEN_STAGE_TIMEOUT_SECONDS: deadline of one unary stage call
+    # MVGEN_SCRIPT_TIMEOUT_SECONDS: deadline of writing one script (a 7-minute song on a CPU takes minutes)
+    script_timeout_seconds: float = 3600.0
     clip_timeout_seconds: float = 1800.0  # MVGEN_CLIP_TIMEOUT_SECONDS: deadline of one clip's generation
     # MVGEN_RETRY_SECONDS: how long a call keeps retrying an unavailable or busy stage, and how long a
     # clip keeps trying after a replica refused or lost it, or while no video replica serves
@@ -118,6 +122,7 @@ class GrpcStagesSettings:
             video_address=env_str("MVGEN_VIDEO_ADDR", d.video_address),
             assembly_address=env_str("MVGEN_ASSEMBLY_ADDR", d.assembly_address),
             stage_timeout_seconds=env_float("MVGEN_STAGE_TIMEOUT_SECONDS", d.stage_timeout_seconds),
+            script_timeout_seconds=env_float("MVGEN_SCRIPT_TIMEOUT_SECONDS", d.script_timeout_seconds),
             clip_timeout_seconds=env_float("MVGEN_CLIP_TIMEOUT_SECONDS", d.clip_timeout_seconds),
             retry_seconds=env_float("MVGEN_RETRY_SECONDS", d.retry_seconds),
             ready_timeout_seconds=env_float("MVGEN_READY_TIMEOUT_SECONDS", d.ready_timeout_seconds),
@@ -199,11 +204,13 @@ class GrpcStageClients(StageClients):
     async def analyze(self, req: AnalyzeRequest) -> StageResult:
         return await self._call("analysis", req)
 
-    async def write_script(self, req: WriteScriptRequest) -> StageResult:
-        return await self._call("scripting", req)
+    async def write_script(self, req: WriteScriptRequest, on_progress: PartsCallback,
+                           is_cancelled: CancelCheck) -> StageResult:
+        return await self._script_call(UNARY_STAGES["scripting"], req, on_progress, is_cancelled)
 
-    async def tell_story(self, req: TellStoryRequest) -> StageResult:
-        return await self._call("scripting", req, TELL_STORY)
+    async def tell_story(self, req: TellStoryRequest, on_progress: PartsCallback,
+                         is_cancelled: CancelCheck) -> StageResult:
+        return await self._script_call(TELL_STORY, req, on_progress, is_cancelled)
 
     async def generate_clip(self, req: GenerateClipRequest, on_progress: ProgressCallback,
                             is_cancelled: CancelCheck, on_retry: RetryCallback) -> StageResult:
@@ -213,22 +220,53 @@ class GrpcStageClients(StageClients):
     async def assemble(self, req: AssembleRequest) -> StageResult:
         return await self._call("assembly", req)
 
-    async def _call(self, stage: str, req: Any, spec: _UnaryStage | None = None) -> StageResult:
+    async def _call(self, stage: str, req: Any, spec: _StageRpc | None = None) -> StageResult:
         spec = spec or UNARY_STAGES[stage]
         response = await self._unary(stage, spec, to_message(req, spec.request_type))
         return result_from_message(response.result)
 
-    async def _unary(self, stage: str, spec: _UnaryStage, request: Message, missing_ok: bool = False) -> Any:
+    async def _unary(self, stage: str, spec: _StageRpc, request: Message, missing_ok: bool = False) -> Any:
         """One call on the stage's channel, retried with backoff while the stage is unavailable or busy;
         a failure comes back as the error its status stands for. `missing_ok`: None for UNIMPLEMENTED."""
         await self.start()
         method = getattr(spec.stub(self._channels[stage]), spec.method)
+        return await self._retried(stage, lambda: method(request, timeout=self.settings.stage_timeout_seconds),
+                                   missing_ok, self.settings.stage_timeout_seconds)
+
+    async def _script_call(self, spec: _StageRpc, req: Any, on_progress: PartsCallback,
+                           is_cancelled: CancelCheck) -> StageResult:
+        """A scripting RPC: its progress passed on as it streams, the job's cancel checked meanwhile. Retried
+        like a unary call; a retry resumes where the stage's journal (plan.json, sections.json) left off."""
+        await self.start()
+        method = getattr(spec.stub(self._channels["scripting"]), spec.method)
+        request = to_message(req, spec.request_type)
+        timeout = self.settings.script_timeout_seconds
+
+        async def read() -> StageResult:
+            call = method(request, timeout=timeout)
+            reading = asyncio.ensure_future(_read_script_stream(call, on_progress))
+            try:
+                while not reading.done():
+                    await asyncio.wait({reading}, timeout=CANCEL_POLL_SECONDS)
+                    if not reading.done() and is_cancelled():
+                        raise JobCancelledError("the job was cancelled while its script was written")
+                return reading.result()
+            finally:
+                if not reading.done():
+                    call.cancel()  # the service stops writing before its next request to the model
+                    reading.cancel()
+                    await asyncio.gather(reading, return_exceptions=True)
+
+        return await self._retried("scripting", read, False, timeout)
+
+    async def _retried(self, stage: str, attempt_call: Callable[[], Awaitable[Any]], missing_ok: bool,
+                       timeout: float) -> Any:
         loop = asyncio.get_running_loop()
         started = loop.time()
         attempt = 0
         while True:
             try:
-                return await method(request, timeout=self.settings.stage_timeout_seconds)
+                return await attempt_call()
             except grpc.aio.AioRpcError as exc:
                 code, details = exc.code(), exc.details() or ""
                 if missing_ok and code is grpc.StatusCode.UNIMPLEMENTED:
@@ -241,13 +279,14 @@ class GrpcStageClients(StageClients):
                     attempt += 1
                     continue
                 raise error_for_status(code, self._explain(stage, code, details, attempt + 1,
-                                                           loop.time() - started)) from exc
+                                                           loop.time() - started, timeout)) from exc
 
-    def _explain(self, stage: str, code: grpc.StatusCode, details: str, attempts: int, seconds: float) -> str:
+    def _explain(self, stage: str, code: grpc.StatusCode, details: str, attempts: int, seconds: float,
+                 timeout: float) -> str:
         """The server's own message, or for a failure of the connection, which stage and how long we tried."""
         address = self.settings.address(stage)
         if code is grpc.StatusCode.DEADLINE_EXCEEDED:
-            return f"the {stage} stage at {address} did not answer within {self.settings.stage_timeout_seconds:.0f} s"
+            return f"the {stage} stage at {address} did not answer within {timeout:.0f} s"
         if code in RETRIED_CODES:
             return f"the {stage} stage at {address} failed {attempts} times over {seconds:.1f} s: {details}"
         return details
@@ -273,3 +312,15 @@ class GrpcStageClients(StageClients):
         if await self.video_pool.wait_serving(timeout):
             return None
         return f"no video replica at {self.settings.video_address} is serving ({self.video_pool.describe()})"
+
+
+async def _read_script_stream(call: grpc.aio.UnaryStreamCall, on_progress: PartsCallback) -> StageResult:
+    result: StageResult | None = None
+    async for response in call:
+        if response.WhichOneof("event") == "progress":
+            on_progress(response.progress.done, response.progress.total, response.progress.detail)
+        elif response.WhichOneof("event") == "result":
+            result = result_from_message(response.result)
+    if result is None:
+        raise StageFailedError("the scripting service ended its stream without a result")
+    return result

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from services.common.backend_config import backend_config_digest
@@ -26,7 +26,7 @@ from services.common.stage_api import (
 from services.common.settings import PROMPTS_DIR
 from services.common.store import ArtifactStore
 from gateway.job import STAGES as STAGE_NAMES
-from gateway.stage_clients import CancelCheck, ProgressCallback, RetryCallback
+from gateway.stage_clients import CancelCheck, PartsCallback, ProgressCallback, RetryCallback
 
 
 class InProcessStages:
@@ -59,22 +59,19 @@ class InProcessStages:
     async def analyze(self, req: AnalyzeRequest) -> StageResult:
         return await self._call("analysis", req)
 
-    async def write_script(self, req: WriteScriptRequest) -> StageResult:
-        return await self._call("scripting", req)
+    async def write_script(self, req: WriteScriptRequest, on_progress: PartsCallback,
+                           is_cancelled: CancelCheck) -> StageResult:
+        return await self._call("scripting", req, _on_loop(on_progress), is_cancelled)
 
-    async def tell_story(self, req: TellStoryRequest) -> StageResult:
-        return await asyncio.to_thread(lambda: self._stage("scripting").tell_story(req))
+    async def tell_story(self, req: TellStoryRequest, on_progress: PartsCallback,
+                         is_cancelled: CancelCheck) -> StageResult:
+        progress = _on_loop(on_progress)
+        return await asyncio.to_thread(lambda: self._stage("scripting").tell_story(req, progress, is_cancelled))
 
     async def generate_clip(self, req: GenerateClipRequest, on_progress: ProgressCallback,
                             is_cancelled: CancelCheck, on_retry: RetryCallback) -> StageResult:
         """One try: in process there is no other replica to try again on, so `on_retry` is never called."""
-        loop = asyncio.get_running_loop()
-
-        def progress_from_worker(fraction: float) -> None:
-            # Hand progress to the event loop's thread: sinks (progress bars, streams) are not thread-safe.
-            loop.call_soon_threadsafe(on_progress, fraction)
-
-        return await self._call("video", req, progress_from_worker, is_cancelled)
+        return await self._call("video", req, _on_loop(on_progress), is_cancelled)
 
     async def assemble(self, req: AssembleRequest) -> StageResult:
         return await self._call("assembly", req)
@@ -111,3 +108,10 @@ class InProcessStages:
         from services.assembly.stage import AssemblyStage
 
         return AssemblyStage(self.store)
+
+
+def _on_loop(callback: Callable[..., None]) -> Callable[..., None]:
+    """`callback`, called from a worker thread, run on this event loop's thread: sinks (progress bars,
+    streams) are not thread-safe."""
+    loop = asyncio.get_running_loop()
+    return lambda *args: loop.call_soon_threadsafe(callback, *args)

@@ -133,6 +133,18 @@ class JobLayout:
         return self.key("reasoning.txt")
 
     @property
+    def plan(self) -> str:
+        return self.key("plan.json")
+
+    @property
+    def plan_text(self) -> str:
+        return self.key("plan.txt")
+
+    @property
+    def sections(self) -> str:
+        return self.key("sections.json")
+
+    @property
     def script(self) -> str:
         return self.key("script.json")
 

@@ -382,6 +382,14 @@ class JobView:
     async def _on_stage(self, event: JobEvent) -> None:
         status = self.job.stages[STAGES.index(event.stage)]
         now = _now()
+        if event.state == "progress":  # a part of the stage done (scripting: the plan, a section): no refresh
+            detail = event.detail or {}
+            status.progress.CopyFrom(stage_pb2.StageProgress(
+                done=detail.get("done", 0), total=detail.get("total", 0), fraction=event.fraction,
+                detail=detail.get("what", "")))
+            self._changed()
+            self._publish(api_pb2.WatchJobResponse(event_time=now, stage=status))
+            return
         if event.state == "running":
             self._live_stages[event.stage] = job_pb2.STAGE_STATE_RUNNING
             status.start_time.CopyFrom(now)

@@ -9,6 +9,7 @@ script.json regenerate exactly one clip.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -37,7 +38,9 @@ class JobEvent:
 
     kind: str  # "stage" | "clip"
     stage: str
-    state: str  # running | succeeded | cached | failed | progress | retrying (a clip starts again)
+    # running | succeeded | cached | failed | skipped | progress (a clip's fraction; the scripting stage's
+    # parts) | retrying (a clip starts again)
+    state: str
     clip_index: int | None = None
     fraction: float = 0.0
     detail: dict[str, Any] | None = None
@@ -104,14 +107,24 @@ class Orchestrator:
             SegmentRequest(job.song_key, opts.segmenter, layout.segments, layout.segments_text)))
         segmentation = artifacts.Segmentation.from_dict(await self._read_json(layout.segments))
 
+        # The scripting stage reports each part it writes (the plan, then each section of the song).
+        def script_progress(done: int, total: int, what: str) -> None:
+            self.on_event(JobEvent("stage", "scripting", "progress", fraction=done / total if total else 0.0,
+                                   detail={"done": done, "total": total, "what": what}))
+
+        journal = dict(response_key=layout.response, reasoning_key=layout.reasoning, plan_key=layout.plan,
+                       plan_text_key=layout.plan_text, sections_key=layout.sections)
         if opts.pipeline == "lalm":
             await self._skip(manifest, "analysis", "the LALM pipeline hears the song itself")
             script_fp = fingerprint("scripting", "lalm", seg_fp, opts.storyteller, opts.scene_writer,
                                     opts.script_inputs, opts.seed, await self.stages.backend_config("scripting"))
+            request: TellStoryRequest | WriteScriptRequest = TellStoryRequest(
+                song_key=job.song_key, segments_key=layout.segments, storyteller=opts.storyteller,
+                prompt_key=layout.prompt, story_key=layout.story, scenes_prompt_key=layout.scenes_prompt,
+                script_key=layout.script, script_text_key=layout.script_text, inputs=opts.script_inputs,
+                seed=opts.seed, scene_writer=opts.writer, **journal)
             await self._stage(manifest, "scripting", script_fp, opts.storyteller, lambda: self.stages.tell_story(
-                TellStoryRequest(job.song_key, layout.segments, opts.storyteller, layout.prompt, layout.story,
-                                 layout.scenes_prompt, layout.script, layout.script_text, opts.script_inputs,
-                                 opts.seed, opts.writer, layout.response, layout.reasoning)))
+                request, script_progress, self._cancelled.is_set), edited=self._plan_edited(layout))
         else:
             labels_fp = fingerprint("analysis", seg_fp, opts.analyzer, opts.top_k,
                                     await self.stages.backend_config("analysis"))
@@ -120,10 +133,12 @@ class Orchestrator:
 
             script_fp = fingerprint("scripting", labels_fp, opts.writer, opts.fallback_writer, opts.script_inputs,
                                     opts.seed, await self.stages.backend_config("scripting"))
+            request = WriteScriptRequest(
+                labels_key=layout.labels, segments_key=layout.segments, writer=opts.writer, prompt_key=layout.prompt,
+                script_key=layout.script, script_text_key=layout.script_text, inputs=opts.script_inputs,
+                seed=opts.seed, fallback_writer=opts.fallback_writer, **journal)
             await self._stage(manifest, "scripting", script_fp, opts.writer, lambda: self.stages.write_script(
-                WriteScriptRequest(layout.labels, layout.segments, opts.writer, layout.prompt, layout.script,
-                                   layout.script_text, opts.script_inputs, opts.seed, layout.response,
-                                   layout.reasoning, opts.fallback_writer)))
+                request, script_progress, self._cancelled.is_set), edited=self._plan_edited(layout))
         # Read back, not taken from the stage's answer: a person may have edited script.json.
         script = artifacts.Script.from_dict(await self._read_json(layout.script))
 
@@ -135,9 +150,13 @@ class Orchestrator:
                             opts.fps, opts.width, opts.height, layout.final)))
 
     async def _stage(self, manifest: Manifest, name: str, fp: str, backend: str,
-                     call: Callable[[], Awaitable[StageResult]]) -> None:
+                     call: Callable[[], Awaitable[StageResult]],
+                     edited: Callable[[dict[str, Any]], Awaitable[bool]] | None = None) -> None:
+        """Run a stage unless its outputs are fresh; `edited(record)`: whether a person has since edited an
+        input the stage keeps for itself (plan.json), which makes it run again."""
         record = manifest.stage(name)
-        if await manifest.is_fresh(record, fp) or await self._reuse(manifest, record, fp):
+        fresh = await manifest.is_fresh(record, fp) and not (edited and await edited(record))
+        if fresh or await self._reuse(manifest, record, fp):
             self.on_event(JobEvent("stage", name, "cached", detail=record.get("info")))
             return
         self._check_cancelled()
@@ -155,6 +174,20 @@ class Orchestrator:
                       seconds=round(time.monotonic() - started, 3))
         await self._publish(manifest, fp, result)
         self.on_event(JobEvent("stage", name, "succeeded", detail=result.info))
+
+    def _plan_edited(self, layout: JobLayout) -> Callable[[dict[str, Any]], Awaitable[bool]]:
+        """Whether plan.json differs from the plan the scripting stage last wrote the scenes from (a person
+        edited it, or deleted it to plan anew): the scenes are then written again from it."""
+        async def edited(record: dict[str, Any]) -> bool:
+            written = (record.get("info") or {}).get("plan_sha256")
+            if not written:
+                return False  # a writer without a plan (the template)
+            try:
+                plan = await asyncio.to_thread(self.store.get_bytes, layout.plan)
+            except KeyError:
+                return True
+            return hashlib.sha256(plan).hexdigest() != written
+        return edited
 
     async def _skip(self, manifest: Manifest, name: str, reason: str) -> None:
         record = manifest.stage(name)

@@ -17,6 +17,7 @@ class ProgressDisplay:
         self.bars_enabled = enabled and stream.isatty()
         self._stage_started: dict[str, float] = {}
         self._clips_bar: tqdm | None = None
+        self._parts_bar: tqdm | None = None  # a stage's parts (the script's plan and sections)
         self._clip_bars: dict[int, tuple[tqdm, int]] = {}  # clip index -> (bar, screen line)
         self._free_positions: list[int] = []
 
@@ -36,6 +37,9 @@ class ProgressDisplay:
                 self._clips_bar = tqdm(total=detail.get("clips", 0), desc="video", unit="clip",
                                        file=self.stream, position=0, leave=True)
             return
+        if event.state == "progress":
+            self._on_parts(event.stage, detail)
+            return
         self._close_bars()
         seconds = time.monotonic() - self._stage_started.get(event.stage, time.monotonic())
         summary = stage_summary(event.stage, detail)
@@ -47,6 +51,20 @@ class ProgressDisplay:
             self._write(f"  ✓ {event.stage:<13} {summary}  ({seconds:.1f} s)")
         elif event.state == "failed":
             self._write(f"  ✗ {event.stage:<13} {detail.get('error', '')}")
+
+    def _on_parts(self, stage: str, detail: dict) -> None:
+        """A stage that works in parts (scripting: the plan, then each section): a bar on a terminal, a line
+        per part otherwise, so that minutes of writing never look hung."""
+        done, total = int(detail.get("done", 0)), int(detail.get("total", 0))
+        if not self.bars_enabled:
+            elapsed = time.monotonic() - self._stage_started.get(stage, time.monotonic())
+            self._write(f"  · {stage:<13} {done}/{total} {detail.get('what', '')}  ({elapsed:.0f} s)")
+            return
+        if self._parts_bar is None:
+            self._parts_bar = tqdm(total=total, desc=stage, unit="part", file=self.stream, position=0, leave=False)
+        self._parts_bar.total = total
+        self._parts_bar.set_postfix_str(str(detail.get("what", "")), refresh=False)
+        self._parts_bar.update(done - self._parts_bar.n)
 
     def _on_clip(self, event: JobEvent) -> None:
         if not self.bars_enabled or event.clip_index is None:
@@ -80,9 +98,10 @@ class ProgressDisplay:
             bar.close()
         self._clip_bars.clear()
         self._free_positions.clear()
-        if self._clips_bar is not None:
-            self._clips_bar.close()
-            self._clips_bar = None
+        for bar in (self._clips_bar, self._parts_bar):
+            if bar is not None:
+                bar.close()
+        self._clips_bar = self._parts_bar = None
 
     def close(self) -> None:
         self._close_bars()
@@ -93,10 +112,11 @@ def scripting_summary(info: dict) -> str:
     writer = info.get("script_writer") or info.get("writer", "?")
     model = f" ({info['model']})" if info.get("model") else ""
     told = f"story by {info['storyteller']}, " if info.get("storyteller") else ""
+    sections = f", {info['sections']} sections" if info.get("sections") and info.get("replies") else ""
     repairs = f", {info['repairs']} repairs" if info.get("repairs") else ""
     speed = f", {info['tokens_per_second']:.1f} tokens/s" if info.get("tokens_per_second") else ""
     fallback = f"; FELL BACK to {info['fallback']}: {info.get('fallback_reason', '')}" if info.get("fallback") else ""
-    return f"{info.get('scenes', '?')} scenes, {told}written by {writer}{model}{repairs}{speed}{fallback}"
+    return f"{info.get('scenes', '?')} scenes, {told}written by {writer}{model}{sections}{repairs}{speed}{fallback}"
 
 
 def stage_summary(stage: str, info: dict) -> str:

@@ -20,6 +20,8 @@ from services.common.stage_api import (
 )
 
 ProgressCallback = Callable[[float], None]
+# A stage that works in parts (scripting: the plan, then each section): parts done, parts in all, what.
+PartsCallback = Callable[[int, int, str], None]
 CancelCheck = Callable[[], bool]
 # A clip starts again from nothing (its replica refused or lost it); the argument says why.
 RetryCallback = Callable[[str], None]
@@ -39,9 +41,11 @@ class StageClients(Protocol):
 
     async def analyze(self, req: AnalyzeRequest) -> StageResult: ...
 
-    async def write_script(self, req: WriteScriptRequest) -> StageResult: ...
+    async def write_script(self, req: WriteScriptRequest, on_progress: PartsCallback,
+                           is_cancelled: CancelCheck) -> StageResult: ...
 
-    async def tell_story(self, req: TellStoryRequest) -> StageResult: ...
+    async def tell_story(self, req: TellStoryRequest, on_progress: PartsCallback,
+                         is_cancelled: CancelCheck) -> StageResult: ...
 
     async def generate_clip(self, req: GenerateClipRequest, on_progress: ProgressCallback,
                             is_cancelled: CancelCheck, on_retry: RetryCallback) -> StageResult: ...

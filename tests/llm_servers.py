@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import threading
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,8 +41,10 @@ Change = Callable[[int, dict[str, Any]], dict[str, Any]]
 
 @dataclass
 class RecordingProxy:
-    """An OpenAI-compatible endpoint on loopback that records every request, answers some itself
-    (`answer` returns text for them), forwards the rest to `target` and may `change` the reply."""
+    """An OpenAI-compatible endpoint on loopback that records every chat request, answers some itself
+    (`answer` returns text for them), forwards the rest to `target` and may `change` the reply. The
+    server's other endpoints (/props, /tokenize, ...) are passed through to `target` untouched, or
+    answered 404 without one, as a server without them would."""
 
     target: str = ""  # the real server's base URL, e.g. http://127.0.0.1:1234/v1
     answer: Answer | None = None
@@ -54,10 +57,31 @@ class RecordingProxy:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                proxy.requests.append(body)
-                reply = proxy._reply(len(proxy.requests), self.path, body)
+                if not self.path.endswith("/chat/completions"):
+                    return self._pass_through(body)
+                with proxy._lock:
+                    proxy.requests.append(body)
+                    number = len(proxy.requests)
+                self._send(200, proxy._reply(number, self.path, body))
+
+            def do_GET(self) -> None:  # noqa: N802
+                self._pass_through(None)
+
+            def _pass_through(self, body: Any) -> None:
+                if not proxy.target:
+                    return self._send(404, {"error": "not found"})
+                data = None if body is None else json.dumps(body).encode()
+                request = urllib.request.Request(proxy.target.removesuffix("/v1") + self.path, data,
+                                                 {"Content-Type": "application/json"})
+                try:
+                    with urllib.request.urlopen(request, timeout=60) as response:
+                        self._send(response.status, json.loads(response.read()))
+                except urllib.error.HTTPError as exc:
+                    self._send(exc.code, {"error": str(exc)})
+
+            def _send(self, status: int, reply: Any) -> None:
                 data = json.dumps(reply).encode()
-                self.send_response(200)
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -66,6 +90,7 @@ class RecordingProxy:
             def log_message(self, *args: Any) -> None:
                 pass
 
+        self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
@@ -102,3 +127,41 @@ def has_audio(request: dict[str, Any]) -> bool:
     return any(isinstance(m.get("content"), list) and any(p.get("type") in ("input_audio", "audio_url")
                                                           for p in m["content"])
                for m in request.get("messages", []))
+
+
+# A story told in sentences that pass every scene rule and are far apart from one another:
+# subject, action and place cycle with coprime periods, so no two of the first 1001 share two parts.
+SUBJECTS = ("A red kite", "An old fisherman", "A white horse", "A paper lantern", "A young dancer", "A steam train",
+            "A flock of gulls", "A lone cyclist", "A glass balloon", "A tall lighthouse", "A copper fox",
+            "A wooden boat", "A silver airship")
+ACTIONS = ("rises slowly", "turns toward the camera", "races forward", "glides sideways", "spins in circles",
+           "stops and waits", "climbs upward", "drifts apart", "leaps over a fence", "sinks gently",
+           "shimmers brightly")
+PLACES = ("above a misty harbour at dawn", "across a field of golden wheat", "through a neon tunnel at night",
+          "beside a frozen waterfall", "along a desert highway at noon", "over a rooftop garden at dusk",
+          "inside a vast greenhouse")
+
+
+def canned_sentence(index: int) -> str:
+    return f"{SUBJECTS[index % 13]} {ACTIONS[index % 11]} {PLACES[index % 7]}."
+
+
+def canned_answer(body: dict[str, Any]) -> str:
+    """A valid answer to a plan, scenes or plan-repair request (read from its JSON schema), as a model would write it."""
+    properties = body["response_format"]["json_schema"]["schema"]["properties"]
+    if all(key.startswith("scene ") for key in properties):
+        return json.dumps({key: canned_sentence(int(key.split()[1])) for key in properties})
+    sections = properties["sections"]["required"] if "sections" in properties else \
+        [key for key in properties if key.startswith("section ")]
+    parts = {
+        "title": "Kites over the harbour",
+        "style": {"palette": ["#1A2B3C", "#F4B942", "#E0E0E0"], "look": "grainy 16 mm film",
+                  "lighting": "low golden sun", "camera": "slow crane shots", "atmosphere": "wistful"},
+        "characters": [{"name": "Mara", "description": "a woman of thirty in a yellow raincoat"}],
+        **{key: {"place": PLACES[int(key.split()[1]) % 7].split(" ", 1)[1],
+                 "action": canned_sentence(100 + int(key.split()[1]))} for key in sections},
+    }
+    if "sections" in properties:
+        return json.dumps({**{k: parts[k] for k in ("title", "style", "characters")},
+                           "sections": {key: parts[key] for key in sections}})
+    return json.dumps({key: parts[key] for key in properties})

@@ -125,7 +125,7 @@ UNARY, SERVER_STREAM, CLIENT_STREAM = (False, False), (False, True), (True, Fals
 SERVICES: dict[tuple[str, str], dict[str, tuple[bool, bool]]] = {
     ("segmentation_service", "SegmentationService"): {"Segment": UNARY},
     ("analysis_service", "AnalysisService"): {"Analyze": UNARY},
-    ("scripting_service", "ScriptingService"): {"WriteScript": UNARY, "TellStory": UNARY},
+    ("scripting_service", "ScriptingService"): {"WriteScript": SERVER_STREAM, "TellStory": SERVER_STREAM},
     ("video_service", "VideoService"): {"GenerateClip": SERVER_STREAM},
     ("assembly_service", "AssemblyService"): {"Assemble": UNARY},
     ("stage_info_service", "StageInfoService"): {"GetStageInfo": UNARY},

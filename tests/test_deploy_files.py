@@ -228,7 +228,13 @@ def test_weights_come_from_a_cache_volume_at_hf_home_and_a_read_only_models_fold
         assert mounts["/models"]["read_only"] and mounts["/models"]["type"] == "bind"
     scripting = {m["target"]: m for m in services["scripting"]["volumes"]}
     assert set(scripting) == {"/models"} and scripting["/models"]["read_only"]
-    assert services["scripting"]["build"]["args"]["WITH_LLAMACPP"] == "false"
+    # The local LLM writes the scripts by default, as `mvgen generate` and the dev stack do (#15): its
+    # runtime is built in and its model read from /models, where `make up` has `make llm-model` put it.
+    assert services["scripting"]["build"]["args"]["WITH_LLAMACPP"] == "true"
+    environment = services["scripting"]["environment"]
+    assert environment["MVGEN_BACKENDS"] == "llamacpp,template"
+    assert environment["MVGEN_LLAMACPP_MODEL"] == "/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+    assert services["gateway"]["environment"]["MVGEN_WRITERS"] == "llamacpp,template"
 
 
 def test_documented_cpu_override_drops_the_gpu_reservation(tmp_path, env_file):

@@ -23,7 +23,9 @@ from services.common.settings import StoreSettings
 from services.common.store import ArtifactStore, LocalArtifactStore
 from gateway.auth import token_digest
 from gateway.inprocess import InProcessStages
+from gateway.jobs import BackendChoices
 from gateway.server import GatewayServer, GatewaySettings
+from tests.llm_servers import RecordingProxy, canned_answer
 from tests.media import probe_streams, tone, video_stream
 
 TOKEN = "test-token-of-the-gateway"
@@ -36,14 +38,17 @@ TERMINAL = (job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_S
 class RunningGateway:
     """A GatewayServer serving on loopback from its own event loop and thread, as in a deployment."""
 
-    def __init__(self, store: ArtifactStore, *, tokens: tuple[str, ...] = (TOKEN,), **settings: object):
+    def __init__(self, store: ArtifactStore, *, tokens: tuple[str, ...] = (TOKEN,), writers: tuple[str, ...] = ("template",),
+                 **settings: object):
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         store_settings = StoreSettings("local", "", "", "mvgen", "", "", "us-east-1", False)
+        if writers != ("template",):
+            settings.setdefault("backends", BackendChoices(("descriptors",), writers, ("animatic",)))
         self.settings = GatewaySettings(store_settings, tuple(token_digest(t) for t in tokens), host="127.0.0.1",
                                         port=0, metrics_port=0, grace_seconds=2, **settings)
-        stages = InProcessStages(store, analyzer="descriptors", scripting=["template"], generator="animatic",
+        stages = InProcessStages(store, analyzer="descriptors", scripting=list(writers), generator="animatic",
                                  clip_workers=1)
         self.gateway = self._run(self._start(store, stages))
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.gateway.port}")
@@ -356,3 +361,30 @@ def test_presigned_upload_and_download_with_s3(s3_store, songs, tmp_path):
         assert float(info["format"]["duration"]) == pytest.approx(12.0, abs=0.2)
     finally:
         running.stop()
+
+
+def test_watching_a_job_shows_its_script_written_section_by_section(local_store, monkeypatch, tmp_path):
+    model = RecordingProxy(answer=canned_answer)
+    monkeypatch.setenv("MVGEN_LLM_URL", model.base_url)
+    monkeypatch.setenv("MVGEN_LLM_PARALLEL", "1")
+    running = RunningGateway(local_store, writers=("openai", "template"))
+    try:
+        tone(tmp_path / "song.wav", 50.0)
+        song = upload(running.stub, tmp_path / "song.wav")
+        options = job_pb2.JobOptions(segmenter=stage_pb2.SegmenterParams(segmenter="random", seed=3), fps=12,
+                                     width=160, height=90)
+        job = create(running.stub, song.song_id, options)
+        finished, messages = watch_until(running.stub, job.job_id)
+    finally:
+        running.stop()
+        model.close()
+    assert finished.state == job_pb2.JOB_STATE_SUCCEEDED
+    scripting = [m.stage for m in messages if m.WhichOneof("event") == "stage"
+                 and m.stage.stage == job_pb2.STAGE_SCRIPTING and m.stage.HasField("progress")]
+    total = scripting[-1].progress.total
+    assert total >= 3 and [s.progress.done for s in scripting] == list(range(1, total + 1))  # the plan, each section
+    assert scripting[0].progress.detail == "plan written" and scripting[-1].progress.fraction == 1.0
+    assert all(s.state == job_pb2.STAGE_STATE_RUNNING for s in scripting)
+    info = next(s for s in finished.stages if s.stage == job_pb2.STAGE_SCRIPTING).info
+    assert info["sections"] == total - 1 and info["writer"] == "openai"
+    assert set(finished.artifact_keys) >= {"plan", "plan_text", "sections", "response"}

@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
@@ -34,8 +35,11 @@ from gateway.grpc_stages import GrpcStageClients, GrpcStagesSettings
 from gateway.job import JobLayout, JobOptions
 from gateway.orchestrator import JobEvent, JobSpec, Orchestrator
 from gateway.video_pool import VideoPool, open_channel
+from tests.llm_servers import RecordingProxy, canned_answer
 from tests.media import counted_frames
 from tests.servers import STAGE_SECRET, StageServer, free_port, local_store_env, serving, stage_server
+from tests.test_sectioned_writing import ROLES as SECTIONED_ROLES
+from tests.test_scripting import make_labels, make_segmentation
 from tools.synth_song import render_song
 
 OPTIONS = JobOptions(segmenter=SegmenterParams(segmenter="random", seed=1), fps=12, width=160, height=90)
@@ -329,7 +333,7 @@ def test_a_unary_stage_that_comes_up_late_is_retried(cluster, tmp_path, finished
         settings = cluster.settings(cluster.servers["video_a"].address, scripting_address=late.address)
         async with GrpcStageClients(settings) as stages:
             asyncio.get_running_loop().call_later(0.5, late.start)
-            return await stages.write_script(request)
+            return await stages.write_script(request, lambda *progress: None, lambda: False)
 
     try:
         result = asyncio.run(run())
@@ -337,6 +341,75 @@ def test_a_unary_stage_that_comes_up_late_is_retried(cluster, tmp_path, finished
         late.close()
     assert result.keys["script"] == "jobs/late/script.json"
     assert cluster.store.exists("jobs/late/script.json")
+
+
+def llm_script_request(cluster: Cluster, job: str) -> WriteScriptRequest:
+    """A 20-segment song's labels and segments in the store, and the request for its script by an LLM writer."""
+    cluster.store.put_bytes(f"jobs/{job}/labels.json", artifacts.dumps(make_labels(SECTIONED_ROLES)))
+    cluster.store.put_bytes(f"jobs/{job}/segments.json", artifacts.dumps(make_segmentation(len(SECTIONED_ROLES))))
+    keys = {name: f"jobs/{job}/{name}.{ext}" for name, ext in (("prompt", "txt"), ("script", "json"),
+                                                               ("script_text", "txt"), ("response", "txt"),
+                                                               ("plan", "json"), ("sections", "json"))}
+    return WriteScriptRequest(f"jobs/{job}/labels.json", f"jobs/{job}/segments.json", "openai", keys["prompt"],
+                              keys["script"], keys["script_text"], response_key=keys["response"],
+                              plan_key=keys["plan"], sections_key=keys["sections"])
+
+
+def llm_scripting_server(cluster: Cluster, tmp_path, model: RecordingProxy, port: int | None = None) -> StageServer:
+    env = {**local_store_env(cluster.store.root), "MVGEN_BACKENDS": "openai,template", "MVGEN_LLM_URL": model.base_url,
+           "MVGEN_LLM_MODEL": "canned", "MVGEN_LLM_PARALLEL": "1"}
+    return stage_server("scripting", tmp_path, env, port)
+
+
+def test_the_scripting_service_streams_each_section_as_it_is_written(cluster, tmp_path):
+    model = RecordingProxy(answer=canned_answer)
+    server = llm_scripting_server(cluster, tmp_path, model)
+    request = llm_script_request(cluster, "script-stream")
+    progress: list[tuple[int, int, str]] = []
+
+    async def run() -> StageResult:
+        settings = cluster.settings(cluster.servers["video_a"].address, scripting_address=server.address)
+        async with GrpcStageClients(settings) as stages:
+            return await stages.write_script(request, lambda *p: progress.append(p), lambda: False)
+
+    with serving(server):
+        result = asyncio.run(run())
+    model.close()
+    assert [p[:2] for p in progress] == [(i, 5) for i in range(1, 6)]  # the plan, then 4 sections
+    assert progress[0][2] == "plan written" and progress[-1][2] == "section 3 (scenes 16-19) written"
+    assert result.info["sections"] == 4 and result.info["replies"] == 5 == len(model.requests)
+    assert set(result.keys) >= {"script", "plan", "sections", "response", "prompt"}
+
+
+def test_a_scripting_service_killed_mid_script_is_retried_and_resumes_from_what_it_saved(cluster, tmp_path):
+    def slow_answer(body):
+        time.sleep(0.4)
+        return canned_answer(body)
+
+    model = RecordingProxy(answer=slow_answer)
+    server = llm_scripting_server(cluster, tmp_path, model)
+    request = llm_script_request(cluster, "script-resume")
+
+    async def run() -> StageResult:
+        settings = cluster.settings(cluster.servers["video_a"].address, scripting_address=server.address)
+        async with GrpcStageClients(settings) as stages:
+            writing = asyncio.ensure_future(stages.write_script(request, lambda *p: None, lambda: False))
+            await until(lambda: cluster.store.exists(request.sections_key) and len(model.requests) >= 3)
+            server.kill()  # SIGKILL: nothing of the section in flight is saved
+            server.start()
+            return await writing
+
+    with serving(server):
+        result = asyncio.run(run())
+    model.close()
+    asked = [next(iter(r["response_format"]["json_schema"]["schema"]["properties"])) for r in model.requests]
+    assert asked.count("title") == 1  # the plan was written once
+    saved_before_kill = asked[1:2]  # the first section was saved before the kill
+    assert all(asked.count(first) == 1 for first in saved_before_kill)
+    assert sorted(set(asked) - {"title"}) == ["scene 0", "scene 12", "scene 16", "scene 4"]
+    assert result.info["resumed"] is True and result.info["sections_kept"] >= 1
+    script = artifacts.Script.from_dict(json.loads(cluster.store.get_bytes(request.script_key)))
+    assert [s.index for s in script.scenes] == list(range(20))
 
 
 def test_each_service_reports_its_backend_config_and_a_video_replica_with_other_weights_regenerates_the_clips(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -14,6 +15,7 @@ from services.common.store import LocalArtifactStore
 from gateway.inprocess import InProcessStages
 from gateway.job import JobLayout, JobOptions
 from gateway.orchestrator import JobSpec, Orchestrator
+from tests.llm_servers import RecordingProxy, canned_answer
 from tests.media import tone
 
 OPTIONS = JobOptions(segmenter=SegmenterParams(segmenter="random", seed=1), fps=12, width=160, height=90)
@@ -135,3 +137,37 @@ def test_resolved_lalm_options_name_the_storyteller_and_leave_the_scenes_to_it()
                           (job_pb2.JobOptions(pipeline=job_pb2.PIPELINE_LALM, storyteller="gpt-4o"), "storyteller")):
         with pytest.raises(InvalidInputError, match=says):
             resolve_options(refused, choices)
+
+
+def test_an_edited_plan_rewrites_the_scenes_and_the_clips_they_change_and_nothing_upstream(tmp_path, monkeypatch):
+    model = RecordingProxy(answer=canned_answer)
+    monkeypatch.setenv("MVGEN_LLM_URL", model.base_url)
+    store, stages, job = make_job(tmp_path, replace(OPTIONS, writer="openai"))
+    try:
+        asyncio.run(Orchestrator(store, stages).run(job))
+        first_script = json.loads(store.get_bytes("script.json"))
+        asked = len(model.requests)
+        plan = json.loads(store.get_bytes("plan.json"))
+        plan["characters"][0]["description"] = "a woman of thirty in a green raincoat"
+        store.put_bytes("plan.json", json.dumps(plan).encode())
+
+        events = []
+        asyncio.run(Orchestrator(store, stages, on_event=events.append).run(job))
+    finally:
+        model.close()
+    stage_events = {e.stage: e.state for e in events if e.kind == "stage"}
+    assert stage_events["segmentation"] == stage_events["analysis"] == "cached"
+    assert stage_events["scripting"] == "succeeded"  # written again from the edited plan ...
+    assert not any("sections" in r["response_format"]["json_schema"]["schema"]["properties"]
+                   for r in model.requests[asked:])  # ... which was kept, not planned anew
+    script = json.loads(store.get_bytes("script.json"))
+    assert script["characters"][0]["description"] == "a woman of thirty in a green raincoat"
+    assert [s["text"] for s in script["scenes"]] == [s["text"] for s in first_script["scenes"]]
+    # The characters stand beside every scene in its clip's prompt: every clip is made again.
+    regenerated = {e.clip_index for e in events if e.kind == "clip" and e.state == "succeeded"}
+    assert regenerated == set(range(len(script["scenes"])))
+
+    events = []
+    asyncio.run(Orchestrator(store, stages, on_event=events.append).run(job))  # and then nothing more
+    finished = {e.stage: e.state for e in events if e.kind == "stage"}
+    assert set(finished.values()) == {"cached"} and not any(e.state == "succeeded" for e in events)

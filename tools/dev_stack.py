@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from services.common.errors import MvgenError
+from services.scripting.llm.local import DEFAULT_GGUF
 
 if TYPE_CHECKING:
     from services.common.s3_store import S3ArtifactStore
@@ -715,6 +716,16 @@ def _describe(state: Mapping[str, Any], restored: KeptStore | None = None,
     return "\n".join(lines)
 
 
+def writer_env(writer: str) -> dict[str, dict[str, str]]:
+    """The scripting service and the gateway serving `writer` by default: the local LLM, with the template
+    beside it as a fallback, so that `mvgen submit` gets the script `mvgen generate` would write."""
+    if writer == "llamacpp" and not DEFAULT_GGUF.is_file():
+        raise DevStackError(f"the local LLM is missing ({DEFAULT_GGUF}): run `make llm-model`, "
+                            "or start with --writer template")
+    writers = "llamacpp,template" if writer == "llamacpp" else "template"
+    return {"scripting": {"MVGEN_BACKENDS": writers}, "gateway": {"MVGEN_WRITERS": writers}}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.dev_stack", description=__doc__.split("\n\n")[0])
     parser.add_argument("--base-dir", default=str(DEFAULT_BASE_DIR), help="state and logs (default: .dev-stack)")
@@ -724,6 +735,10 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness (default 180)")
     up.add_argument("--video-replicas", type=int, default=1, metavar="N",
                     help="video services to run; the gateway spreads clips over them (default 1)")
+    up.add_argument("--writer", choices=("llamacpp", "template"), default="llamacpp",
+                    help="the scripting service's default writer: the local LLM, as `mvgen generate` uses "
+                         "(`make llm-model` fetches it; the template is served beside it as a fallback), or the "
+                         "template alone (default llamacpp)")
     down = sub.add_parser("down", help="stop everything (SIGTERM, then SIGKILL after the grace period), keeping "
                                        "the store's objects for the next up")
     down.add_argument("--grace", type=float, default=None, help="seconds before SIGKILL (default 10)")
@@ -739,7 +754,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "up":
             stack = DevStack(args.base_dir, free_ports=args.free_ports, startup_timeout=args.timeout,
-                             video_replicas=args.video_replicas)
+                             video_replicas=args.video_replicas, env=writer_env(args.writer))
             state = stack.start()
             print(_describe(state, stack.restored, stack.crashed_at_start))
             return 0

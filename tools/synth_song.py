@@ -28,8 +28,18 @@ BEATS_PER_BAR = 4
 RING_OUT_SECONDS = 1.5  # the last chord decays for this long after the final bar
 SOUNDFONT = Path(pretty_midi.__file__).parent / "TimGM6mb.sf2"
 
-# Section name and its share of the song's bars; boundaries fall on bar lines.
+# Section name and its share of the song's bars; boundaries fall on bar lines. Songs of several minutes
+# take a structure with more parts, as real songs have.
 SECTION_PLAN = (("intro", 2), ("verse", 4), ("chorus", 4), ("breakdown", 2), ("outro", 3))
+STRUCTURES = {
+    "short": SECTION_PLAN,
+    "pop": (("intro", 2), ("verse", 4), ("chorus", 4), ("verse", 4), ("chorus", 4), ("breakdown", 2),
+            ("chorus", 4), ("outro", 2)),
+    "ballad": (("intro", 3), ("verse", 5), ("verse", 5), ("chorus", 4), ("breakdown", 3), ("chorus", 4),
+               ("outro", 3)),
+    "dance": (("intro", 4), ("chorus", 4), ("breakdown", 2), ("verse", 4), ("chorus", 6), ("breakdown", 3),
+              ("chorus", 6), ("outro", 2)),
+}
 
 # General MIDI programs (0-based) and drum keys.
 PIANO, ELECTRIC_PIANO, CELESTA, FINGER_BASS, STRINGS, SQUARE_LEAD, WARM_PAD = 0, 4, 8, 33, 48, 80, 89
@@ -64,17 +74,18 @@ class SongTruth:
         return [s.start for s in self.sections[1:]]
 
 
-def render_song(path: str | Path, seconds: float = 60.0, tempo: float = 120.0, seed: int = 0) -> SongTruth:
+def render_song(path: str | Path, seconds: float = 60.0, tempo: float = 120.0, seed: int = 0,
+                structure: str = "short") -> SongTruth:
     """Write a stereo 44.1 kHz 16-bit WAV song of about `seconds` (bar-aligned) to `path`."""
-    audio, truth = synthesize_song(seconds, tempo, seed)
+    audio, truth = synthesize_song(seconds, tempo, seed, structure=structure)
     soundfile.write(str(path), audio, truth.sample_rate, subtype="PCM_16")
     return truth
 
 
 def synthesize_song(seconds: float = 60.0, tempo: float = 120.0, seed: int = 0,
-                    sample_rate: int = SAMPLE_RATE) -> tuple[np.ndarray, SongTruth]:
+                    sample_rate: int = SAMPLE_RATE, structure: str = "short") -> tuple[np.ndarray, SongTruth]:
     """The song as float32 samples of shape (n, 2) in [-1, 1], and its truth."""
-    midi, sections = compose(seconds, tempo, seed)
+    midi, sections = compose(seconds, tempo, seed, STRUCTURES[structure])
     duration = sections[-1].end + RING_OUT_SECONDS
     audio = render_midi(midi, duration, sample_rate)
     truth = SongTruth(tempo_bpm=float(tempo), duration=audio.shape[0] / sample_rate,
@@ -82,7 +93,8 @@ def synthesize_song(seconds: float = 60.0, tempo: float = 120.0, seed: int = 0,
     return audio, truth
 
 
-def compose(seconds: float, tempo: float, seed: int) -> tuple[pretty_midi.PrettyMIDI, list[Section]]:
+def compose(seconds: float, tempo: float, seed: int,
+            plan: tuple[tuple[str, int], ...] = SECTION_PLAN) -> tuple[pretty_midi.PrettyMIDI, list[Section]]:
     """The song as MIDI: intro (soft piano), verse (drums, bass, electric piano), chorus (loud: drums
     with crash and open hats, bass, strings, square lead), breakdown (pad and celesta, no drums), outro
     (piano and strings, ending on the tonic)."""
@@ -90,19 +102,19 @@ def compose(seconds: float, tempo: float, seed: int) -> tuple[pretty_midi.Pretty
         raise ValueError(f"tempo {tempo} BPM is outside 30-300")
     bar_seconds = BEATS_PER_BAR * 60.0 / tempo
     total_bars = round(seconds / bar_seconds)
-    if total_bars < len(SECTION_PLAN):
-        raise ValueError(f"{seconds} s at {tempo} BPM is {total_bars} bars; the song needs at least {len(SECTION_PLAN)}")
+    if total_bars < len(plan):
+        raise ValueError(f"{seconds} s at {tempo} BPM is {total_bars} bars; the song needs at least {len(plan)}")
 
     rng = np.random.default_rng(seed)
     song = _Song(tempo, KEY_ROOTS[rng.integers(len(KEY_ROOTS))], PROGRESSIONS[rng.integers(len(PROGRESSIONS))], rng)
     write_bar = {"intro": song.intro, "verse": song.verse, "chorus": song.chorus, "breakdown": song.breakdown,
                  "outro": song.outro}
     # Cumulative rounding keeps every section at least one bar long and the total exact.
-    shares = np.cumsum([share for _, share in SECTION_PLAN]) / sum(share for _, share in SECTION_PLAN)
+    shares = np.cumsum([share for _, share in plan]) / sum(share for _, share in plan)
     ends = [round(total_bars * s) for s in shares]
     starts = [0] + ends[:-1]
     sections = []
-    for (name, _), first, end in zip(SECTION_PLAN, starts, ends):
+    for (name, _), first, end in zip(plan, starts, ends):
         for bar in range(first, end):
             (song.ending if bar == total_bars - 1 else write_bar[name])(bar)
         sections.append(Section(name, first * bar_seconds, end * bar_seconds))
@@ -260,10 +272,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="length before the final ring-out (default 60)")
     parser.add_argument("--tempo", type=float, default=120.0, help="beats per minute (default 120)")
     parser.add_argument("--seed", type=int, default=0, help="picks key, chord loop and melody (default 0)")
+    parser.add_argument("--structure", choices=sorted(STRUCTURES), default="short",
+                        help="the order of its parts (default short: intro, verse, chorus, breakdown, outro)")
     args = parser.parse_args(argv)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     try:
-        truth = render_song(args.output, args.seconds, args.tempo, args.seed)
+        truth = render_song(args.output, args.seconds, args.tempo, args.seed, args.structure)
     except ValueError as exc:
         parser.error(str(exc))
     sections = ", ".join(f"{s.name} {s.start:.1f}-{s.end:.1f} s" for s in truth.sections)

@@ -67,8 +67,8 @@ class Segmentation:
 
     def to_text(self) -> str:
         tempo = f"{self.tempo_bpm:.1f} BPM" if self.tempo_bpm else "unknown tempo"
-        lines = [f"{len(self.segments)} segments over {_clock(self.song_duration)} ({self.segmenter} segmenter, {tempo})", ""]
-        lines += [f"{s.index:4d}  {_clock(s.start)} - {_clock(s.end)}  {s.duration:5.2f} s  cut: {s.end_reason}"
+        lines = [f"{len(self.segments)} segments over {clock(self.song_duration)} ({self.segmenter} segmenter, {tempo})", ""]
+        lines += [f"{s.index:4d}  {clock(s.start)} - {clock(s.end)}  {s.duration:5.2f} s  cut: {s.end_reason}"
                   for s in self.segments]
         return "\n".join(lines) + "\n"
 
@@ -189,9 +189,10 @@ class Script:
         return "\n".join(lines) + "\n"
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float, decimals: int = 3) -> str:
+    """Minutes and seconds, as a person reads a time in a song: 1:05.250."""
     minutes, rest = divmod(seconds, 60)
-    return f"{int(minutes):d}:{rest:06.3f}"
+    return f"{int(minutes):d}:{rest:0{3 + decimals}.{decimals}f}"
 
 
 def _group_dict(g: LabelGroup) -> dict[str, Any]:

@@ -112,6 +112,9 @@ class WriteScriptRequest:
     response_key: str = ""  # response.txt: every reply of an LLM writer, the refused ones too
     reasoning_key: str = ""  # reasoning.txt: the model's thinking, kept apart from the script
     fallback_writer: str = ""  # written by this writer (e.g. "template") when the LLM gives no valid script
+    plan_key: str = ""  # plan.json: an LLM writer's plan (title, style, characters, a line per section)
+    plan_text_key: str = ""  # plan.txt
+    sections_key: str = ""  # sections.json: each finished section's scenes, what a rerun resumes from
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,7 @@ class TellStoryRequest:
     storyteller: str  # the audio-language model backend, e.g. "openai-audio"
     prompt_key: str  # prompt.txt: the story prompt, sent with the song
     story_key: str  # story.txt
-    scenes_prompt_key: str  # scenes_prompt.txt: the story-to-scenes prompt
+    scenes_prompt_key: str  # scenes_prompt.txt: the prompts that made the story into scenes (plan, sections)
     script_key: str
     script_text_key: str
     inputs: ScriptInputs = field(default_factory=ScriptInputs)
@@ -129,6 +132,9 @@ class TellStoryRequest:
     scene_writer: str = ""  # who breaks the story into scenes: an LLM writer backend; '' = the storyteller
     response_key: str = ""
     reasoning_key: str = ""
+    plan_key: str = ""
+    plan_text_key: str = ""
+    sections_key: str = ""
 
 
 @dataclass(frozen=True)

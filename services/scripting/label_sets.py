@@ -1,4 +1,5 @@
-"""What the scripting stage reads of the label vocabulary (prompts/labels/*.yaml): label ids and visual styles.
+"""What the scripting stage reads of the label vocabulary (prompts/labels/*.yaml): label ids, what labels
+become on screen, voices and visual styles.
 
 labels.json carries label texts; writers key their choices on the stable ids behind them, and the
 visual style labels carry the palette and look that the style bible starts from.
@@ -41,6 +42,8 @@ class LabelSets:
         except KeyError as exc:
             raise StageFailedError(f"a visual style in {prompts_dir / 'labels'} lacks {exc}") from exc
         self._voices = {label.text: label.data.get("voice", "") for label in vocabulary["mood"].labels}
+        self._pictures = {group: {label.text: str(label.data.get("picture", "")) for label in s.labels}
+                          for group, s in vocabulary.items()}
         if not self.styles:
             raise StageFailedError(f"no visual styles in {prompts_dir / 'labels'}")
         unknown = sorted({s.mood for s in self.styles} - set(self.ids("mood")))
@@ -50,6 +53,10 @@ class LabelSets:
     def voice_for(self, labels: Labels) -> str:
         """The narrative voice of the track's best mood (prompts/labels/mood.yaml), or a neutral one."""
         return self._voices.get(_top(labels, "mood") or "") or "vivid and concrete, true to the music"
+
+    def picture(self, group: str, text: str | None) -> str:
+        """What a label becomes on screen (its `picture`), '' for a label without one."""
+        return self._pictures.get(group, {}).get(text or "", "")
 
     def ids(self, group: str) -> list[str]:
         return list(self._ids.get(group, {}).values())

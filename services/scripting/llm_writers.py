@@ -6,9 +6,10 @@
               (MVGEN_LLAMACPP_MODEL; `make llm-model` fetches Qwen2.5-Coder-1.5B-Instruct)
     vllm      vLLM's engine in process, on a GPU (MVGEN_VLLM_MODEL)
 
-All three send the rendered prompt as one user message (DeepSeek-R1's authors advise against a
-system prompt), ask for the script's JSON schema as structured output, strip the reasoning,
-validate, and repair up to MVGEN_LLM_MAX_REPAIRS times (conversation.py).
+All three write section by section (sectioned.py): a plan, then each section's scenes. Each
+prompt is one user message (DeepSeek-R1's authors advise against a system prompt); each answer
+is asked for under its JSON schema as structured output, stripped of its reasoning, validated,
+and repaired up to MVGEN_LLM_MAX_REPAIRS times (conversation.py).
 """
 
 from __future__ import annotations
@@ -17,30 +18,34 @@ from dataclasses import replace
 
 from services.common.settings import env_int
 from services.scripting.llm.chat import ChatModel, ChatSettings, OpenAIChat
-from services.scripting.llm.conversation import Transcript, request_script
 from services.scripting.llm.local import LlamaCppServer, LlamaCppSettings, VllmChat, VllmSettings
-from services.scripting.writer import Draft, ScriptTask, ScriptWriter
+from services.scripting.scene_rules import load_scene_rules
+from services.scripting.sectioned import write_sectioned
+from services.common.artifacts import Script
+from services.scripting.writer import ScriptTask, ScriptWriter
 
 REASONING_MODEL = "deepseek-ai/DeepSeek-R1-Distill-Llama-8B"  # the paper's script writer
 # Without it the 1.5B model writes three scenes and repeats them to the end (measured on a
 # 7-segment prompt: 2 distinct scenes of 7 at 0.0, 7 of 7 at 0.6).
 SMALL_MODEL_FREQUENCY_PENALTY = 0.6
+# llama.cpp's frequency penalty looks back 64 tokens only: a 13-section plan repeated its first
+# section's place and action 12 times. With DRY the same plan had 6 places before its first repeat
+# (bench/RESULTS.md, "plans of long songs").
+SMALL_MODEL_DRY_MULTIPLIER = 0.8
 
 
 def max_repairs() -> int:
     """MVGEN_LLM_MAX_REPAIRS: repair turns after the first reply (0: none)."""
-    return max(0, env_int("MVGEN_LLM_MAX_REPAIRS", 2))
+    return max(0, env_int("MVGEN_LLM_MAX_REPAIRS", 4))
 
 
 class LLMScriptWriter(ScriptWriter):
     chat: ChatModel
 
-    def write(self, task: ScriptTask) -> Draft:
-        transcript = Transcript()
-        script = request_script(self.chat, [{"role": "user", "content": task.prompt}],
-                                n_scenes=len(task.segmentation.segments), writer=self.name,
-                                max_repairs=max_repairs(), seed=task.seed, transcript=transcript)
-        return Draft(script, self.chat.model, transcript)
+    def write(self, task: ScriptTask) -> Script:
+        return write_sectioned(self.chat, task.sectioned, writer=self.name, max_repairs=max_repairs(),
+                               rules=load_scene_rules(), journal=task.journal, transcript=task.transcript,
+                               on_progress=task.on_progress, is_cancelled=task.is_cancelled)
 
 
 class OpenAIWriter(LLMScriptWriter):
@@ -57,8 +62,11 @@ class LlamaCppWriter(LLMScriptWriter):
         self.server = LlamaCppServer(LlamaCppSettings.from_env())
         # Sampling settings (MVGEN_LLM_TEMPERATURE, ...) as for a remote server; the address is ours.
         settings = ChatSettings.from_env("MVGEN_LLM", default_model=self.server.model, default_url=self.server.base_url,
-                                         default_frequency_penalty=SMALL_MODEL_FREQUENCY_PENALTY)
-        self.chat = OpenAIChat(replace(settings, base_url=self.server.base_url, model=self.server.model))
+                                         default_frequency_penalty=SMALL_MODEL_FREQUENCY_PENALTY,
+                                         default_dry_multiplier=SMALL_MODEL_DRY_MULTIPLIER)
+        # Sections in flight: as many as the server has slots. The context is asked of the server.
+        self.chat = OpenAIChat(replace(settings, base_url=self.server.base_url, model=self.server.model,
+                                       parallel=self.server.slots, context_tokens=0))
 
 
 class VllmWriter(LLMScriptWriter):

@@ -1,42 +1,52 @@
 """The prompts of both pipelines, rendered from the templates in prompts/:
 
-- script_prompt.md.j2 (CLAP pipeline): labels, segments and the person's wishes;
+- plan_prompt.md.j2 (CLAP pipeline): the track's labels, each section's, and the person's wishes;
 - story_prompt.md.j2 (LALM pipeline): the segments' times and the person's wishes, sent with the song;
-- story_to_scenes.md.j2 (LALM pipeline): the story told, broken into one scene per segment.
+- story_plan_prompt.md.j2 (LALM pipeline): the story told, made into the plan of the video;
+- section_prompt.md.j2 (both): the plan, one section's segments (and their labels), the scene before it.
 
 Every writer saves what it renders (prompt.txt, scenes_prompt.txt); LLM writers send exactly this
-text. The person's text, and the story a model wrote from it, go in as data between tags; they
-are cleaned first so that they can neither close their tag nor open another one, and cut to a
-length limit, so the rules after them always reach the model intact.
+text. The person's text, and what a model wrote from it (a story, a plan), go in as data between
+tags; they are cleaned first so that they can neither close their tag nor open another one, and
+cut to a length limit, so the rules after them always reach the model intact.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
+from collections.abc import Sequence
 from functools import lru_cache
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jinja2
+import yaml
 
-from services.common.artifacts import LabelGroup, Labels, Segment, Segmentation
-from services.common.errors import InvalidInputError
+from services.common.artifacts import LabelGroup, Labels, Segment, Segmentation, clock
+from services.common.errors import InvalidInputError, StageFailedError
 from services.common.settings import PROMPTS_DIR
 from services.common.stage_api import ScriptInputs
 from services.scripting.label_sets import LabelSets
+from services.scripting.plan import SECTIONS_PER_PLAN_REPLY, Plan
+from services.scripting.sections import SongSection
 
-PROMPT_TEMPLATE = "script_prompt.md.j2"
+PLAN_TEMPLATE = "plan_prompt.md.j2"
 STORY_TEMPLATE = "story_prompt.md.j2"
-SCENES_TEMPLATE = "story_to_scenes.md.j2"
+STORY_PLAN_TEMPLATE = "story_plan_prompt.md.j2"
+SECTION_TEMPLATE = "section_prompt.md.j2"
+DIRECTION_FILE = "direction.yaml"
 # Characters of user text kept per field: enough for a paragraph of story, not for a second prompt.
 USER_TEXT_LIMITS = {"story": 1500, "characters": 500, "style": 500}
 TOLD_STORY_LIMIT = 6000  # an audio model's story: 400 words asked, room for a verbose model
-# A segment's label is shown when it scores at least this, or is its group's best: weaker ones are noise
-# that lengthens the prompt (and a small model's reading time) without changing the scene.
-STRONG_LABEL_SCORE = 0.25
+PLAN_TEXT_LIMIT = 400  # one field of a plan (a line of story, a character): the schema allows 300
 TRUNCATION_MARK = " [cut: too long]"
-SEGMENT_GROUPS = ("instrumental_intensity", "prominent_elements", "dynamic_shift", "rhythmic_function")
+LALM_VOICE = "keep the story's voice and its literary flair"
 TRACK_GROUPS = ("tempo_range", "mood", "visual_style", "genre")
+# The segment groups whose labels have a picture (prompts/labels/*.yaml), in the order a section
+# prompt shows them; the plan prompt shows the first two, as they run through each section.
+PICTURED_GROUPS = ("rhythmic_function", "instrumental_intensity", "dynamic_shift", "prominent_elements")
 
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 # Angle brackets and their look-alikes become single guillemets: no tag can be written.
@@ -44,28 +54,23 @@ _BRACKETS = str.maketrans({"<": "‹", "＜": "‹", "﹤": "‹", "〈": "‹",
                            ">": "›", "＞": "›", "﹥": "›", "〉": "›"})
 
 
-def render_prompt(labels: Labels, segmentation: Segmentation, inputs: ScriptInputs,
-                  prompts_dir: Path = PROMPTS_DIR) -> str:
-    """The prompt for `labels` of `segmentation`; fails loudly on any placeholder left unfilled."""
+def render_plan_prompt(labels: Labels, segmentation: Segmentation, sections: Sequence[SongSection],
+                       inputs: ScriptInputs, prompts_dir: Path = PROMPTS_DIR) -> str:
+    """The CLAP pipeline's plan prompt; fails loudly on any placeholder left unfilled."""
     pairs = paired_segments(labels, segmentation)
     label_sets = _label_sets(prompts_dir)
     style = label_sets.style_for(labels)
+    by_index = {segment.index: groups for segment, groups in pairs}
     context = {
         "genre": _top_text(labels, "genre"),
         "voice": label_sets.voice_for(labels),
         "analyzer": labels.analyzer,
         "n_scenes": len(pairs),
+        "n_sections": len(sections),
+        "first_reply_sections": SECTIONS_PER_PLAN_REPLY,
         "track_groups": [_group_view(name, labels.track[name]) for name in _ordered(labels.track, TRACK_GROUPS)],
-        "segments": [
-            {
-                "index": segment.index,
-                "start": _clock(segment.start),
-                "end": _clock(segment.end),
-                "duration": f"{segment.duration:.1f}",
-                "groups": [_group_view(name, groups[name]) for name in _ordered(groups, SEGMENT_GROUPS)],
-            }
-            for segment, groups in pairs
-        ],
+        "sections": [_section_view(s, len(sections), _direction(prompts_dir), [by_index[i] for i in s.segment_indices],
+                                   label_sets) for s in sections],
         "mood": _top_text(labels, "mood"),
         "visual_style": _top_text(labels, "visual_style"),
         "palette": ", ".join(style.palette),
@@ -73,24 +78,75 @@ def render_prompt(labels: Labels, segmentation: Segmentation, inputs: ScriptInpu
         "atmosphere": style.atmosphere,
         **_user_context(inputs),
     }
-    return render_template(PROMPT_TEMPLATE, prompts_dir, **context)
+    return render_template(PLAN_TEMPLATE, prompts_dir, **context)
 
 
 def render_story_prompt(segmentation: Segmentation, inputs: ScriptInputs, prompts_dir: Path = PROMPTS_DIR) -> str:
     """The LALM pipeline's prompt, sent with the song: tell the video's story."""
-    return render_template(STORY_TEMPLATE, prompts_dir, duration=_clock(segmentation.song_duration),
-                           n_scenes=len(segmentation.segments), segments=_timeline(segmentation),
+    return render_template(STORY_TEMPLATE, prompts_dir, duration=clock(segmentation.song_duration, 1),
+                           n_scenes=len(segmentation.segments), segments=_timeline(segmentation.segments),
                            **_user_context(inputs))
 
 
-def render_scenes_prompt(story: str, segmentation: Segmentation, inputs: ScriptInputs,
-                         prompts_dir: Path = PROMPTS_DIR) -> str:
-    """The LALM pipeline's second prompt: the told story into one scene per segment."""
+def render_story_plan_prompt(story: str, segmentation: Segmentation, sections: Sequence[SongSection],
+                             inputs: ScriptInputs, prompts_dir: Path = PROMPTS_DIR) -> str:
+    """The LALM pipeline's plan prompt: the told story made into the plan of the video."""
     if not segmentation.segments:
         raise InvalidInputError("the segmentation has no segments")
-    return render_template(SCENES_TEMPLATE, prompts_dir, story=clean_user_text(story, TOLD_STORY_LIMIT),
-                           n_scenes=len(segmentation.segments), segments=_timeline(segmentation),
+    return render_template(STORY_PLAN_TEMPLATE, prompts_dir, story=clean_user_text(story, TOLD_STORY_LIMIT),
+                           n_scenes=len(segmentation.segments), n_sections=len(sections),
+                           first_reply_sections=SECTIONS_PER_PLAN_REPLY,
+                           sections=[_section_view(s, len(sections), _direction(prompts_dir)) for s in sections],
                            **_user_context(inputs))
+
+
+class SectionPrompts:
+    """Renders each section's prompt from the plan: what stays the same for a song is worked out once."""
+
+    def __init__(self, segmentation: Segmentation, labels: Labels | None, *, story: str = "",
+                 prompts_dir: Path = PROMPTS_DIR):
+        """`labels`: the CLAP pipeline's (each segment's are shown); None in the LALM pipeline, whose `story`
+        is shown instead."""
+        self.prompts_dir = prompts_dir
+        self.n_scenes = len(segmentation.segments)
+        label_sets = _label_sets(prompts_dir)
+        voice = label_sets.voice_for(labels) if labels is not None else LALM_VOICE
+        groups = {s.index: g for s, g in paired_segments(labels, segmentation)} if labels is not None else {}
+        direction = _direction(prompts_dir)
+        self.shot_list = direction.shots
+        self.shots = {s.index: direction.shot(s.index) for s in segmentation.segments}
+        self.segments = {s.index: {**_timeline([s])[0], "shot": self.shots[s.index],
+                                   "labels": _segment_pictures(groups.get(s.index), label_sets)}
+                         for s in segmentation.segments}
+        self.common = {"voice": voice, "story": clean_user_text(story, TOLD_STORY_LIMIT) if story else "",
+                       "with_labels": labels is not None}
+
+    def __call__(self, plan: Plan, section: SongSection) -> str:
+        def told(index: int) -> str:
+            """A neighbouring section as the plan tells it, '' past either end."""
+            if not 0 <= index < len(plan.sections):
+                return ""
+            return f"at {_data(plan.sections[index].place)}: {_data(plan.sections[index].action)}"
+
+        this = plan.sections[section.index]
+        return render_template(
+            SECTION_TEMPLATE, self.prompts_dir, **self.common, n_scenes=self.n_scenes, n_sections=len(plan.sections),
+            title=_data(plan.title), style={k: _data(v) for k, v in vars(plan.style).items() if isinstance(v, str)},
+            characters=[{"name": _data(c.name), "description": _data(c.description)} for c in plan.characters],
+            section={"index": section.index, "start": clock(section.start, 1), "end": clock(section.end, 1),
+                     "place": _data(this.place), "action": _data(this.action)},
+            previous_section=told(section.index - 1),
+            next_section=told(section.index + 1), segments=[self.segments[i] for i in section.segment_indices])
+
+
+def segment_roles(labels: Labels, prompts_dir: Path = PROMPTS_DIR) -> list[str]:
+    """Each segment's role in the song (its best rhythmic function label's id), '' where not known."""
+    label_sets = _label_sets(prompts_dir)
+    roles = []
+    for segment in labels.segments:
+        group = segment.groups.get("rhythmic_function")
+        roles.append(label_sets.label_id("rhythmic_function", group.top() if group else None) or "")
+    return roles
 
 
 def render_template(name: str, prompts_dir: Path = PROMPTS_DIR, **context: Any) -> str:
@@ -102,9 +158,14 @@ def _user_context(inputs: ScriptInputs) -> dict[str, str]:
     return {f"user_{name}": clean_user_text(getattr(inputs, name), limit) for name, limit in USER_TEXT_LIMITS.items()}
 
 
-def _timeline(segmentation: Segmentation) -> list[dict[str, Any]]:
-    return [{"index": s.index, "start": _clock(s.start), "end": _clock(s.end), "duration": f"{s.duration:.1f}"}
-            for s in segmentation.segments]
+def _timeline(segments: Sequence[Segment]) -> list[dict[str, Any]]:
+    return [{"index": s.index, "start": clock(s.start, 1), "end": clock(s.end, 1), "duration": f"{s.duration:.1f}"}
+            for s in segments]
+
+
+def _data(text: str) -> str:
+    """A field a model wrote, as data inside a tag (a plan is written from the person's text)."""
+    return clean_user_text(text, PLAN_TEXT_LIMIT)
 
 
 def clean_user_text(text: str, limit: int) -> str:
@@ -128,6 +189,34 @@ def paired_segments(labels: Labels, segmentation: Segmentation) -> list[tuple[Se
     return [(segment, labelled.groups) for segment, labelled in zip(segmentation.segments, labels.segments)]
 
 
+def _section_view(section: SongSection, n_sections: int, direction: Direction,
+                  groups: Sequence[dict[str, LabelGroup]] = (), label_sets: LabelSets | None = None) -> dict[str, Any]:
+    """A section for the plan prompt: its times and size, its story beat, and (CLAP) what its segments'
+    labels show, as they run through it: its part in the story, and how much moves."""
+    summary = []
+    for group in PICTURED_GROUPS[:2] if label_sets is not None else ():
+        pictures = [label_sets.picture(group, g[group].top()) for g in groups if g.get(group)]
+        pictures = [p for p in pictures if p]
+        steps = [p for i, p in enumerate(pictures) if i == 0 or p != pictures[i - 1]]
+        if len(steps) > 3:  # back and forth: what it mostly is says more than the sequence
+            summary.append("mostly " + " or ".join(p for p, _ in Counter(pictures).most_common(2)))
+        elif steps:
+            summary.append(", then ".join(steps))
+    return {"index": section.index, "start": clock(section.start, 1), "end": clock(section.end, 1),
+            "size": section.size, "summary": summary, "beat": direction.beat(section.index, n_sections)}
+
+
+def _segment_pictures(groups: dict[str, LabelGroup] | None, label_sets: LabelSets) -> str:
+    """What a segment's best labels become on screen: 'one or two subjects, little motion; the camera holds
+    steady; long flowing lines and curves'. The labels themselves name sounds, which a small model copies
+    into its scenes. The segment's part in the story (its rhythmic function) is left to the plan's section
+    lines: it is mostly the same all through a section, and every token here is read for every section."""
+    if not groups:
+        return ""
+    pictures = [label_sets.picture(group, groups[group].top()) for group in PICTURED_GROUPS[1:] if group in groups]
+    return "; ".join(p for p in pictures if p)
+
+
 @lru_cache(maxsize=4)
 def _environment(prompts_dir: Path) -> jinja2.Environment:
     return jinja2.Environment(
@@ -138,6 +227,33 @@ def _environment(prompts_dir: Path) -> jinja2.Environment:
         keep_trailing_newline=True,
         autoescape=False,  # plain text for a model, not HTML
     )
+
+
+@dataclass(frozen=True)
+class Direction:
+    """prompts/direction.yaml: the story beats spread over the sections, the shots dealt to the segments."""
+
+    story_beats: tuple[str, ...]
+    shots: tuple[str, ...]
+
+    def beat(self, section: int, sections: int) -> str:
+        return self.story_beats[round(section * (len(self.story_beats) - 1) / max(1, sections - 1))]
+
+    def shot(self, segment: int) -> str:
+        return self.shots[segment % len(self.shots)]
+
+
+@lru_cache(maxsize=4)
+def _direction(prompts_dir: Path) -> Direction:
+    path = prompts_dir / DIRECTION_FILE
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        direction = Direction(*(tuple(str(x).strip() for x in raw[key]) for key in ("story_beats", "shots")))
+    except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
+        raise StageFailedError(f"{path} is not a list of story beats and shots ({exc})") from None
+    if not all(direction.story_beats) or not all(direction.shots) or not direction.story_beats or not direction.shots:
+        raise StageFailedError(f"{path} needs at least one story beat and one shot, none empty")
+    return direction
 
 
 @lru_cache(maxsize=4)
@@ -152,16 +268,9 @@ def _ordered(groups: dict[str, LabelGroup], known: tuple[str, ...]) -> list[str]
 
 def _group_view(name: str, group: LabelGroup) -> dict[str, Any]:
     labels = "; ".join(f'"{x.label}" {x.score:.2f}' for x in group.labels) or "unknown"
-    strong = [x for i, x in enumerate(group.labels) if i == 0 or x.score >= STRONG_LABEL_SCORE]
-    return {"title": name.replace("_", " "), "labels": labels, "note": group.note,
-            "strong": "; ".join(f'"{x.label}" {x.score:.2f}' for x in strong) or "unknown"}
+    return {"title": name.replace("_", " "), "labels": labels}
 
 
 def _top_text(labels: Labels, group: str) -> str:
     found = labels.track.get(group)
     return (found.top() if found else None) or "not known"
-
-
-def _clock(seconds: float) -> str:
-    minutes, rest = divmod(seconds, 60)
-    return f"{int(minutes)}:{rest:04.1f}"

@@ -1,7 +1,9 @@
 """The scripting gRPC service: a thin layer over ScriptingStage (WriteScript: CLAP pipeline,
-TellStory: LALM pipeline)."""
+TellStory: LALM pipeline), streaming the plan and each section as they are written."""
 
 from __future__ import annotations
+
+from collections.abc import AsyncIterator
 
 import grpc
 
@@ -13,6 +15,7 @@ from services.common.stage_api import TellStoryRequest, WriteScriptRequest
 from services.common.store import open_store
 from services.common.transport.convert import from_message, result_to_message
 from services.common.transport.server import CallLimit, stage_main
+from services.common.transport.streaming import progress_stream
 from services.scripting.stage import ScriptingStage
 
 
@@ -22,14 +25,26 @@ class ScriptingServicer(pb_grpc.ScriptingServiceServicer):
         self.calls = calls
 
     async def WriteScript(self, request: pb.WriteScriptRequest,
-                          context: grpc.aio.ServicerContext) -> pb.WriteScriptResponse:
-        result = await self.calls.run(self.stage.run, from_message(request, WriteScriptRequest))
-        return pb.WriteScriptResponse(result=result_to_message(result, stage_pb2.StageResult))
+                          context: grpc.aio.ServicerContext) -> AsyncIterator[pb.WriteScriptResponse]:
+        async for message in progress_stream(
+                self.calls, self.stage.run, from_message(request, WriteScriptRequest),
+                progress=lambda *parts: pb.WriteScriptResponse(progress=_progress(*parts)),
+                result=lambda result: pb.WriteScriptResponse(result=result_to_message(result, stage_pb2.StageResult)),
+                latest_only=False):
+            yield message
 
     async def TellStory(self, request: pb.TellStoryRequest,
-                        context: grpc.aio.ServicerContext) -> pb.TellStoryResponse:
-        result = await self.calls.run(self.stage.tell_story, from_message(request, TellStoryRequest))
-        return pb.TellStoryResponse(result=result_to_message(result, stage_pb2.StageResult))
+                        context: grpc.aio.ServicerContext) -> AsyncIterator[pb.TellStoryResponse]:
+        async for message in progress_stream(
+                self.calls, self.stage.tell_story, from_message(request, TellStoryRequest),
+                progress=lambda *parts: pb.TellStoryResponse(progress=_progress(*parts)),
+                result=lambda result: pb.TellStoryResponse(result=result_to_message(result, stage_pb2.StageResult)),
+                latest_only=False):
+            yield message
+
+
+def _progress(done: int, total: int, what: str) -> stage_pb2.StageProgress:
+    return stage_pb2.StageProgress(done=done, total=total, fraction=done / total if total else 0.0, detail=what)
 
 
 def build(settings: ServiceSettings):

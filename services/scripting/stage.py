@@ -1,13 +1,16 @@
 """The scripting stage, both pipelines.
 
-CLAP pipeline (`run`): labels.json and segments.json → prompt.txt → the writer → script.json and
-script.txt. LALM pipeline (`tell_story`): the song and segments.json → prompt.txt → the audio
-model's story.txt → scenes_prompt.txt → the scene writer (the audio model or an LLM) → script.json.
+CLAP pipeline (`run`): labels.json and segments.json → the song's sections → the plan prompt and
+each section's prompt (prompt.txt) → the writer → plan.json, sections.json, script.json, script.txt.
+LALM pipeline (`tell_story`): the song and segments.json → prompt.txt → the audio model's story.txt →
+the plan and section prompts (scenes_prompt.txt) → the scene writer (the audio model or an LLM) →
+plan.json, sections.json, script.json.
 
-The prompt is rendered and stored for every writer, also the template writer that does not send
-it, so a person can read what an LLM would be asked. LLM replies are saved (response.txt, the
-thinking apart in reasoning.txt) whether or not they were usable. The script is validated
-before it is stored.
+LLM writers write section by section (sectioned.py) and keep every prompt, reply, the plan and each
+finished section in the store as they come (journal.py), so a stopped run resumes. The template
+writer sends nothing; prompt.txt still holds the plan prompt an LLM would be sent first. The
+script is validated before it is stored. `on_progress(done, total, what)` hears of the plan and of
+each section as it is written; `is_cancelled()` stops an LLM writer before its next request.
 """
 
 from __future__ import annotations
@@ -20,15 +23,23 @@ from services.common import artifacts
 from services.common.artifacts import Labels, Script, Segmentation
 from services.common.errors import InvalidInputError
 from services.common.lifecycle import Backend, BackendSet
+from services.common.settings import env_int
 from services.common.stage_api import StageResult, TellStoryRequest, WriteScriptRequest
 from services.common.store import ArtifactStore
-from services.scripting.llm.conversation import ScriptRepairError, Transcript, request_script
+from services.common.untrusted import quoted
+from services.scripting.journal import JournalKeys, StoreJournal
+from services.scripting.llm.conversation import ScriptRepairError
 from services.scripting.llm_writers import LlamaCppWriter, LLMScriptWriter, OpenAIWriter, VllmWriter, max_repairs
-from services.scripting.prompt import render_prompt, render_scenes_prompt, render_story_prompt
+from services.scripting.prompt import (
+    SectionPrompts, render_plan_prompt, render_story_plan_prompt, render_story_prompt, segment_roles,
+)
+from services.scripting.scene_rules import load_scene_rules
+from services.scripting.sectioned import ProgressCallback, SectionedTask, write_sectioned
+from services.scripting.sections import MAX_SEGMENTS, group_sections
 from services.scripting.storyteller import AudioStoryteller
 from services.scripting.template_writer import TemplateWriter
 from services.scripting.validation import validate_script
-from services.scripting.writer import Draft, ScriptTask, ScriptWriter
+from services.scripting.writer import ScriptTask, ScriptWriter
 
 BACKENDS: dict[str, type[Backend]] = {
     "template": TemplateWriter,
@@ -39,6 +50,19 @@ BACKENDS: dict[str, type[Backend]] = {
 }
 
 T = TypeVar("T")
+
+
+def _no_progress(done: int, total: int, what: str) -> None:
+    pass
+
+
+def _never() -> bool:
+    return False
+
+
+def section_segments() -> int:
+    """MVGEN_SCRIPT_SECTION_SEGMENTS: the most segments one section call writes."""
+    return max(2, env_int("MVGEN_SCRIPT_SECTION_SEGMENTS", MAX_SEGMENTS))
 
 
 class ScriptingStage:
@@ -53,96 +77,102 @@ class ScriptingStage:
     def ready(self) -> bool:
         return self.backends.ready
 
-    def run(self, req: WriteScriptRequest) -> StageResult:
+    def run(self, req: WriteScriptRequest, on_progress: ProgressCallback = _no_progress,
+            is_cancelled: Callable[[], bool] = _never) -> StageResult:
         writer = self._backend(req.writer, ScriptWriter, "a script writer")
         fallback = self._backend(req.fallback_writer, ScriptWriter, "a script writer") if req.fallback_writer else None
         labels = _read(self.store, req.labels_key, Labels.from_dict)
         segmentation = _read(self.store, req.segments_key, Segmentation.from_dict)
-        prompt = render_prompt(labels, segmentation, req.inputs)
-        self.store.put_text(req.prompt_key, prompt)
-        task = ScriptTask(prompt, labels, segmentation, req.inputs, req.seed)
-        info: dict[str, Any] = {"writer": writer.name}
+        sections = group_sections(segmentation, segment_roles(labels), section_segments())
+        plan_prompt = render_plan_prompt(labels, segmentation, sections, req.inputs)
+        journal = StoreJournal(self.store, _journal_keys(req, req.prompt_key), plan_prompt)
+        if not isinstance(writer, LLMScriptWriter):
+            self.store.put_text(req.prompt_key, plan_prompt)
+        task = ScriptTask(plan_prompt, labels, segmentation, req.inputs, req.seed,
+                          SectionedTask(sections, plan_prompt, SectionPrompts(segmentation, labels), req.seed),
+                          journal, journal.transcript, on_progress, is_cancelled)
+        info: dict[str, Any] = {"writer": writer.name, "sections": len(sections)}
         try:
-            draft = writer.write(task)
+            script = writer.write(task)
         except ScriptRepairError as exc:
-            saved = self._save_transcript(req.response_key, req.reasoning_key, exc.transcript)
             if fallback is None:
                 raise
-            info.update(_transcript_info(exc.transcript), fallback=fallback.name, fallback_reason=str(exc))
-            draft = fallback.write(task)
-        else:
-            saved = self._save_transcript(req.response_key, req.reasoning_key, draft.transcript)
-            if draft.transcript:
-                info.update(_transcript_info(draft.transcript))
-        keys = self._save_script(draft, len(segmentation.segments), req.script_key, req.script_text_key)
-        return StageResult(keys={"prompt": req.prompt_key, **keys, **saved}, info={**info, **_script_info(draft)})
+            info.update(fallback=fallback.name, fallback_reason=str(exc))
+            script = fallback.write(task)
+        finally:
+            journal.save_transcript(journal.transcript)
+        keys = self._save_script(script, len(segmentation.segments), req.script_key, req.script_text_key)
+        if isinstance(writer, LLMScriptWriter):
+            info.update(_writer_info(journal, writer.chat.model))
+        return StageResult(keys={"prompt": req.prompt_key, **keys, **journal.written_keys()},
+                           info={**info, **_script_info(script)})
 
-    def tell_story(self, req: TellStoryRequest) -> StageResult:
+    def tell_story(self, req: TellStoryRequest, on_progress: ProgressCallback = _no_progress,
+                   is_cancelled: Callable[[], bool] = _never) -> StageResult:
         storyteller = self._backend(req.storyteller, AudioStoryteller, "an audio-language model (storyteller)")
         scene_writer = (self._backend(req.scene_writer, LLMScriptWriter, "an LLM writer") if req.scene_writer
                         else storyteller)
         segmentation = _read(self.store, req.segments_key, Segmentation.from_dict)
         prompt = render_story_prompt(segmentation, req.inputs)
+        story, told = self._story(req, storyteller, prompt)
+        sections = group_sections(segmentation, None, section_segments())
+        plan_prompt = render_story_plan_prompt(story, segmentation, sections, req.inputs)
+        story_reasoning = f"===== the story\n{told.reply.reasoning.rstrip()}\n" if told and told.reply.reasoning else ""
+        journal = StoreJournal(self.store, _journal_keys(req, req.scenes_prompt_key), plan_prompt, story_reasoning)
+        task = SectionedTask(sections, plan_prompt, SectionPrompts(segmentation, None, story=story), req.seed)
+        try:
+            script = write_sectioned(scene_writer.chat, task, writer=scene_writer.name, max_repairs=max_repairs(),
+                                     rules=load_scene_rules(), journal=journal, transcript=journal.transcript,
+                                     on_progress=on_progress, is_cancelled=is_cancelled)
+        finally:
+            journal.save_transcript(journal.transcript)
+        keys = self._save_script(script, len(segmentation.segments), req.script_key, req.script_text_key)
+        story_info = {"story_kept": True} if told is None else {
+            "storyteller_model": told.reply.model, "story_seconds": round(told.reply.seconds, 3),
+            "audio_bytes": told.audio_bytes, "audio_kbps": told.audio_kbps}
+        return StageResult(
+            keys={"prompt": req.prompt_key, "story": req.story_key, "scenes_prompt": req.scenes_prompt_key, **keys,
+                  **journal.written_keys()},
+            info={"storyteller": storyteller.name, "story_words": len(story.split()), **story_info,
+                  "writer": scene_writer.name, "sections": len(sections),
+                  **_writer_info(journal, scene_writer.chat.model), **_script_info(script)})
+
+    def _story(self, req: TellStoryRequest, storyteller: AudioStoryteller, prompt: str) -> tuple[str, Any]:
+        """The story: the one an earlier run was told from the same prompt (a rerun resumes), or a new one."""
+        if self.store.exists(req.story_key) and self.store.exists(req.prompt_key) and \
+                self.store.get_text(req.prompt_key) == prompt:
+            return self.store.get_text(req.story_key).strip(), None
         self.store.put_text(req.prompt_key, prompt)
         with self.store.local_path(req.song_key) as song:
             told = storyteller.tell(song, prompt, req.seed)
         story = told.reply.answer.strip()
         self.store.put_text(req.story_key, story + "\n")
-        scenes_prompt = render_scenes_prompt(story, segmentation, req.inputs)
-        self.store.put_text(req.scenes_prompt_key, scenes_prompt)
-
-        transcript = Transcript()
-        story_reasoning = f"===== the story\n{told.reply.reasoning.rstrip()}\n\n" if told.reply.reasoning else ""
-        try:
-            script = request_script(scene_writer.chat, [{"role": "user", "content": scenes_prompt}],
-                                    n_scenes=len(segmentation.segments), writer=scene_writer.name,
-                                    max_repairs=max_repairs(), seed=req.seed, transcript=transcript)
-        finally:
-            saved = self._save_transcript(req.response_key, req.reasoning_key, transcript, story_reasoning)
-        draft = Draft(script, scene_writer.chat.model, transcript)
-        keys = self._save_script(draft, len(segmentation.segments), req.script_key, req.script_text_key)
-        return StageResult(
-            keys={"prompt": req.prompt_key, "story": req.story_key, "scenes_prompt": req.scenes_prompt_key, **keys,
-                  **saved},
-            info={"storyteller": storyteller.name, "storyteller_model": told.reply.model,
-                  "story_words": len(story.split()), "story_seconds": round(told.reply.seconds, 3),
-                  "audio_bytes": told.audio_bytes, "audio_kbps": told.audio_kbps,
-                  "writer": scene_writer.name, **_transcript_info(transcript), **_script_info(draft)},
-        )
+        return story, told
 
     def _backend(self, name: str, kind: type[T], role: str) -> T:
         backend = self.backends.get(name)
         if not isinstance(backend, kind):
-            raise InvalidInputError(f"the scripting backend {name!r} is not {role}")
+            raise InvalidInputError(f"the scripting backend {quoted(name)} is not {role}")
         return backend
 
-    def _save_script(self, draft: Draft, n_segments: int, script_key: str, text_key: str) -> dict[str, str]:
-        validate_script(draft.script, n_segments)
-        self.store.put_bytes(script_key, artifacts.dumps(draft.script))
-        self.store.put_text(text_key, draft.script.to_text())
+    def _save_script(self, script: Script, n_segments: int, script_key: str, text_key: str) -> dict[str, str]:
+        validate_script(script, n_segments)
+        self.store.put_bytes(script_key, artifacts.dumps(script))
+        self.store.put_text(text_key, script.to_text())
         return {"script": script_key, "script_text": text_key}
 
-    def _save_transcript(self, response_key: str, reasoning_key: str, transcript: Transcript | None,
-                         reasoning_before: str = "") -> dict[str, str]:
-        """response.txt and reasoning.txt, where asked for and there is something to say; the keys written."""
-        saved = {}
-        if transcript is not None and transcript.attempts and response_key:
-            self.store.put_text(response_key, transcript.response_text())
-            saved["response"] = response_key
-        reasoning = reasoning_before + (transcript.reasoning_text() if transcript else "")
-        if reasoning_key and reasoning:
-            self.store.put_text(reasoning_key, reasoning)
-            saved["reasoning"] = reasoning_key
-        return saved
+
+def _journal_keys(req: WriteScriptRequest | TellStoryRequest, prompt_key: str) -> JournalKeys:
+    return JournalKeys(prompt_key, req.response_key, req.reasoning_key, req.plan_key, req.plan_text_key,
+                       req.sections_key)
 
 
-def _transcript_info(transcript: Transcript) -> dict[str, Any]:
-    return {"model": transcript.attempts[-1].reply.model if transcript.attempts else "",
-            "attempts": len(transcript.attempts), "repairs": transcript.repairs, **transcript.usage()}
+def _writer_info(journal: StoreJournal, model: str) -> dict[str, Any]:
+    transcript = journal.transcript
+    return {"model": model, "repairs": transcript.repairs, **transcript.usage(), **journal.info()}
 
 
-def _script_info(draft: Draft) -> dict[str, Any]:
-    script: Script = draft.script
+def _script_info(script: Script) -> dict[str, Any]:
     return {"script_writer": script.writer, "title": script.title, "scenes": len(script.scenes),
             "characters": len(script.characters)}
 
@@ -151,6 +181,6 @@ def _read(store: ArtifactStore, key: str, parse: Callable[[dict[str, Any]], T]) 
     try:
         return parse(json.loads(store.get_text(key)))
     except KeyError as exc:
-        raise InvalidInputError(f"{key!r} is missing or lacks the field {exc}") from exc
+        raise InvalidInputError(f"{quoted(key)} is missing or lacks the field {exc}") from exc
     except (TypeError, ValueError) as exc:  # ValueError covers bad JSON and bad UTF-8
         raise InvalidInputError(f"{key} cannot be read ({exc})") from exc

@@ -21,7 +21,7 @@ from services.common import ffmpeg
 from services.common.errors import InvalidInputError, StageFailedError
 from services.common.lifecycle import Backend
 from services.common.settings import env_int, env_str
-from services.scripting.llm.chat import ChatModel, ChatReply, ChatSettings, OpenAIChat
+from services.scripting.llm.chat import ChatModel, ChatReply, ChatRequest, ChatSettings, OpenAIChat
 
 AUDIO_MODEL = "Qwen/Qwen2.5-Omni-7B"
 AUDIO_PARTS = ("input_audio", "audio_url")
@@ -79,7 +79,7 @@ class AudioStoryteller(Backend):
     def tell(self, song: Path, prompt: str, seed: int) -> ToldStory:
         mp3, kbps = encode_song(song, self.audio)
         messages = [{"role": "user", "content": [audio_part(mp3, self.audio.part), {"type": "text", "text": prompt}]}]
-        reply = self.chat.chat(messages, schema=None, seed=seed)
+        reply = self.chat.chat(ChatRequest(messages, None, seed, what="the story prompt"))
         if not reply.answer.strip():
             raise StageFailedError(f"the audio model ({reply.model}) told no story (finish: {reply.finish_reason})")
         return ToldStory(reply, len(mp3), kbps)

@@ -22,7 +22,7 @@ from services.common.errors import StageFailedError
 from services.common.settings import PROMPTS_DIR
 from services.scripting.label_sets import LabelSets
 from services.scripting.prompt import USER_TEXT_LIMITS, clean_user_text, paired_segments
-from services.scripting.writer import Draft, ScriptTask, ScriptWriter
+from services.scripting.writer import ScriptTask, ScriptWriter
 
 PROTAGONIST = "the protagonist"
 MAX_DRAWS = 50  # redraws allowed to find a sentence not used yet
@@ -113,7 +113,7 @@ class TemplateWriter(ScriptWriter):
                 raise StageFailedError(f"the template writer has no phrases for the {group} labels {missing}")
         self.label_sets = label_sets
 
-    def write(self, task: ScriptTask) -> Draft:
+    def write(self, task: ScriptTask) -> Script:
         if self.label_sets is None:
             raise StageFailedError("the template writer is not loaded")
         label_sets, labels = self.label_sets, task.labels
@@ -154,7 +154,7 @@ class TemplateWriter(ScriptWriter):
             used.add(text.lower())
             scenes.append(Scene(segment.index, text))
         title = f"{(_top(labels.track, 'mood') or visual.text).capitalize()}: a template storyboard"
-        return Draft(Script(writer=self.name, title=title, style=style, characters=characters, scenes=scenes))
+        return Script(writer=self.name, title=title, style=style, characters=characters, scenes=scenes)
 
 
 class _Deck:

@@ -1,14 +1,17 @@
-"""What makes a script usable by the video stage, checked before script.json is written.
+"""What makes a script usable by the video stage, checked before script.json is written, and what
+makes a plan usable by the section writer.
 
-`script_problems` lists every problem in words a model can act on, so that an LLM writer can send
-them back in a repair turn; `validate_script` raises them all at once.
+`script_problems` and `plan_problems` list every problem in words a model can act on, so that an
+LLM writer can send them back in a repair turn; `validate_script` raises them all at once. The
+rules of a scene that only LLM-written scenes are held to (no sound, no text on screen, no
+reference to another scene, no near-duplicate) are in scene_rules.py.
 """
 
 from __future__ import annotations
 
 import re
 
-from services.common.artifacts import Script
+from services.common.artifacts import Character, Script, StyleBible
 from services.common.errors import StageFailedError
 
 MAX_SCENE_WORDS = 60  # the prompt asks for 40; text-to-video encoders lose detail past this
@@ -43,11 +46,39 @@ def script_problems(script: Script, segment_count: int) -> list[str]:
         problems.append(f"scene indices must be 0, 1, 2, ... in order; they are {indices}")
     for index, found in scene_problems(script).items():
         problems += [f"scene {index}{'' if p.startswith('repeats') else ':'} {p}" for p in found]
-    problems += _style_problems(script)
-    names = [c.name.strip() for c in script.characters]
+    return problems + style_problems(script.style) + character_problems(script.characters)
+
+
+def plan_problems(title: str, style: StyleBible, characters: list[Character],
+                  sections: list[tuple[str, str]]) -> list[str]:
+    """What is wrong with a plan: its title, style, characters, and each section's place and action."""
+    return [problem for problems in plan_part_problems(title, style, characters, sections).values()
+            for problem in problems]
+
+
+def plan_part_problems(title: str, style: StyleBible, characters: list[Character],
+                       sections: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """part -> what is wrong with it, for the parts of a plan that have something wrong: "title", "style",
+    "characters", "section <i>"."""
+    found = {"title": [] if title.strip() else ["the title is empty"], "style": style_problems(style),
+             "characters": character_problems(characters)}
+    seen: dict[str, int] = {}
+    for index, (place, action) in enumerate(sections):
+        key = " ".join(action.lower().split())
+        if not place.strip() or not key:
+            found[f"section {index}"] = ["it needs a place and an action"]
+        elif key in seen:
+            found[f"section {index}"] = [f"it repeats section {seen[key]}; every section must move the story on"]
+        seen.setdefault(key, index)
+    return {part: problems for part, problems in found.items() if problems}
+
+
+def character_problems(characters: list[Character]) -> list[str]:
+    problems = []
+    names = [c.name.strip() for c in characters]
     if any(not n for n in names) or len(set(names)) != len(names):
         problems.append("every character needs a name of its own")
-    if any(not c.description.strip() for c in script.characters):
+    if any(not c.description.strip() for c in characters):
         problems.append("every character needs a visual description")
     return problems
 
@@ -105,8 +136,7 @@ def sentence_count(text: str) -> int:
     return count
 
 
-def _style_problems(script: Script) -> list[str]:
-    style = script.style
+def style_problems(style: StyleBible) -> list[str]:
     problems = []
     if not 1 <= len(style.palette) <= MAX_PALETTE_COLOURS:
         problems.append(f"the palette must hold 1 to {MAX_PALETTE_COLOURS} colours")

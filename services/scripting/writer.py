@@ -3,33 +3,34 @@
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from services.common.artifacts import Labels, Script, Segmentation
 from services.common.lifecycle import Backend
 from services.common.stage_api import ScriptInputs
-from services.scripting.llm.conversation import Transcript
+from services.scripting.llm.transcript import Transcript
+from services.scripting.sectioned import ProgressCallback, ScriptJournal, SectionedTask
 
 
 @dataclass(frozen=True)
 class ScriptTask:
-    """Everything a writer may use: the rendered prompt (what LLM writers send) and what it was made from."""
+    """Everything a writer may use: the plan prompt and the section prompts (what LLM writers send),
+    what they were made from, and where an LLM writer keeps its work as it goes."""
 
-    prompt: str
+    prompt: str  # the plan prompt
     labels: Labels
     segmentation: Segmentation
     inputs: ScriptInputs
     seed: int
-
-
-@dataclass(frozen=True)
-class Draft:
-    script: Script
-    model: str = ""
-    transcript: Transcript | None = None  # LLM writers: every reply, the repaired ones included
+    sectioned: SectionedTask
+    journal: ScriptJournal
+    transcript: Transcript
+    on_progress: ProgressCallback
+    is_cancelled: Callable[[], bool]
 
 
 class ScriptWriter(Backend):
     @abstractmethod
-    def write(self, task: ScriptTask) -> Draft:
+    def write(self, task: ScriptTask) -> Script:
         """A script with one scene per segment; the stage validates it before it is stored."""

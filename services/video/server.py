@@ -7,8 +7,6 @@ cancels its call (CancelJob, a deadline) stops the generation at the next frame 
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import AsyncIterator
 
 import grpc
@@ -21,9 +19,8 @@ from services.common.stage_api import GenerateClipRequest
 from services.common.store import open_store
 from services.common.transport.convert import from_message, result_to_message
 from services.common.transport.server import CallLimit, stage_main
+from services.common.transport.streaming import progress_stream
 from services.video.stage import VideoStage
-
-DONE = object()
 
 
 class VideoServicer(pb_grpc.VideoServiceServicer):
@@ -34,42 +31,13 @@ class VideoServicer(pb_grpc.VideoServiceServicer):
     async def GenerateClip(self, request: pb.GenerateClipRequest,
                            context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateClipResponse]:
         req = from_message(request, GenerateClipRequest)
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[object] = asyncio.Queue()
-        cancelled = threading.Event()
-
-        def on_progress(fraction: float) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, fraction)
-
-        async def generate():
-            try:
-                return await self.calls.run(self.stage.run, req, on_progress, cancelled.is_set)
-            finally:
-                events.put_nowait(DONE)
-
-        task = asyncio.ensure_future(generate())
-        try:
-            finished = False
-            while not finished:
-                event = await events.get()
-                if event is DONE:
-                    break
-                # Progress is a hint: when frames outrun the stream, only the latest one is sent.
-                while not events.empty():
-                    newer = events.get_nowait()
-                    finished = newer is DONE
-                    if finished:
-                        break
-                    event = newer
-                yield pb.GenerateClipResponse(progress=stage_pb2.ClipProgress(
-                    fraction=float(event), frames_done=round(float(event) * req.frame_count),
-                    total_frames=req.frame_count))
-            result = await task
-            yield pb.GenerateClipResponse(result=result_to_message(result, stage_pb2.StageResult))
-        finally:
-            cancelled.set()  # the caller went away or the stream ended: stop rendering
-            if not task.done():
-                await asyncio.gather(task, return_exceptions=True)
+        async for message in progress_stream(
+                self.calls, self.stage.run, req,
+                progress=lambda fraction: pb.GenerateClipResponse(progress=stage_pb2.ClipProgress(
+                    fraction=float(fraction), frames_done=round(float(fraction) * req.frame_count),
+                    total_frames=req.frame_count)),
+                result=lambda result: pb.GenerateClipResponse(result=result_to_message(result, stage_pb2.StageResult))):
+            yield message
 
 
 def build(settings: ServiceSettings):

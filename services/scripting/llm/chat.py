@@ -9,14 +9,17 @@ asked for where the server supports it; every reply is validated either way.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from services.common.errors import InvalidInputError, ResourceExhaustedError, StageFailedError, TransientError
 from services.common.settings import env_float, env_int, env_str
+from services.scripting.llm.context import ContextWindow
 from services.scripting.llm.reasoning import split_reasoning
 
 STRUCTURED_OUTPUT_MODES = ("json_schema", "guided_json", "none")
+DRY_ALLOWED_LENGTH = 3  # words a sentence may share with an earlier one before DRY penalises the next
 Message = dict[str, Any]
 
 
@@ -30,20 +33,36 @@ class ChatReply:
     completion_tokens: int
     seconds: float
     finish_reason: str
+    cached_tokens: int = 0  # prompt tokens the server took from its prompt cache, where it says
+    decode_seconds: float = 0.0  # of `seconds`, the time spent generating, where the server says
 
     @property
     def tokens_per_second(self) -> float:
         return self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
+@dataclass(frozen=True)
+class ChatRequest:
+    """One assistant turn to ask for."""
+
+    messages: list[Message]
+    schema: dict[str, Any] | None  # the answer's JSON schema, as structured output where the server can
+    seed: int
+    temperature: float | None = None  # None: the configured one
+    min_answer_tokens: int = 1  # the least room the answer needs in the context: less is an error
+    what: str = "the prompt"  # how errors name the request: "the plan prompt", "section 3's prompt"
+
+
 class ChatModel(Protocol):
     model: str
     temperature: float  # the configured sampling temperature
+    parallel: int  # requests it serves at once: chat_many sends up to this many together
 
-    def chat(self, messages: list[Message], *, schema: dict[str, Any] | None, seed: int,
-             temperature: float | None = None) -> ChatReply:
-        """One assistant turn after `messages`, constrained to `schema` where the server can;
-        `temperature` overrides the configured one."""
+    def chat(self, request: ChatRequest) -> ChatReply:
+        """One assistant turn after `request.messages`, constrained to its schema where the server can."""
+
+    def chat_many(self, requests: list[ChatRequest]) -> list[ChatReply]:
+        """The replies to `requests`, in order, asked for together where the model serves several at once."""
 
 
 @dataclass(frozen=True)
@@ -57,14 +76,23 @@ class ChatSettings:
     max_retries: int  # <prefix>_MAX_RETRIES: retries of a failed connection, 429 or 5xx, with backoff
     structured_output: str  # <prefix>_STRUCTURED_OUTPUT: json_schema (OpenAI, vLLM, llama.cpp), guided_json (older vLLM), none
     temperature: float  # <prefix>_TEMPERATURE: DeepSeek-R1's authors advise 0.5-0.7
-    max_tokens: int  # <prefix>_MAX_TOKENS: reasoning plus answer
+    max_tokens: int  # <prefix>_MAX_TOKENS: reasoning plus answer, at most; cut to what the context leaves
     # <prefix>_FREQUENCY_PENALTY: small models loop, writing one scene over and over; 0 for
     # reasoning models, whose thinking repeats words on purpose
     frequency_penalty: float = 0.0
+    # <prefix>_DRY_MULTIPLIER: llama.cpp's DRY sampler, which penalises repeating a stretch of what is
+    # already written: a small model otherwise plans the same section over and over. 0: not sent (other
+    # servers have no such sampler)
+    dry_multiplier: float = 0.0
+    # <prefix>_CONTEXT_TOKENS: the model's context; 0: asked of the server (vLLM and llama.cpp say it)
+    context_tokens: int = 0
+    # <prefix>_PARALLEL: requests sent at once (a script's sections); a vLLM server batches them
+    parallel: int = 4
 
     @classmethod
     def from_env(cls, prefix: str, *, default_model: str, default_url: str = "",
-                 default_frequency_penalty: float = 0.0) -> ChatSettings:
+                 default_frequency_penalty: float = 0.0, default_dry_multiplier: float = 0.0,
+                 default_parallel: int = 4) -> ChatSettings:
         settings = cls(
             base_url=env_str(f"{prefix}_URL", default_url).rstrip("/"),
             model=env_str(f"{prefix}_MODEL", default_model),
@@ -75,6 +103,9 @@ class ChatSettings:
             temperature=env_float(f"{prefix}_TEMPERATURE", 0.6),
             max_tokens=env_int(f"{prefix}_MAX_TOKENS", 8192),
             frequency_penalty=env_float(f"{prefix}_FREQUENCY_PENALTY", default_frequency_penalty),
+            dry_multiplier=env_float(f"{prefix}_DRY_MULTIPLIER", default_dry_multiplier),
+            context_tokens=max(0, env_int(f"{prefix}_CONTEXT_TOKENS", 0)),
+            parallel=max(1, env_int(f"{prefix}_PARALLEL", default_parallel)),
         )
         if settings.structured_output not in STRUCTURED_OUTPUT_MODES:
             raise InvalidInputError(f"{prefix}_STRUCTURED_OUTPUT must be one of {', '.join(STRUCTURED_OUTPUT_MODES)}, "
@@ -94,26 +125,40 @@ class OpenAIChat:
         self.settings = settings
         self.model = settings.model
         self.temperature = settings.temperature
+        self.parallel = settings.parallel
         self._openai = openai
         self._client = openai.OpenAI(base_url=settings.base_url, api_key=settings.api_key,
                                      timeout=settings.timeout_seconds, max_retries=settings.max_retries)
+        self.context = ContextWindow(settings.model, self._get, self._post, settings.context_tokens)
 
-    def chat(self, messages: list[Message], *, schema: dict[str, Any] | None, seed: int,
-             temperature: float | None = None) -> ChatReply:
+    def chat_many(self, requests: list[ChatRequest]) -> list[ChatReply]:
+        if len(requests) <= 1 or self.parallel <= 1:
+            return [self.chat(r) for r in requests]
+        with ThreadPoolExecutor(max_workers=min(self.parallel, len(requests))) as pool:
+            return list(pool.map(self.chat, requests))
+
+    def chat(self, request: ChatRequest) -> ChatReply:
         s = self.settings
+        schema, messages = request.schema, request.messages
         extra: dict[str, Any] = {}
         if schema is not None and s.structured_output == "json_schema":
             extra["response_format"] = {"type": "json_schema",
-                                        "json_schema": {"name": "script", "schema": schema, "strict": True}}
-        elif schema is not None and s.structured_output == "guided_json":
-            extra["extra_body"] = {"guided_json": schema}
+                                        "json_schema": {"name": "answer", "schema": schema, "strict": True}}
+        extra_body: dict[str, Any] = {}
+        if schema is not None and s.structured_output == "guided_json":
+            extra_body["guided_json"] = schema
+        if s.dry_multiplier:
+            extra_body |= {"dry_multiplier": s.dry_multiplier, "dry_allowed_length": DRY_ALLOWED_LENGTH}
+        if extra_body:
+            extra["extra_body"] = extra_body
         if s.frequency_penalty:
             extra["frequency_penalty"] = s.frequency_penalty
+        max_tokens = self.context.max_tokens(messages, s.max_tokens, request.min_answer_tokens, request.what)
         started = time.monotonic()
         try:
             response = self._client.chat.completions.create(
-                model=s.model, messages=messages, seed=seed, max_tokens=s.max_tokens,
-                temperature=s.temperature if temperature is None else temperature,
+                model=s.model, messages=messages, seed=request.seed, max_tokens=max_tokens,
+                temperature=s.temperature if request.temperature is None else request.temperature,
                 **extra)
         except self._openai.APITimeoutError:
             raise TransientError(f"the model server at {s.base_url} did not answer within "
@@ -135,10 +180,24 @@ class OpenAIChat:
         if isinstance(server_reasoning, str) and server_reasoning.strip():
             reasoning = "\n\n".join(x for x in (server_reasoning.strip(), reasoning) if x)
         usage = response.usage
+        details = getattr(usage, "prompt_tokens_details", None)
+        timings = getattr(response, "timings", None) or {}  # llama.cpp's server reports these
+        cached = timings.get("cache_n") or getattr(details, "cached_tokens", None) or 0
         return ChatReply(answer=answer, reasoning=reasoning, raw=raw, model=response.model or s.model,
                          prompt_tokens=usage.prompt_tokens if usage else 0,
                          completion_tokens=usage.completion_tokens if usage else 0,
-                         seconds=time.monotonic() - started, finish_reason=choice.finish_reason or "")
+                         seconds=time.monotonic() - started, finish_reason=choice.finish_reason or "",
+                         cached_tokens=int(cached), decode_seconds=float(timings.get("predicted_ms", 0.0)) / 1000)
+
+    # The server's own endpoints beside the OpenAI API (its root is the base URL without /v1).
+    def _get(self, path: str) -> Any:
+        return self._client.get(self._root() + path, cast_to=object)
+
+    def _post(self, path: str, body: dict[str, Any]) -> Any:
+        return self._client.post(self._root() + path, body=body, cast_to=object)
+
+    def _root(self) -> str:
+        return self.settings.base_url.removesuffix("/v1")
 
 
 def _server_message(exc: Any) -> str:

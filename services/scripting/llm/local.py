@@ -16,7 +16,8 @@ from typing import Any
 
 from services.common.errors import InvalidInputError, StageFailedError
 from services.common.settings import env_float, env_int, env_str
-from services.scripting.llm.chat import ChatReply, Message
+from services.scripting.llm.chat import ChatReply, ChatRequest
+from services.scripting.llm.context import PromptTooLongError
 from services.scripting.llm.reasoning import split_reasoning
 
 # Fetched and checked by `make llm-model` (tools/fetch_llm.py).
@@ -26,8 +27,10 @@ DEFAULT_GGUF = Path(__file__).resolve().parents[3] / "models" / "qwen2.5-coder-1
 @dataclass(frozen=True)
 class LlamaCppSettings:
     model_path: Path  # MVGEN_LLAMACPP_MODEL: a GGUF file
-    context_tokens: int  # MVGEN_LLAMACPP_CONTEXT: prompt plus answer; a 30-segment script needs ~8k
+    # MVGEN_LLAMACPP_CONTEXT: prompt plus answer, per slot; a section's prompt and answer need ~3k
+    context_tokens: int
     threads: int  # MVGEN_LLAMACPP_THREADS: CPU threads; default all cores
+    slots: int = 1  # MVGEN_LLAMACPP_SLOTS: requests served at once (sections written in parallel)
 
     @classmethod
     def from_env(cls) -> LlamaCppSettings:
@@ -35,7 +38,8 @@ class LlamaCppSettings:
         if not path.is_file():
             raise InvalidInputError(f"MVGEN_LLAMACPP_MODEL: no GGUF model at {path} "
                                     "(`make llm-model` fetches the default one)")
-        return cls(path, env_int("MVGEN_LLAMACPP_CONTEXT", 16384), env_int("MVGEN_LLAMACPP_THREADS", os.cpu_count() or 2))
+        return cls(path, env_int("MVGEN_LLAMACPP_CONTEXT", 8192), env_int("MVGEN_LLAMACPP_THREADS", os.cpu_count() or 2),
+                   max(1, env_int("MVGEN_LLAMACPP_SLOTS", 1)))
 
 
 class LlamaCppServer:
@@ -46,8 +50,8 @@ class LlamaCppServer:
 
         params = xllamacpp.CommonParams()
         params.model.path = str(settings.model_path)
-        params.n_ctx = settings.context_tokens
-        params.n_parallel = 1  # one script at a time: the whole context for one long prompt
+        params.n_ctx = settings.context_tokens * settings.slots  # llama.cpp divides it among the slots
+        params.n_parallel = settings.slots
         params.cpuparams.n_threads = settings.threads
         params.cpuparams_batch.n_threads = settings.threads
         params.hostnames = ["127.0.0.1"]  # loopback only: the server has no authentication
@@ -55,6 +59,7 @@ class LlamaCppServer:
         params.use_jinja = True  # the model's own chat template, as `vllm serve` uses
         params.verbosity = 0  # errors only: its per-request timing lines would flood the CLI's progress display
         self.model = settings.model_path.name
+        self.slots = settings.slots
         params.model_alias = {self.model}  # the name replies carry, not the file's full path
         try:
             self._server = xllamacpp.Server(params)
@@ -79,7 +84,10 @@ class VllmSettings:
 
 
 class VllmChat:
-    """vLLM's in-process engine with guided JSON decoding."""
+    """vLLM's in-process engine with guided JSON decoding. `chat_many` hands every request to one
+    `LLM.chat` call, which vLLM batches: a script's sections are written together."""
+
+    parallel = 64  # sections written in one batch
 
     def __init__(self, settings: VllmSettings):
         try:
@@ -93,20 +101,39 @@ class VllmChat:
         self.temperature = settings.temperature
         self._engine = vllm.LLM(model=settings.model, gpu_memory_utilization=settings.gpu_memory_utilization,
                                 max_model_len=settings.max_model_len)
+        self._tokenizer = self._engine.get_tokenizer()
 
-    def chat(self, messages: list[Message], *, schema: dict[str, Any] | None, seed: int,
-             temperature: float | None = None) -> ChatReply:
+    def chat(self, request: ChatRequest) -> ChatReply:
+        return self.chat_many([request])[0]
+
+    def chat_many(self, requests: list[ChatRequest]) -> list[ChatReply]:
         s = self.settings
-        params = self._vllm.SamplingParams(temperature=s.temperature if temperature is None else temperature,
-                                           max_tokens=s.max_tokens, seed=seed,
-                                           **_structured_output(schema))
+        params = [self._vllm.SamplingParams(temperature=s.temperature if r.temperature is None else r.temperature,
+                                            max_tokens=self._max_tokens(r), seed=r.seed,
+                                            **_structured_output(r.schema))
+                  for r in requests]
         started = time.monotonic()
-        output = self._engine.chat(messages, params, use_tqdm=False)[0]
-        completion = output.outputs[0]
-        reasoning, answer = split_reasoning(completion.text)
-        return ChatReply(answer=answer, reasoning=reasoning, raw=completion.text, model=s.model,
-                         prompt_tokens=len(output.prompt_token_ids or []), completion_tokens=len(completion.token_ids),
-                         seconds=time.monotonic() - started, finish_reason=completion.finish_reason or "")
+        outputs = self._engine.chat([r.messages for r in requests], params, use_tqdm=False)
+        seconds = time.monotonic() - started
+        replies = []
+        for output in outputs:
+            completion = output.outputs[0]
+            reasoning, answer = split_reasoning(completion.text)
+            replies.append(ChatReply(answer=answer, reasoning=reasoning, raw=completion.text, model=s.model,
+                                     prompt_tokens=len(output.prompt_token_ids or []),
+                                     completion_tokens=len(completion.token_ids), seconds=seconds,
+                                     finish_reason=completion.finish_reason or ""))
+        return replies
+
+    def _max_tokens(self, request: ChatRequest) -> int:
+        """The configured max_tokens, cut to what max_model_len leaves after the prompt (vLLM refuses more)."""
+        prompt = len(self._tokenizer.apply_chat_template(request.messages, tokenize=True, add_generation_prompt=True))
+        room = self.settings.max_model_len - prompt
+        if room < request.min_answer_tokens:
+            raise PromptTooLongError(
+                f"{request.what} is {prompt:,} tokens long and MVGEN_VLLM_MAX_MODEL_LEN is {self.settings.max_model_len:,}, "
+                f"which leaves {max(0, room):,} tokens for an answer that needs about {request.min_answer_tokens:,}")
+        return min(self.settings.max_tokens, room)
 
 
 def _structured_output(schema: dict[str, Any] | None) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from gateway.auth import token_digest
 from tests.media import tone
 from tests.servers import FAST_RECONNECT
 from tests.test_client_cli import GatewayProcess
+from tests.test_gateway import watch_until
 
 TOKEN = "token-of-the-clip-history-test"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)
@@ -32,19 +33,7 @@ def seconds(stamp) -> float:
 
 def follow(stub, job_id: str, until) -> job_pb2.Job:
     """The job as its watch stream builds it, up to the first message after which `until(job)` holds."""
-    job = job_pb2.Job()
-    stream = stub.WatchJob(api_pb2.WatchJobRequest(job_id=job_id), metadata=AUTH, timeout=180)
-    for message in stream:
-        kind = message.WhichOneof("event")
-        if kind == "job":
-            job.CopyFrom(message.job)
-        elif kind == "stage":
-            next(s for s in job.stages if s.stage == message.stage.stage).CopyFrom(message.stage)
-        else:
-            next(c for c in job.clips if c.index == message.clip.index).CopyFrom(message.clip)
-        if until(job):
-            stream.cancel()
-            break
+    job, _ = watch_until(stub, job_id, lambda job, message: until(job), timeout=180, metadata=AUTH)
     return job
 
 

@@ -215,7 +215,8 @@ class _FakeScripting(scripting_service_pb2_grpc.ScriptingServiceServicer):
                             "atmosphere": "test"},
                   "characters": [], "scenes": [{"index": s["index"], "text": f"Scene {s['index']}."} for s in segments]}
         self.fake.store.put_bytes(request.script_key, json.dumps(script).encode())
-        return scripting_service_pb2.WriteScriptResponse(result=stage_pb2.StageResult(keys={"script": request.script_key}))
+        yield scripting_service_pb2.WriteScriptResponse(progress=stage_pb2.StageProgress(done=1, total=1, fraction=1.0))
+        yield scripting_service_pb2.WriteScriptResponse(result=stage_pb2.StageResult(keys={"script": request.script_key}))
 
 
 class _StalledSegmentation(segmentation_service_pb2_grpc.SegmentationServiceServicer):

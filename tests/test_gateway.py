@@ -106,10 +106,11 @@ def create(stub, song_id: str, options=SMALL, request_id: str | None = None) -> 
     return stub.CreateJob(request, metadata=AUTH).job
 
 
-def watch_until(stub, job_id: str, stop=lambda job, message: False) -> tuple[job_pb2.Job, list]:
+def watch_until(stub, job_id: str, stop=lambda job, message: False, timeout: float = 120,
+                metadata=AUTH) -> tuple[job_pb2.Job, list]:
     """Follow the watch stream, applying changes to the snapshot, until it ends or `stop` says so."""
     job, messages = job_pb2.Job(), []
-    stream = stub.WatchJob(api_pb2.WatchJobRequest(job_id=job_id), metadata=AUTH, timeout=120)
+    stream = stub.WatchJob(api_pb2.WatchJobRequest(job_id=job_id), metadata=metadata, timeout=timeout)
     for message in stream:
         messages.append(message)
         kind = message.WhichOneof("event")

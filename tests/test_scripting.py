@@ -98,7 +98,7 @@ def task(labels: Labels | None = None, inputs: ScriptInputs = ScriptInputs(), se
     journal = StoreJournal(LocalArtifactStore(tempfile.mkdtemp()), JournalKeys("", "", "", "", "", ""), prompt)
     sectioned = SectionedTask(group_sections(segmentation, segment_roles(labels)), prompt,
                               SectionPrompts(segmentation, labels), seed)
-    return ScriptTask(prompt, labels, segmentation, inputs, seed, sectioned, journal, journal.transcript,
+    return ScriptTask(labels, segmentation, inputs, seed, sectioned, journal, journal.transcript,
                       lambda *progress: None, lambda: False)
 
 

@@ -30,13 +30,13 @@ REASONING_MODEL = "deepseek-ai/DeepSeek-R1-Distill-Llama-8B"  # the paper's scri
 SMALL_MODEL_FREQUENCY_PENALTY = 0.6
 # llama.cpp's frequency penalty looks back 64 tokens only: a 13-section plan repeated its first
 # section's place and action 12 times. With DRY the same plan had 6 places before its first repeat
-# (bench/RESULTS.md, "plans of long songs").
+# (bench/SCRIPTING.md, "Plans of long songs").
 SMALL_MODEL_DRY_MULTIPLIER = 0.8
 
 
 def max_repairs() -> int:
     """MVGEN_LLM_MAX_REPAIRS: repair turns after the first reply (0: none)."""
-    return max(0, env_int("MVGEN_LLM_MAX_REPAIRS", 4))
+    return max(0, env_int("MVGEN_LLM_MAX_REPAIRS", 6))
 
 
 class LLMScriptWriter(ScriptWriter):

@@ -16,7 +16,7 @@ from services.common.artifacts import Character, StyleBible, clock
 from services.scripting.sections import SongSection
 
 # Sections the plan's first reply writes, and each reply after it: the 1.5B model writing 13 sections in
-# one list planned 3 to 6 places and actions, then the same ones over again (bench/RESULTS.md, "plans").
+# one list planned 3 to 6 places and actions, then the same ones over again (bench/SCRIPTING.md, "Plans").
 SECTIONS_PER_PLAN_REPLY = 4
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ the same for every section, so a server's prompt cache reads it once.
 
 Each section's prompt holds the plan's style and characters, and its own place and action with
 those of the sections on either side: that is its continuity. (Shown the scene written just before
-it, the 1.5B model copied it into its first scene, section after section.) So sections do not wait
+it, the 1.5B model copied it into its first scene.) So sections do not wait
 for one another: `chat.parallel` are in flight together (vLLM batches them; llama.cpp has slots).
 
 Nothing written is lost: the plan, each accepted section and every reply are saved as they arrive

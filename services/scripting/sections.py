@@ -9,7 +9,7 @@ own. Sections follow the music where the segmentation and the labels say it chan
   climax, breakdown, outro) or before a transition segment, which leads into the next part, once
   it holds STRONG_MIN_SEGMENTS segments;
 - it closes at a cut the segmenter made on a spectral change once it holds TARGET_SEGMENTS;
-- it always closes at MAX_SEGMENTS (measured: bench/RESULTS.md, "section size");
+- it always closes at MAX_SEGMENTS (bench/SCRIPTING.md, "Sections": the measurements behind these);
 - a remainder shorter than MIN_SEGMENTS joins the section before it (split evenly with it when
   that would pass MAX_SEGMENTS).
 

@@ -3,7 +3,7 @@ TellStory: LALM pipeline), streaming the plan and each section as they are writt
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 
@@ -11,7 +11,7 @@ from services.common.pb import scripting_service_pb2 as pb
 from services.common.pb import scripting_service_pb2_grpc as pb_grpc
 from services.common.pb import stage_pb2
 from services.common.settings import ServiceSettings
-from services.common.stage_api import TellStoryRequest, WriteScriptRequest
+from services.common.stage_api import StageResult, TellStoryRequest, WriteScriptRequest
 from services.common.store import open_store
 from services.common.transport.convert import from_message, result_to_message
 from services.common.transport.server import CallLimit, stage_main
@@ -26,21 +26,22 @@ class ScriptingServicer(pb_grpc.ScriptingServiceServicer):
 
     async def WriteScript(self, request: pb.WriteScriptRequest,
                           context: grpc.aio.ServicerContext) -> AsyncIterator[pb.WriteScriptResponse]:
-        async for message in progress_stream(
-                self.calls, self.stage.run, from_message(request, WriteScriptRequest),
-                progress=lambda *parts: pb.WriteScriptResponse(progress=_progress(*parts)),
-                result=lambda result: pb.WriteScriptResponse(result=result_to_message(result, stage_pb2.StageResult)),
-                latest_only=False):
+        async for message in self._stream(self.stage.run, from_message(request, WriteScriptRequest),
+                                          pb.WriteScriptResponse):
             yield message
 
     async def TellStory(self, request: pb.TellStoryRequest,
                         context: grpc.aio.ServicerContext) -> AsyncIterator[pb.TellStoryResponse]:
-        async for message in progress_stream(
-                self.calls, self.stage.tell_story, from_message(request, TellStoryRequest),
-                progress=lambda *parts: pb.TellStoryResponse(progress=_progress(*parts)),
-                result=lambda result: pb.TellStoryResponse(result=result_to_message(result, stage_pb2.StageResult)),
-                latest_only=False):
+        async for message in self._stream(self.stage.tell_story, from_message(request, TellStoryRequest),
+                                          pb.TellStoryResponse):
             yield message
+
+    def _stream(self, work: Callable[..., StageResult], req: object, response: type) -> AsyncIterator:
+        """`work(req, ...)`'s progress, each part as it is written, then its result, as `response` messages."""
+        return progress_stream(
+            self.calls, work, req, progress=lambda *parts: response(progress=_progress(*parts)),
+            result=lambda result: response(result=result_to_message(result, stage_pb2.StageResult)),
+            latest_only=False)
 
 
 def _progress(done: int, total: int, what: str) -> stage_pb2.StageProgress:

@@ -88,7 +88,7 @@ class ScriptingStage:
         journal = StoreJournal(self.store, _journal_keys(req, req.prompt_key), plan_prompt)
         if not isinstance(writer, LLMScriptWriter):
             self.store.put_text(req.prompt_key, plan_prompt)
-        task = ScriptTask(plan_prompt, labels, segmentation, req.inputs, req.seed,
+        task = ScriptTask(labels, segmentation, req.inputs, req.seed,
                           SectionedTask(sections, plan_prompt, SectionPrompts(segmentation, labels), req.seed),
                           journal, journal.transcript, on_progress, is_cancelled)
         info: dict[str, Any] = {"writer": writer.name, "sections": len(sections)}

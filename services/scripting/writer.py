@@ -15,10 +15,9 @@ from services.scripting.sectioned import ProgressCallback, ScriptJournal, Sectio
 
 @dataclass(frozen=True)
 class ScriptTask:
-    """Everything a writer may use: the plan prompt and the section prompts (what LLM writers send),
-    what they were made from, and where an LLM writer keeps its work as it goes."""
+    """Everything a writer may use: what the script is made from, the sectioned task (the plan prompt and
+    the section prompts LLM writers send), and where an LLM writer keeps its work as it goes."""
 
-    prompt: str  # the plan prompt
     labels: Labels
     segmentation: Segmentation
     inputs: ScriptInputs

@@ -127,6 +127,85 @@ class Labels:
         )
 
 
+@dataclass(frozen=True)
+class LyricWord:
+    text: str
+    start: float  # seconds from the song's start
+    end: float
+    probability: float = 1.0  # the transcriber's confidence; 1.0 for words a person gave
+
+
+@dataclass
+class SegmentLyrics:
+    """The words sung in one segment, or none: `vocal` says whether a voice sings there at all."""
+
+    index: int
+    start: float
+    end: float
+    vocal: bool
+    words: list[LyricWord] = field(default_factory=list)
+    no_speech: float = 0.0  # the transcriber's probability that nobody sings here (0 for a person's lyrics)
+
+    @property
+    def text(self) -> str:
+        return " ".join(w.text for w in self.words).strip()
+
+
+@dataclass
+class Lyrics:
+    """lyrics.json: what is sung, word by word with times, gathered per segment.
+
+    `source` says where the words came from: a transcriber ("whisper-base") or the person's own
+    lyrics ("file:lrc", "file:plain"). An instrumental song has no vocal segment and no words.
+    """
+
+    source: str
+    language: str  # ISO 639-1 ("en"), or "" when unknown
+    segments: list[SegmentLyrics]
+    note: str = ""  # how the words were decided, for the person reading the run folder
+
+    @property
+    def vocal_segments(self) -> int:
+        return sum(1 for s in self.segments if s.vocal)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "language": self.language,
+            "note": self.note,
+            "vocal_segments": self.vocal_segments,
+            "segments": [
+                {"index": s.index, "start": round(s.start, 3), "end": round(s.end, 3), "vocal": s.vocal,
+                 "no_speech": round(s.no_speech, 3), "text": s.text,
+                 "words": [{"text": w.text, "start": round(w.start, 3), "end": round(w.end, 3),
+                            "probability": round(w.probability, 3)} for w in s.words]}
+                for s in self.segments
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Lyrics:
+        return cls(
+            source=d["source"],
+            language=d.get("language", ""),
+            note=d.get("note", ""),
+            segments=[SegmentLyrics(s["index"], s["start"], s["end"], bool(s["vocal"]),
+                                    [LyricWord(w["text"], w["start"], w["end"], w.get("probability", 1.0))
+                                     for w in s.get("words", [])], s.get("no_speech", 0.0))
+                      for s in d["segments"]],
+        )
+
+    def to_text(self) -> str:
+        lines = [f"Lyrics ({self.source}{', ' + self.language if self.language else ''}): "
+                 f"{self.vocal_segments} of {len(self.segments)} segments sung", ""]
+        if self.note:
+            lines[1:1] = [self.note]
+        for s in self.segments:
+            words = s.text if s.vocal else "(instrumental)"
+            lines.append(f"{s.index:4d}  {clock(s.start)} - {clock(s.end)}  {words}")
+        return "\n".join(lines) + "\n"
+
+
 @dataclass
 class StyleBible:
     """What every clip of the video shares, so that scenes look like one film."""

@@ -85,9 +85,15 @@ class SegmentRequest:
 class AnalyzeRequest:
     song_key: str
     segments_key: str
-    analyzer: str  # "descriptors" (CPU) or "clap" (msclap)
+    analyzer: str  # "descriptors" (CPU, no model), "musicnn" (a trained tagger on CPU) or "clap" (msclap)
     labels_key: str
     top_k: int = 3
+    # Lyrics, when lyrics_key is set: transcribed by `transcriber` ("whisper"), or, when
+    # lyrics_source_key is set, the person's own lyrics (plain text or LRC) aligned to the segments.
+    transcriber: str = ""
+    lyrics_source_key: str = ""
+    lyrics_key: str = ""  # lyrics.json
+    lyrics_text_key: str = ""  # lyrics.txt
 
 
 @dataclass(frozen=True)
@@ -115,6 +121,7 @@ class WriteScriptRequest:
     plan_key: str = ""  # plan.json: an LLM writer's plan (title, style, characters, a line per section)
     plan_text_key: str = ""  # plan.txt
     sections_key: str = ""  # sections.json: each finished section's scenes, what a rerun resumes from
+    lyrics_key: str = ""  # lyrics.json: each segment's words, shown to the writer as data; '' = none
 
 
 @dataclass(frozen=True)
@@ -130,6 +137,8 @@ class TellStoryRequest:
     inputs: ScriptInputs = field(default_factory=ScriptInputs)
     seed: int = 0
     scene_writer: str = ""  # who breaks the story into scenes: an LLM writer backend; '' = the storyteller
+    labels_key: str = ""  # labels.json: what a storyteller that does not hear audio tells the story from
+    lyrics_key: str = ""  # lyrics.json
     response_key: str = ""
     reasoning_key: str = ""
     plan_key: str = ""

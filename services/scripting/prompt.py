@@ -24,7 +24,7 @@ from typing import Any
 import jinja2
 import yaml
 
-from services.common.artifacts import LabelGroup, Labels, Segment, Segmentation, clock
+from services.common.artifacts import LabelGroup, Labels, Lyrics, Segment, Segmentation, clock
 from services.common.errors import InvalidInputError, StageFailedError
 from services.common.settings import PROMPTS_DIR
 from services.common.stage_api import ScriptInputs
@@ -42,6 +42,11 @@ USER_TEXT_LIMITS = {"story": 1500, "characters": 500, "style": 500}
 TOLD_STORY_LIMIT = 6000  # an audio model's story: 400 words asked, room for a verbose model
 PLAN_TEXT_LIMIT = 400  # one field of a plan (a line of story, a character): the schema allows 300
 TRUNCATION_MARK = " [cut: too long]"
+# The song's words (lyrics.json), shown as data: all of a clip's in its section prompt (a fast rap sings
+# ~25 words in a 7 s clip), and the first few of each section in the plan prompt, where every section's
+# line is read at once.
+SUNG_CLIP_LIMIT = 400
+SUNG_PLAN_WORDS = 20
 LALM_VOICE = "keep the story's voice and its literary flair"
 TRACK_GROUPS = ("tempo_range", "mood", "visual_style", "genre")
 # The segment groups whose labels have a picture (prompts/labels/*.yaml), in the order a section
@@ -55,9 +60,11 @@ _BRACKETS = str.maketrans({"<": "‹", "＜": "‹", "﹤": "‹", "〈": "‹",
 
 
 def render_plan_prompt(labels: Labels, segmentation: Segmentation, sections: Sequence[SongSection],
-                       inputs: ScriptInputs, prompts_dir: Path = PROMPTS_DIR) -> str:
-    """The CLAP pipeline's plan prompt; fails loudly on any placeholder left unfilled."""
+                       inputs: ScriptInputs, prompts_dir: Path = PROMPTS_DIR, lyrics: Lyrics | None = None) -> str:
+    """The CLAP pipeline's plan prompt; fails loudly on any placeholder left unfilled. `lyrics`: the words
+    sung, a few of each section shown as data."""
     pairs = paired_segments(labels, segmentation)
+    sung = sung_by_segment(lyrics, segmentation)
     label_sets = _label_sets(prompts_dir)
     style = label_sets.style_for(labels)
     by_index = {segment.index: groups for segment, groups in pairs}
@@ -76,6 +83,7 @@ def render_plan_prompt(labels: Labels, segmentation: Segmentation, sections: Seq
         "palette": ", ".join(style.palette),
         "lighting": style.lighting,
         "atmosphere": style.atmosphere,
+        "sung_sections": _sung_sections(sung, sections),
         **_user_context(inputs),
     }
     return render_template(PLAN_TEMPLATE, prompts_dir, **context)
@@ -104,9 +112,9 @@ class SectionPrompts:
     """Renders each section's prompt from the plan: what stays the same for a song is worked out once."""
 
     def __init__(self, segmentation: Segmentation, labels: Labels | None, *, story: str = "",
-                 prompts_dir: Path = PROMPTS_DIR):
+                 lyrics: Lyrics | None = None, prompts_dir: Path = PROMPTS_DIR):
         """`labels`: the CLAP pipeline's (each segment's are shown); None in the LALM pipeline, whose `story`
-        is shown instead."""
+        is shown instead. `lyrics`: the words sung, each clip's shown as data."""
         self.prompts_dir = prompts_dir
         self.n_scenes = len(segmentation.segments)
         label_sets = _label_sets(prompts_dir)
@@ -115,8 +123,10 @@ class SectionPrompts:
         direction = _direction(prompts_dir)
         self.shot_list = direction.shots
         self.shots = {s.index: direction.shot(s.index) for s in segmentation.segments}
+        sung = sung_by_segment(lyrics, segmentation)
         self.segments = {s.index: {**_timeline([s])[0], "shot": self.shots[s.index],
-                                   "labels": _segment_pictures(groups.get(s.index), label_sets)}
+                                   "labels": _segment_pictures(groups.get(s.index), label_sets),
+                                   "sung": clean_user_text(sung.get(s.index, ""), SUNG_CLIP_LIMIT)}
                          for s in segmentation.segments}
         self.common = {"voice": voice, "story": clean_user_text(story, TOLD_STORY_LIMIT) if story else "",
                        "with_labels": labels is not None}
@@ -129,6 +139,7 @@ class SectionPrompts:
             return f"at {_data(plan.sections[index].place)}: {_data(plan.sections[index].action)}"
 
         this = plan.sections[section.index]
+        segments = [self.segments[i] for i in section.segment_indices]
         return render_template(
             SECTION_TEMPLATE, self.prompts_dir, **self.common, n_scenes=self.n_scenes, n_sections=len(plan.sections),
             title=_data(plan.title), style={k: _data(v) for k, v in vars(plan.style).items() if isinstance(v, str)},
@@ -136,7 +147,40 @@ class SectionPrompts:
             section={"index": section.index, "start": clock(section.start, 1), "end": clock(section.end, 1),
                      "place": _data(this.place), "action": _data(this.action)},
             previous_section=told(section.index - 1),
-            next_section=told(section.index + 1), segments=[self.segments[i] for i in section.segment_indices])
+            next_section=told(section.index + 1), segments=segments, sung=any(s["sung"] for s in segments))
+
+
+def sung_by_segment(lyrics: Lyrics | None, segmentation: Segmentation) -> dict[int, str]:
+    """The words sung in each vocal segment, by segment index ({} without lyrics); InvalidInputError when
+    lyrics.json was made for other segments than segments.json's."""
+    if lyrics is None:
+        return {}
+    found = [s.index for s in lyrics.segments]
+    expected = [s.index for s in segmentation.segments]
+    if found != expected:
+        raise InvalidInputError(f"the lyrics are for segments {_indices(found)}, the segmentation has segments "
+                                f"{_indices(expected)}: analyse the song's lyrics with its segments")
+    return {s.index: s.text for s in lyrics.segments if s.vocal and s.text}
+
+
+def lyric_lines(lyrics: Lyrics | None) -> tuple[str, ...]:
+    """The song's words, segment by segment in the order sung, for the rule that no scene quotes them."""
+    return tuple(s.text for s in lyrics.segments if s.vocal and s.text) if lyrics is not None else ()
+
+
+def _sung_sections(sung: dict[int, str], sections: Sequence[SongSection]) -> list[dict[str, Any]]:
+    """Each section in which words are sung, with its first SUNG_PLAN_WORDS words, as data."""
+    views = []
+    for section in sections:
+        words = " ".join(sung[i] for i in section.segment_indices if i in sung).split()
+        if words:
+            shown = " ".join(words[:SUNG_PLAN_WORDS]) + (" …" if len(words) > SUNG_PLAN_WORDS else "")
+            views.append({"index": section.index, "words": clean_user_text(shown, SUNG_CLIP_LIMIT)})
+    return views
+
+
+def _indices(indices: list[int]) -> str:
+    return f"{indices[0]}-{indices[-1]} ({len(indices)})" if len(indices) > 6 else str(indices)
 
 
 def segment_roles(labels: Labels, prompts_dir: Path = PROMPTS_DIR) -> list[str]:

@@ -67,6 +67,7 @@ class SectionedTask:
     plan_prompt: str
     section_prompts: SectionPrompts  # (plan, section) -> its prompt; each segment's shot
     seed: int
+    lyric_lines: tuple[str, ...] = ()  # the song's words in the order sung: no scene may quote them
 
 
 def write_sectioned(chat: ChatModel, task: SectionedTask, *, writer: str, max_repairs: int, rules: SceneRules,
@@ -79,6 +80,7 @@ def write_sectioned(chat: ChatModel, task: SectionedTask, *, writer: str, max_re
             raise JobCancelledError("the job was cancelled while its script was written")
 
     total = len(task.sections) + 1
+    rules = rules.with_lyrics(task.lyric_lines)
     check_cancelled()
     plan = _plan(chat, task, writer=writer, max_repairs=max_repairs, rules=rules, journal=journal,
                  transcript=transcript)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from services.common import artifacts
-from services.common.artifacts import Labels, Script, Segmentation
+from services.common.artifacts import Labels, Lyrics, Script, Segmentation
 from services.common.errors import InvalidInputError
 from services.common.lifecycle import Backend, BackendSet
 from services.common.settings import env_int
@@ -31,7 +31,7 @@ from services.scripting.journal import JournalKeys, StoreJournal
 from services.scripting.llm.conversation import ScriptRepairError
 from services.scripting.llm_writers import LlamaCppWriter, LLMScriptWriter, OpenAIWriter, VllmWriter, max_repairs
 from services.scripting.prompt import (
-    SectionPrompts, render_plan_prompt, render_story_plan_prompt, render_story_prompt, segment_roles,
+    SectionPrompts, lyric_lines, render_plan_prompt, render_story_plan_prompt, render_story_prompt, segment_roles,
 )
 from services.scripting.scene_rules import load_scene_rules
 from services.scripting.sectioned import ProgressCallback, SectionedTask, write_sectioned
@@ -83,15 +83,19 @@ class ScriptingStage:
         fallback = self._backend(req.fallback_writer, ScriptWriter, "a script writer") if req.fallback_writer else None
         labels = _read(self.store, req.labels_key, Labels.from_dict)
         segmentation = _read(self.store, req.segments_key, Segmentation.from_dict)
+        lyrics = _read_lyrics(self.store, req.lyrics_key) if req.lyrics_key else None
         sections = group_sections(segmentation, segment_roles(labels), section_segments())
-        plan_prompt = render_plan_prompt(labels, segmentation, sections, req.inputs)
+        plan_prompt = render_plan_prompt(labels, segmentation, sections, req.inputs, lyrics=lyrics)
         journal = StoreJournal(self.store, _journal_keys(req, req.prompt_key), plan_prompt)
         if not isinstance(writer, LLMScriptWriter):
             self.store.put_text(req.prompt_key, plan_prompt)
         task = ScriptTask(labels, segmentation, req.inputs, req.seed,
-                          SectionedTask(sections, plan_prompt, SectionPrompts(segmentation, labels), req.seed),
+                          SectionedTask(sections, plan_prompt, SectionPrompts(segmentation, labels, lyrics=lyrics),
+                                        req.seed, lyric_lines(lyrics)),
                           journal, journal.transcript, on_progress, is_cancelled)
         info: dict[str, Any] = {"writer": writer.name, "sections": len(sections)}
+        if lyrics is not None:
+            info.update(lyrics_source=lyrics.source, vocal_segments=lyrics.vocal_segments)
         try:
             script = writer.write(task)
         except ScriptRepairError as exc:
@@ -175,6 +179,14 @@ def _writer_info(journal: StoreJournal, model: str) -> dict[str, Any]:
 def _script_info(script: Script) -> dict[str, Any]:
     return {"script_writer": script.writer, "title": script.title, "scenes": len(script.scenes),
             "characters": len(script.characters)}
+
+
+def _read_lyrics(store: ArtifactStore, key: str) -> Lyrics:
+    """lyrics.json, or InvalidInputError naming the key when it is not there or not lyrics."""
+    if not store.exists(key):
+        raise InvalidInputError(f"no lyrics at {quoted(key)} (lyrics_key): analyse the song with lyrics first, "
+                                f"or leave lyrics_key empty")
+    return _read(store, key, Lyrics.from_dict)
 
 
 def _read(store: ArtifactStore, key: str, parse: Callable[[dict[str, Any]], T]) -> T:

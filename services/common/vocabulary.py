@@ -4,13 +4,17 @@ The same files serve the `descriptors` analyser (rules keyed by label id) and th
 (it scores each label's text, put into its group's template, against the audio), so both produce
 labels.json in one vocabulary.
 
+The `musicnn` analyser scores the labels that name some of its tags (a label's `musicnn:` list,
+e.g. `[mtt:piano]`; services/common/musicnn_tags.py lists them).
+
 The files are written by people, so loading validates them and names the file and line of any
 problem (a YAML syntax error, a missing or misspelt key, an empty group, a label id or text given
-twice, a template without its `{}`), as `LabelSetError`.
+twice, a template without its `{}`, a musicnn tag that does not exist), as `LabelSetError`.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +23,7 @@ from typing import Any
 import yaml
 
 from services.common.errors import StageFailedError
+from services.common.musicnn_tags import ALL_TAGS as MUSICNN_TAGS
 from services.common.settings import PROMPTS_DIR
 
 LABELS_DIR = PROMPTS_DIR / "labels"
@@ -30,6 +35,7 @@ SCOPES = ("segment", "track")
 DEFAULT_TEMPLATE = "{}"  # the label text as it is
 
 FILE_KEYS = {"group", "scope", "description", "template", "labels"}
+MUSICNN_KEY = "musicnn"  # a label's musicnn tags: what the musicnn analyser scores it by
 LABEL_ID = re.compile(r"[a-z][a-z0-9_]*")  # code keys on ids: keep them plain
 
 
@@ -169,8 +175,27 @@ def _label_set(path: Path, loader: yaml.SafeLoader, root: yaml.Node) -> LabelSet
             first_line[what, value] = node.start_mark.line + 1
         data = {key: loader.construct_object(value_node, deep=True)
                 for key, (_, value_node) in entry.items() if key not in ("id", "text")}
+        if MUSICNN_KEY in entry:
+            data[MUSICNN_KEY] = _musicnn_tags(path, entry[MUSICNN_KEY][1])
         labels.append(LabelDef(label_id, label_text, data))
     return LabelSet(group, scope, description, tuple(labels), template)
+
+
+def _musicnn_tags(path: Path, node: yaml.Node) -> list[str]:
+    """A label's `musicnn:` list: known tag names ("mtt:piano", "msd:heavy metal"), each once."""
+    if not isinstance(node, yaml.SequenceNode) or not node.value:
+        raise _error(path, node, f"{MUSICNN_KEY} must be a list of musicnn tags, e.g. [mtt:piano, msd:jazz]")
+    tags: list[str] = []
+    for item in node.value:
+        tag = _string(path, item, f"a {MUSICNN_KEY} tag")
+        if tag not in MUSICNN_TAGS:
+            close = difflib.get_close_matches(tag, MUSICNN_TAGS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else " (see services/common/musicnn_tags.py)"
+            raise _error(path, item, f"unknown musicnn tag {tag!r}: tags are mtt:<tag> or msd:<tag>{hint}")
+        if tag in tags:
+            raise _error(path, item, f"musicnn tag {tag!r} given twice for this label")
+        tags.append(tag)
+    return tags
 
 
 def _mapping(path: Path, node: yaml.Node, what: str) -> dict[str, tuple[yaml.Node, yaml.Node]]:

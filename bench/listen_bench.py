@@ -1,0 +1,62 @@
+"""The listening analysers' speed on this machine's CPU (`musicnn_rows`, for bench/run.py).
+
+musicnn: the two trained taggers (MTT_musicnn, MSD_musicnn, the weights the musicnn wheel carries)
+in torch, plus the descriptors it runs for what a tagger does not give. Both analysers run through
+the analysis stage (decode, then analyse) on the rules segmenter's segments of the same song, in
+the same call, so their seconds per minute of audio compare directly.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from bench.timing import best_of
+from services.analysis.stage import AnalysisStage
+from services.common.stage_api import AnalyzeRequest, SegmenterParams, SegmentRequest
+from services.common.store import LocalArtifactStore
+from services.segmentation.stage import SegmentationStage
+
+Row = tuple[str, float, str, float]  # (what, value, baseline name, baseline value), as bench/run.py prints them
+
+
+def musicnn_rows(song_path: Path, minutes: float) -> list[Row]:
+    """Seconds of analysis per minute of audio for `musicnn` against `descriptors`, and patches per second."""
+    with tempfile.TemporaryDirectory(prefix="mvgen-listen-bench-") as scratch:
+        store = LocalArtifactStore(Path(scratch))
+        song_key = f"song{song_path.suffix}"
+        store.put_file(song_key, song_path)
+        segmentation = SegmentationStage(store)
+        segmentation.load()
+        segmentation.run(SegmentRequest(song_key, SegmenterParams(segmenter="rules"), "segments.json", "segments.txt"))
+
+        descriptors = AnalysisStage(store, enabled=("descriptors",))
+        descriptors.load()
+        descriptors_s = best_of(3, lambda: descriptors.run(
+            AnalyzeRequest(song_key, "segments.json", "descriptors", "descriptors.json")))
+        musicnn = AnalysisStage(store, enabled=("musicnn",))
+        musicnn.load()  # not timed: reads the checkpoints and runs one warm-up patch
+        musicnn_s = best_of(2, lambda: musicnn.run(AnalyzeRequest(song_key, "segments.json", "musicnn", "musicnn.json")))
+        patches = json.loads(store.get_text("musicnn.json"))["track_measures"]["musicnn_patches"]
+        batch = musicnn.analyzers.get("musicnn").batch_size
+
+    what = "analysis (musicnn on CPU: MTT + MSD taggers, with the descriptors), s per min of audio"
+    return [
+        (what, musicnn_s / minutes, "analysis (descriptors)", descriptors_s / minutes),
+        (f"musicnn on CPU: 3 s patches per second, both taggers (batch {batch})", patches / musicnn_s, "-", 0.0),
+    ]
+
+
+if __name__ == "__main__":
+    import argparse
+
+    from bench.run import render_table
+    from tools.synth_song import render_song
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=180.0, help="length of the benchmark song")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="mvgen-listen-song-") as folder:
+        truth = render_song(Path(folder) / "song.wav", seconds=args.seconds, seed=1)
+        print(render_table(musicnn_rows(Path(folder) / "song.wav", truth.duration / 60)))

@@ -97,9 +97,9 @@ class StoredSong:
 
 
 @pytest.fixture(scope="session")
-def listening_stage() -> AnalysisStage:
+def listening_stage(tmp_path_factory) -> AnalysisStage:
     """The analysis stage with the descriptors analyser and the whisper transcriber, loaded once."""
-    stage = AnalysisStage(LocalArtifactStore(ROOT / "build" / "unused-store"), enabled=("descriptors", "whisper"))
+    stage = AnalysisStage(LocalArtifactStore(tmp_path_factory.mktemp("store")), enabled=("descriptors", "whisper"))
     stage.load()
     return stage
 
@@ -178,7 +178,7 @@ def test_plain_text_lyrics_are_aligned_to_what_whisper_heard(spoken, listening_s
     assert all(w.probability == 1.0 for s in lyrics.segments for w in s.words)
 
 
-def test_whisper_loads_and_transcribes_with_no_network():
+def test_whisper_loads_and_transcribes_with_no_network(tmp_path):
     """faster-whisper is given a folder: it must never reach a model hub. Run with every connection refused."""
     code = """
 import socket, numpy as np
@@ -193,7 +193,7 @@ heard = backend.transcribe(np.zeros(16000 * 2, np.float32))
 print("loaded", backend.state.value, heard.model)
 """
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
-                          env={"PATH": "/usr/bin:/bin", "HOME": str(ROOT / "build")})
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "loaded ready whisper-base" in done.stdout
 
@@ -220,11 +220,13 @@ def test_a_missing_model_is_named_with_how_to_fetch_it(tmp_path):
     assert backend.state.value == "failed"
 
 
-def phrase(start: float, end: float, words: str, no_speech: float, probability: float) -> HeardPhrase:
+def phrase(start: float, end: float, words: str, no_speech: float, probability: float,
+           window: int = 0) -> HeardPhrase:
     texts = words.split()
     step = (end - start) / len(texts)
     return HeardPhrase(start, end, words, no_speech, -0.5, tuple(
-        HeardWord(" " + w, start + i * step, start + (i + 1) * step, probability) for i, w in enumerate(texts)))
+        HeardWord(" " + w, start + i * step, start + (i + 1) * step, probability) for i, w in enumerate(texts)),
+        window)
 
 
 def test_only_phrases_heard_as_voiced_and_sure_are_kept_and_music_signs_are_no_words():
@@ -232,11 +234,25 @@ def test_only_phrases_heard_as_voiced_and_sure_are_kept_and_music_signs_are_no_w
         phrase(0.5, 3.0, "♪ Paper boats [Music] drift.", no_speech=0.05, probability=0.8),  # sung
         phrase(6.0, 8.0, "Thank you.", no_speech=0.70, probability=0.91),  # invented over music: no voice
         phrase(11.0, 13.0, "red consul obviously", no_speech=0.06, probability=0.45),  # a voice, garbled
-        phrase(15.5, 16.5, "sky", no_speech=0.10, probability=0.9)))
-    lyrics = lyrics_from_transcription(heard, even_segmentation(20.0, 5.0), GatherThresholds())
-    assert [(s.index, s.text) for s in lyrics.segments if s.vocal] == [(0, "Paper boats drift."), (3, "sky")]
+        phrase(15.5, 16.5, "sky", no_speech=0.10, probability=0.9),
+        # Whisper's stock phrase over a recorded instrumental, within both thresholds; then a line with it.
+        phrase(21.0, 23.0, "Thank you very much.", no_speech=0.44, probability=0.53),
+        phrase(26.0, 29.0, "Thank you for the light", no_speech=0.10, probability=0.8)))
+    lyrics = lyrics_from_transcription(heard, even_segmentation(30.0, 5.0), GatherThresholds())
+    assert [(s.index, s.text) for s in lyrics.segments if s.vocal] == [
+        (0, "Paper boats drift."), (3, "sky"), (5, "Thank you for the light")]
     assert lyrics.segments[1].no_speech == pytest.approx(0.70) and lyrics.segments[2].no_speech == pytest.approx(0.06)
-    assert "2 of 4 phrases dropped" in lyrics.note and lyrics.language == "en"
+    assert "3 of 6 phrases dropped" in lyrics.note and lyrics.language == "en"
+
+
+def test_a_sure_copy_of_an_unsure_phrase_of_its_window_is_not_taken_as_sung():
+    # As Whisper base did over a quiet voice: unsure words, then the same words again over music alone.
+    heard = Transcription("whisper-base", "en", 0.65, (
+        phrase(15.8, 18.7, "We can't ever move to the end of this club.", 0.40, 0.38, window=0),
+        phrase(25.6, 27.2, "we can't ever move to the end of this club", 0.40, 0.81, window=0),
+        phrase(31.0, 33.0, "We can't ever move to the end of this club!", 0.10, 0.85, window=3000)))
+    kept = GatherThresholds().kept(heard.phrases)
+    assert kept == [heard.phrases[2]]  # the same words read sure in another window are sung
 
 
 def test_the_thresholds_can_be_set_for_real_singing_and_must_be_probabilities(monkeypatch):

@@ -33,6 +33,7 @@ class HeardPhrase:
     no_speech: float  # the model's probability that nobody speaks or sings in the window holding this phrase
     avg_logprob: float  # mean log-probability of its tokens
     words: tuple[HeardWord, ...]
+    window: int = 0  # which stretch of audio the model read it in (phrases of one window share no_speech)
 
     @property
     def word_probability(self) -> float:
@@ -43,8 +44,8 @@ class HeardPhrase:
 @dataclass(frozen=True)
 class Transcription:
     model: str  # e.g. "whisper-base"
-    language: str  # ISO 639-1, as detected
-    language_probability: float
+    language: str  # ISO 639-1: the language the song was read in (detected, or a fallback when unsure)
+    language_probability: float  # how sure the detection was (1.0 when the language was given)
     phrases: tuple[HeardPhrase, ...]
 
 

@@ -31,6 +31,17 @@ MODEL_NAME = "whisper-base"
 # Whisper detects the language from one 30 s window; a song's first may be an instrumental intro,
 # so up to this many windows are tried until one is sure (faster-whisper's language detection).
 LANGUAGE_DETECTION_WINDOWS = 4
+# Sure of a language: above this probability in one of those windows (faster-whisper's own test). When
+# no window is, there is no clear voice to hear, and the song is read as FALLBACK_LANGUAGE: an
+# instrumental song "detected" as Khmer (0.50) took 65 s to read for 3 minutes, each window decoded to
+# its full length in byte-level tokens before being dropped; read as English, 8.5 s.
+LANGUAGE_SURE = 0.5
+FALLBACK_LANGUAGE = "en"
+# Tokens one 30 s window may write. Fast singing fills a window with ~90 words (~120 tokens); a longer
+# answer is cut back to its last whole phrase and the rest read from there in the next window, so no
+# sung word is lost. What it bounds is the time spent writing invented text over music (448 tokens a
+# window otherwise; 3 minutes of instrumental music: 5.1 s read with the cap, 8.5 s without).
+MAX_WINDOW_TOKENS = 128
 
 
 @dataclass(frozen=True)
@@ -39,6 +50,7 @@ class WhisperSettings:
     threads: int  # MVGEN_WHISPER_THREADS: CPU threads of one transcription (0: every core this process may use)
     beam_size: int  # MVGEN_WHISPER_BEAM_SIZE: 1 is greedy decoding
     language: str  # MVGEN_WHISPER_LANGUAGE: an ISO 639-1 code to skip detection, '' to detect
+    fallback_language: str = FALLBACK_LANGUAGE  # MVGEN_WHISPER_FALLBACK_LANGUAGE: read as this when unsure
 
     @classmethod
     def from_env(cls) -> WhisperSettings:
@@ -51,6 +63,7 @@ class WhisperSettings:
             threads=threads or len(os.sched_getaffinity(0)),
             beam_size=beam_size,
             language=os.environ.get("MVGEN_WHISPER_LANGUAGE", "").strip().lower(),
+            fallback_language=env_str("MVGEN_WHISPER_FALLBACK_LANGUAGE", FALLBACK_LANGUAGE).lower(),
         )
 
 
@@ -84,15 +97,27 @@ class WhisperTranscriber(Transcriber):
                                       cpu_threads=settings.threads, local_files_only=True)
         except (RuntimeError, ValueError, OSError) as exc:
             raise StageFailedError(f"the Whisper model in {settings.model_dir} cannot be loaded ({exc})") from exc
+        for name, code in (("MVGEN_WHISPER_LANGUAGE", settings.language),
+                           ("MVGEN_WHISPER_FALLBACK_LANGUAGE", settings.fallback_language)):
+            if code and code not in self.model.supported_languages:
+                raise StageFailedError(f"{name}={code!r} is not a language Whisper knows (an ISO 639-1 code, e.g. en)")
 
     def transcribe(self, samples: np.ndarray, skip_no_speech_above: float | None = None) -> Transcription:
         if self.model is None:
             raise StageFailedError("the whisper transcriber is not loaded")
         settings = self.settings
         assert settings is not None
+        samples = np.ascontiguousarray(samples, dtype=np.float32)
+        language, sureness = settings.language, 1.0
+        if not language:
+            language, sureness, _ = self.model.detect_language(
+                samples, language_detection_segments=LANGUAGE_DETECTION_WINDOWS,
+                language_detection_threshold=LANGUAGE_SURE)
+            if sureness <= LANGUAGE_SURE:
+                language = settings.fallback_language
         segments, info = self.model.transcribe(
-            np.ascontiguousarray(samples, dtype=np.float32),
-            language=settings.language or None,
+            samples,
+            language=language,
             beam_size=settings.beam_size,
             word_timestamps=True,
             # Conditioning on the text before makes one invented line repeat through a song's
@@ -103,12 +128,12 @@ class WhisperTranscriber(Transcriber):
             # (the probability is one per window), and over music those retries cost more than the rest.
             no_speech_threshold=skip_no_speech_above,
             vad_filter=False,  # Silero VAD is trained on speech; singing over music is ours to judge
-            language_detection_segments=LANGUAGE_DETECTION_WINDOWS,
+            max_new_tokens=MAX_WINDOW_TOKENS,
         )
         phrases = tuple(
             HeardPhrase(start=float(s.start), end=float(s.end), text=s.text, no_speech=float(s.no_speech_prob),
                         avg_logprob=float(s.avg_logprob),
                         words=tuple(HeardWord(w.word, float(w.start), float(w.end), float(w.probability))
-                                    for w in (s.words or ())))
+                                    for w in (s.words or ())), window=int(s.seek))
             for s in segments)  # a generator: decoding happens here
-        return Transcription(MODEL_NAME, info.language, float(info.language_probability), phrases)
+        return Transcription(MODEL_NAME, info.language, float(sureness), phrases)

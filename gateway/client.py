@@ -25,10 +25,12 @@ from typing import Any, TypeVar
 
 import grpc
 
+from services.common.errors import InvalidInputError
 from services.common.pb import job_pb2, stage_pb2
 from services.common.pb import music_video_service_pb2 as api_pb2
 from services.common.pb import music_video_service_pb2_grpc as api_grpc
 from services.common.transport.convert import info_from_struct
+from gateway.job import read_lyrics_file
 from gateway.orchestrator import JobEvent
 from gateway.progress import ProgressDisplay
 
@@ -85,7 +87,13 @@ def add_client_commands(commands: argparse._SubParsersAction, formatter: type[ar
                              "the story into scenes; default: the storyteller)")
     stages.add_argument("--fallback-writer", metavar="NAME",
                         help="writes the script if the writer gives no valid one, e.g. template")
-    stages.add_argument("--storyteller", metavar="NAME", help="LALM pipeline: the audio-language model backend")
+    stages.add_argument("--storyteller", metavar="NAME",
+                        help="LALM pipeline: who tells the story, e.g. openai-audio (an audio-language model) or "
+                             "cascade (an LLM, from the tags and lyrics the analysis heard)")
+    stages.add_argument("--transcriber", metavar="NAME",
+                        help="lyrics transcriber, e.g. whisper, or none (default: the server's)")
+    stages.add_argument("--lyrics", metavar="FILE",
+                        help="the song's lyrics (plain text or LRC), used instead of transcribing them")
     stages.add_argument("--generator", metavar="NAME", help="clip generator backend, e.g. animatic or wan")
     stages.add_argument("--top-k", type=int, metavar="K", help="labels kept per group")
     story = submit.add_argument_group("script inputs (passed to the writer as data)")
@@ -117,7 +125,7 @@ def run_client_command(args: argparse.Namespace) -> int:
             gateway = Gateway(api_grpc.MusicVideoServiceStub(channel), token)
             command = {"submit": submit, "jobs": list_jobs, "status": show_status, "cancel": cancel_job}[args.command]
             return command(gateway, args)
-    except UsageError as exc:
+    except (UsageError, InvalidInputError) as exc:
         return _fail(str(exc), EXIT_BAD_INPUT)
     except grpc.RpcError as exc:
         if exc.code() == grpc.StatusCode.UNAVAILABLE:
@@ -200,6 +208,7 @@ def job_options(args: argparse.Namespace) -> job_pb2.JobOptions:
     options = job_pb2.JobOptions(
         segmenter=segmenter, analyzer=args.analysis or "", writer=args.writer or "", generator=args.generator or "",
         fallback_writer=args.fallback_writer or "", storyteller=args.storyteller or "",
+        transcriber=args.transcriber or "", lyrics=read_lyrics_file(args.lyrics) if args.lyrics else "",
         top_k=args.top_k or 0, fps=args.fps or 0,
         script_inputs=stage_pb2.ScriptInputs(story=args.story or "", characters=args.characters or "",
                                              style=args.style or ""))

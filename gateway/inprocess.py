@@ -31,11 +31,13 @@ from gateway.stage_clients import CancelCheck, PartsCallback, ProgressCallback, 
 
 class InProcessStages:
     def __init__(self, store: ArtifactStore, *, analyzer: str, scripting: Sequence[str], generator: str,
-                 clip_workers: int | None = None):
-        """`scripting`: every scripting backend the job may use (writer, fallback, storyteller)."""
+                 transcriber: str = "", clip_workers: int | None = None):
+        """`scripting`: every scripting backend the job may use (writer, fallback, storyteller);
+        `transcriber`: the lyrics backend the analysis stage loads beside the analyser ('' = none)."""
         lease_numba_cache("inprocess")  # before the stage packages import numba
         self.store = store
-        self._backends = {"analysis": (analyzer,), "scripting": tuple(dict.fromkeys(scripting)),
+        self._backends = {"analysis": (analyzer, transcriber) if transcriber else (analyzer,),
+                          "scripting": tuple(dict.fromkeys(scripting)),
                           "video": (generator,)}
         self._clip_workers = clip_workers or min(2, os.cpu_count() or 1)
         self._stages: dict[str, Any] = {}

@@ -12,17 +12,19 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from services.common import encoding
 from services.common.errors import InvalidInputError
-from services.common.stage_api import ScriptInputs, SegmenterParams
+from services.common.stage_api import LISTENING_STORYTELLERS, ScriptInputs, SegmenterParams
 from services.common.store import ArtifactStore
 
 STAGES = ("segmentation", "analysis", "scripting", "video", "assembly")
 # A job's state when a shutdown stopped it: not terminal, so whoever runs jobs resumes it.
 INTERRUPTED = "interrupted"
 MAX_SCRIPT_INPUT_CHARS = 4000  # per user text; the writer trims further, this refuses the absurd
+MAX_LYRICS_CHARS = 32_000  # a 7-minute rap holds about 6,000; this refuses a book
 PIPELINES = ("clap", "lalm")
 
 
@@ -30,9 +32,12 @@ PIPELINES = ("clap", "lalm")
 class JobOptions:
     segmenter: SegmenterParams = field(default_factory=SegmenterParams)
     # clap: analysis labels, then `writer` writes the script; lalm: `storyteller` hears the song and
-    # tells the story, which `writer` ('' = the storyteller) breaks into scenes; analysis is skipped.
+    # tells the story, which `writer` ('' = the storyteller) breaks into scenes; analysis is skipped,
+    # unless the storyteller tells from what analysis heard (LISTENING_STORYTELLERS).
     pipeline: str = "clap"
     analyzer: str = "descriptors"
+    transcriber: str = ""  # lyrics: the analysis backend that transcribes them ("whisper"); '' = none
+    lyrics: str = ""  # the person's own lyrics (plain text or LRC), used instead of transcribing
     writer: str = "template"
     storyteller: str = "openai-audio"
     fallback_writer: str = ""  # clap: writes the script when `writer` gives no valid one; '' = fail
@@ -56,6 +61,8 @@ class JobOptions:
         for name in ("story", "characters", "style"):
             if len(getattr(self.script_inputs, name)) > MAX_SCRIPT_INPUT_CHARS:
                 problems.append(f"{name} is longer than {MAX_SCRIPT_INPUT_CHARS} characters")
+        if len(self.lyrics) > MAX_LYRICS_CHARS:
+            problems.append(f"the lyrics are longer than {MAX_LYRICS_CHARS} characters ({len(self.lyrics)})")
         if problems:
             raise InvalidInputError("; ".join(problems))
 
@@ -71,7 +78,20 @@ class JobOptions:
                                 "writer is an LLM writer (openai, llamacpp, vllm) or empty for the storyteller itself")
             if self.fallback_writer:
                 problems.append("a fallback writer needs the CLAP pipeline's labels; the LALM pipeline has none")
+            if self.wants_lyrics and not self.runs_analysis:
+                problems.append(f"lyrics are heard by the analysis stage, which the LALM pipeline skips when an "
+                                f"audio-language model ({self.storyteller}) hears the song; use the storyteller "
+                                f"{' or '.join(LISTENING_STORYTELLERS)} or the CLAP pipeline")
         return problems
+
+    @property
+    def runs_analysis(self) -> bool:
+        """Whether the job has labels: the CLAP pipeline, or a storyteller that tells from them."""
+        return self.pipeline == "clap" or self.storyteller in LISTENING_STORYTELLERS
+
+    @property
+    def wants_lyrics(self) -> bool:
+        return bool(self.transcriber or self.lyrics)
 
     @property
     def scene_writer(self) -> str:
@@ -81,7 +101,27 @@ class JobOptions:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["segmenter"] = self.segmenter.to_dict()
+        # The manifest names the person's lyrics by digest; the text itself is lyrics_source.txt.
+        d["lyrics"] = {"sha256": hashlib.sha256(self.lyrics.encode()).hexdigest(),
+                       "chars": len(self.lyrics)} if self.lyrics else ""
         return d
+
+
+def read_lyrics_file(path: str) -> str:
+    """A person's lyrics file (plain text or LRC) as text, or one line saying why it cannot be."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read the lyrics file {path}: {exc.strerror}") from exc
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"the lyrics file {path} is not UTF-8 text (byte {exc.start} is not)") from exc
+    if not text.strip():
+        raise InvalidInputError(f"the lyrics file {path} is empty")
+    if len(text) > MAX_LYRICS_CHARS:
+        raise InvalidInputError(f"the lyrics file {path} is longer than {MAX_LYRICS_CHARS} characters ({len(text)})")
+    return text
 
 
 @dataclass(frozen=True)
@@ -111,6 +151,18 @@ class JobLayout:
     @property
     def labels(self) -> str:
         return self.key("labels.json")
+
+    @property
+    def lyrics_source(self) -> str:
+        return self.key("lyrics_source.txt")
+
+    @property
+    def lyrics(self) -> str:
+        return self.key("lyrics.json")
+
+    @property
+    def lyrics_text(self) -> str:
+        return self.key("lyrics.txt")
 
     @property
     def prompt(self) -> str:

@@ -30,7 +30,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from services.common import timing
 from services.common.errors import InvalidInputError, MvgenError, ResourceExhaustedError, TransientError
 from services.common.pb import job_pb2, music_video_service_pb2 as api_pb2, song_pb2, stage_pb2
-from services.common.stage_api import ScriptInputs, SegmenterParams
+from services.common.stage_api import LISTENING_STORYTELLERS, ScriptInputs, SegmenterParams
 from services.common.store import ArtifactStore
 from services.common.transport.convert import from_message, to_message
 from services.common.untrusted import quoted
@@ -81,6 +81,7 @@ class BackendChoices:
     writers: tuple[str, ...]
     generators: tuple[str, ...]
     storytellers: tuple[str, ...] = ()  # LALM pipeline; none: the pipeline is refused
+    transcribers: tuple[str, ...] = ()  # lyrics; first = default; none: no lyrics unless a job gives its own
 
 
 def resolve_options(requested: job_pb2.JobOptions, choices: BackendChoices) -> job_pb2.JobOptions:
@@ -112,6 +113,8 @@ def resolve_options(requested: job_pb2.JobOptions, choices: BackendChoices) -> j
                          if requested.fallback_writer else ""),
         script_inputs=to_message(from_message(requested.script_inputs, ScriptInputs), stage_pb2.ScriptInputs),
         generator=_backend("generator", requested.generator, choices.generators),
+        transcriber=_transcriber(requested, choices, lalm and storyteller not in LISTENING_STORYTELLERS),
+        lyrics=requested.lyrics,
         seed=requested.seed,
         fps=requested.fps or defaults.fps,
         width=requested.width or defaults.width,
@@ -119,6 +122,15 @@ def resolve_options(requested: job_pb2.JobOptions, choices: BackendChoices) -> j
     )
     job_options(resolved).check()
     return resolved
+
+
+def _transcriber(requested: job_pb2.JobOptions, choices: BackendChoices, hears_itself: bool) -> str:
+    """The lyrics transcriber: the one asked for, 'none', or the default where the job has an analysis stage."""
+    if requested.transcriber == "none":
+        return ""
+    if requested.transcriber:
+        return _backend("transcriber", requested.transcriber, choices.transcribers)
+    return "" if hears_itself or not choices.transcribers else choices.transcribers[0]
 
 
 def _backend(kind: str, requested: str, served: tuple[str, ...]) -> str:
@@ -137,7 +149,8 @@ def job_options(options: job_pb2.JobOptions) -> JobOptions:
         writer=options.writer, storyteller=options.storyteller or JobOptions.storyteller,
         fallback_writer=options.fallback_writer, generator=options.generator,
         script_inputs=from_message(options.script_inputs, ScriptInputs), seed=options.seed,
-        top_k=options.top_k, fps=options.fps, width=options.width, height=options.height)
+        top_k=options.top_k, fps=options.fps, width=options.width, height=options.height,
+        transcriber=options.transcriber, lyrics=options.lyrics)
 
 
 # --- the job's record and its view ---------------------------------------------------------------------

@@ -114,29 +114,28 @@ class Orchestrator:
 
         journal = dict(response_key=layout.response, reasoning_key=layout.reasoning, plan_key=layout.plan,
                        plan_text_key=layout.plan_text, sections_key=layout.sections)
+        labels_fp = await self._analysis(job, manifest, seg_fp) if opts.runs_analysis else None
+        lyrics_key = layout.lyrics if labels_fp and opts.wants_lyrics else ""
         if opts.pipeline == "lalm":
-            await self._skip(manifest, "analysis", "the LALM pipeline hears the song itself")
-            script_fp = fingerprint("scripting", "lalm", seg_fp, opts.storyteller, opts.scene_writer,
+            if labels_fp is None:
+                await self._skip(manifest, "analysis", "the LALM pipeline hears the song itself")
+            script_fp = fingerprint("scripting", "lalm", labels_fp or seg_fp, opts.storyteller, opts.scene_writer,
                                     opts.script_inputs, opts.seed, await self.stages.backend_config("scripting"))
             request: TellStoryRequest | WriteScriptRequest = TellStoryRequest(
                 song_key=job.song_key, segments_key=layout.segments, storyteller=opts.storyteller,
                 prompt_key=layout.prompt, story_key=layout.story, scenes_prompt_key=layout.scenes_prompt,
                 script_key=layout.script, script_text_key=layout.script_text, inputs=opts.script_inputs,
-                seed=opts.seed, scene_writer=opts.writer, **journal)
+                seed=opts.seed, scene_writer=opts.writer, labels_key=layout.labels if labels_fp else "",
+                lyrics_key=lyrics_key, **journal)
             await self._stage(manifest, "scripting", script_fp, opts.storyteller, lambda: self.stages.tell_story(
                 request, script_progress, self._cancelled.is_set), edited=self._plan_edited(layout))
         else:
-            labels_fp = fingerprint("analysis", seg_fp, opts.analyzer, opts.top_k,
-                                    await self.stages.backend_config("analysis"))
-            await self._stage(manifest, "analysis", labels_fp, opts.analyzer, lambda: self.stages.analyze(
-                AnalyzeRequest(job.song_key, layout.segments, opts.analyzer, layout.labels, opts.top_k)))
-
             script_fp = fingerprint("scripting", labels_fp, opts.writer, opts.fallback_writer, opts.script_inputs,
                                     opts.seed, await self.stages.backend_config("scripting"))
             request = WriteScriptRequest(
                 labels_key=layout.labels, segments_key=layout.segments, writer=opts.writer, prompt_key=layout.prompt,
                 script_key=layout.script, script_text_key=layout.script_text, inputs=opts.script_inputs,
-                seed=opts.seed, fallback_writer=opts.fallback_writer, **journal)
+                seed=opts.seed, fallback_writer=opts.fallback_writer, lyrics_key=lyrics_key, **journal)
             await self._stage(manifest, "scripting", script_fp, opts.writer, lambda: self.stages.write_script(
                 request, script_progress, self._cancelled.is_set), edited=self._plan_edited(layout))
         # Read back, not taken from the stage's answer: a person may have edited script.json.
@@ -148,6 +147,23 @@ class Orchestrator:
         await self._stage(manifest, "assembly", final_fp, "ffmpeg", lambda: self.stages.assemble(
             AssembleRequest(job.song_key, [req.clip_key for req, _ in clips], [req.frame_count for req, _ in clips],
                             opts.fps, opts.width, opts.height, layout.final)))
+
+    async def _analysis(self, job: JobSpec, manifest: Manifest, seg_fp: str) -> str:
+        """Labels, and the lyrics when the job wants them (transcribed, or the person's aligned); their fingerprint."""
+        layout, opts = job.layout, job.options
+        if opts.lyrics:  # the person's lyrics travel as a file of the job, like the song
+            await asyncio.to_thread(self.store.put_text, layout.lyrics_source, opts.lyrics)
+        lyrics = (opts.transcriber, hashlib.sha256(opts.lyrics.encode()).hexdigest() if opts.lyrics else "")
+        labels_fp = fingerprint("analysis", seg_fp, opts.analyzer, opts.top_k, *(lyrics if opts.wants_lyrics else ()),
+                                await self.stages.backend_config("analysis"))
+        wanted = opts.wants_lyrics
+        request = AnalyzeRequest(job.song_key, layout.segments, opts.analyzer, layout.labels, opts.top_k,
+                                 transcriber=opts.transcriber,
+                                 lyrics_source_key=layout.lyrics_source if opts.lyrics else "",
+                                 lyrics_key=layout.lyrics if wanted else "",
+                                 lyrics_text_key=layout.lyrics_text if wanted else "")
+        await self._stage(manifest, "analysis", labels_fp, opts.analyzer, lambda: self.stages.analyze(request))
+        return labels_fp
 
     async def _stage(self, manifest: Manifest, name: str, fp: str, backend: str,
                      call: Callable[[], Awaitable[StageResult]],

@@ -83,8 +83,9 @@ class GatewaySettings:
     presign_seconds: int = 900  # MVGEN_PRESIGN_SECONDS: how long upload and download URLs work
     max_active_jobs: int = 4  # MVGEN_MAX_ACTIVE_JOBS: jobs run at once; more wait, QUEUED
     grace_seconds: float = 30.0  # MVGEN_GRACE_SECONDS: on SIGTERM, how long calls in progress may finish
-    # MVGEN_ANALYZERS, MVGEN_WRITERS, MVGEN_GENERATORS, MVGEN_STORYTELLERS: what the stage services
-    # serve; first = default. No storytellers: the LALM pipeline is refused.
+    # MVGEN_ANALYZERS, MVGEN_WRITERS, MVGEN_GENERATORS, MVGEN_STORYTELLERS, MVGEN_TRANSCRIBERS: what the
+    # stage services serve; first = default. No storytellers: the LALM pipeline is refused. No
+    # transcribers: no lyrics, unless a job brings its own.
     backends: BackendChoices = BackendChoices(("descriptors",), ("template",), ("animatic",))
     stages: str = "grpc"  # MVGEN_STAGES: "grpc" (the stage services) or "inprocess" (development)
     # MVGEN_TLS_CERT_FILE, MVGEN_TLS_KEY_FILE: the server's certificate chain and key (PEM); both or neither
@@ -120,7 +121,8 @@ class GatewaySettings:
             backends=BackendChoices(env_list("MVGEN_ANALYZERS", defaults.backends.analyzers),
                                     env_list("MVGEN_WRITERS", defaults.backends.writers),
                                     env_list("MVGEN_GENERATORS", defaults.backends.generators),
-                                    env_list("MVGEN_STORYTELLERS", defaults.backends.storytellers)),
+                                    env_list("MVGEN_STORYTELLERS", defaults.backends.storytellers),
+                                    env_list("MVGEN_TRANSCRIBERS", defaults.backends.transcribers)),
             stages=env_str("MVGEN_STAGES", defaults.stages),
             tls_cert_file=env_str("MVGEN_TLS_CERT_FILE", ""),
             tls_key_file=env_str("MVGEN_TLS_KEY_FILE", ""),
@@ -490,7 +492,7 @@ async def stage_clients(settings: GatewaySettings, store: ArtifactStore) -> Asyn
         from gateway.inprocess import InProcessStages  # stage logic: development only, never in the gateway image
 
         backends = settings.backends
-        yield InProcessStages(store, analyzer=backends.analyzers[0],
+        yield InProcessStages(store, analyzer=backends.analyzers[0], transcriber=next(iter(backends.transcribers), ""),
                               scripting=backends.writers + backends.storytellers, generator=backends.generators[0])
     else:
         raise InvalidInputError(f"MVGEN_STAGES must be 'grpc' or 'inprocess', not {settings.stages!r}")

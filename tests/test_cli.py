@@ -142,8 +142,15 @@ def test_truncated_song_still_decodes_what_is_there(tmp_path):
 
 def test_bad_options_are_refused(tmp_path):
     tone(tmp_path / "song.wav", 3.0)
+    (tmp_path / "lyrics.bin").write_bytes(bytes(range(256)))
+    (tmp_path / "blank.txt").write_text("\n  \n")
     for args, message in ((["--size", "641x360"], "must be even"), (["--fps", "0"], "fps must be between 1 and 120"),
-                          (["--generator", "nonesuch"], "nonesuch")):
+                          (["--generator", "nonesuch"], "nonesuch"),
+                          (["--lyrics", "missing.txt"], "cannot read the lyrics file missing.txt: No such file"),
+                          (["--lyrics", "lyrics.bin"], "the lyrics file lyrics.bin is not UTF-8 text (byte 128"),
+                          (["--lyrics", "blank.txt"], "the lyrics file blank.txt is empty"),
+                          (["--pipeline", "lalm", "--transcriber", "whisper"], "lyrics are heard by the analysis "
+                                                                               "stage, which the LALM pipeline")):
         done = mvgen("generate", "song.wav", "--run-dir", "run", *args, cwd=tmp_path)
         assert done.returncode == 2, (args, done.stderr)
         assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1

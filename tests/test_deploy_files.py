@@ -52,7 +52,7 @@ GATEWAY_DEV_ONLY = {"gateway.inprocess", "gateway.cli", "gateway.progress"}
 # the model variants of the images bring them (e.g. services/video/requirements-cuda.txt).
 MODEL_PACKAGES = {"torch", "torchaudio", "torchvision", "torchlibrosa", "msclap", "diffusers", "transformers",
                   "accelerate", "sentencepiece", "safetensors", "huggingface_hub", "pandas", "vllm",
-                  "llama_cpp", "xllamacpp"}
+                  "llama_cpp", "xllamacpp", "faster_whisper", "ctranslate2", "onnxruntime"}
 
 
 # ---------------------------------------------------------------------- tools
@@ -191,9 +191,14 @@ def test_start_order(resolved):
     # The image holds no stage logic: in-process stages could never start there.
     assert env["MVGEN_STAGES"] == "grpc"
     # The gateway offers what the services load, from the same .env variables.
-    for gateway_var, stage in (("MVGEN_ANALYZERS", "analysis"), ("MVGEN_WRITERS", "scripting"),
-                               ("MVGEN_GENERATORS", "video")):
-        assert env[gateway_var] == services[stage]["environment"]["MVGEN_BACKENDS"]
+    # The analysis service loads the analysers and the transcribers, the scripting service the writers and
+    # the storytellers; the gateway offers each kind apart.
+    for gateway_vars, stage in ((("MVGEN_ANALYZERS", "MVGEN_TRANSCRIBERS"), "analysis"),
+                                (("MVGEN_WRITERS", "MVGEN_STORYTELLERS"), "scripting"),
+                                (("MVGEN_GENERATORS",), "video")):
+        offered = ",".join(filter(None, (env[v] for v in gateway_vars)))
+        assert offered == services[stage]["environment"]["MVGEN_BACKENDS"]
+    assert (env["MVGEN_TRANSCRIBERS"], env["MVGEN_STORYTELLERS"]) == ("whisper", "cascade")
 
 
 def test_video_reserves_an_nvidia_gpu(resolved):
@@ -232,7 +237,7 @@ def test_weights_come_from_a_cache_volume_at_hf_home_and_a_read_only_models_fold
     # runtime is built in and its model read from /models, where `make up` has `make llm-model` put it.
     assert services["scripting"]["build"]["args"]["WITH_LLAMACPP"] == "true"
     environment = services["scripting"]["environment"]
-    assert environment["MVGEN_BACKENDS"] == "llamacpp,template"
+    assert environment["MVGEN_BACKENDS"] == "llamacpp,template,cascade"
     assert environment["MVGEN_LLAMACPP_MODEL"] == "/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
     assert services["gateway"]["environment"]["MVGEN_WRITERS"] == "llamacpp,template"
 
@@ -321,7 +326,9 @@ def test_dockerfile_structure(name):
     builder_sources = {src for i, a in builder if i == "COPY" for src in a.split()[:-1] if not src.startswith("--")}
     req = str(REQUIREMENTS[name].relative_to(REPO))
     own_requirements = req.replace("requirements.txt", "requirements*.txt")  # e.g. analysis's clap extras
-    assert builder_sources <= {"proto/", req, own_requirements, "${REQUIREMENTS}"}, builder_sources
+    # ... and the analysis image the standalone tool that fetches and checks the Whisper model it bakes in.
+    model_tools = {"tools/fetch_whisper.py"} if name == "analysis" else set()
+    assert builder_sources <= {"proto/", req, own_requirements, "${REQUIREMENTS}"} | model_tools, builder_sources
 
 
 def runtime_copies(name: str) -> set[str]:

@@ -17,6 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from services.common import artifacts
 from services.common.pb import job_pb2, music_video_service_pb2 as api_pb2, music_video_service_pb2_grpc as api_grpc
 from services.common.pb import stage_pb2
 from services.common.settings import StoreSettings
@@ -389,3 +390,37 @@ def test_watching_a_job_shows_its_script_written_section_by_section(local_store,
     info = next(s for s in finished.stages if s.stage == job_pb2.STAGE_SCRIPTING).info
     assert info["sections"] == total - 1 and info["writer"] == "openai"
     assert set(finished.artifact_keys) >= {"plan", "plan_text", "sections", "response"}
+
+
+def test_a_job_with_the_persons_own_lyrics_keeps_them_aligned_and_shows_them_to_the_writer(local_store, songs):
+    """Lyrics given with the job (LRC) are kept with it, aligned to its segments in lyrics.json and
+    lyrics.txt, listed among its artifacts, and reach the writer's prompt as data."""
+    lrc = "[ti:Harbour]\n[00:01.00]paper boats upon the river\n[00:06.50]lanterns over the harbour\n"
+    gateway = RunningGateway(local_store)
+    try:
+        song = upload(gateway.stub, songs / "short.wav")
+        options = job_pb2.JobOptions(segmenter=SMALL.segmenter, fps=SMALL.fps, width=SMALL.width,
+                                     height=SMALL.height, lyrics=lrc)
+        created = create(gateway.stub, song.song_id, options=options)
+        assert created.options.lyrics == lrc and created.options.transcriber == ""  # this gateway serves none
+        job, _ = watch_until(gateway.stub, created.job_id)
+        assert job.state == job_pb2.JOB_STATE_SUCCEEDED, job.error_message
+        keys = gateway.stub.GetJob(api_pb2.GetJobRequest(job_id=created.job_id), metadata=AUTH).job.artifact_keys
+    finally:
+        gateway.stop()
+    prefix = f"jobs/{created.job_id}/"
+    assert (keys["lyrics"], keys["lyrics_text"]) == (prefix + "lyrics.json", prefix + "lyrics.txt")
+    assert local_store.get_text(prefix + "lyrics_source.txt") == lrc
+    lyrics = artifacts.Lyrics.from_dict(json.loads(local_store.get_text(keys["lyrics"])))
+    segments = json.loads(local_store.get_text(keys["segments"]))["segments"]
+    assert lyrics.source == "file:lrc" and [s.index for s in lyrics.segments] == [s["index"] for s in segments]
+    for word in (w for s in lyrics.segments for w in s.words):  # each word in the segment that holds its time
+        segment = segments[next(s.index for s in lyrics.segments if word in s.words)]
+        assert segment["start"] <= (word.start + word.end) / 2 <= segment["end"]
+    sung = " ".join(s.text for s in lyrics.segments if s.vocal)
+    assert sung == "paper boats upon the river lanterns over the harbour"
+    assert "lanterns over the harbour" in local_store.get_text(keys["lyrics_text"])
+    prompt = local_store.get_text(keys["prompt"])
+    assert "<lyrics>" in prompt and "paper boats upon the river" in prompt
+    manifest = json.loads(local_store.get_text(prefix + "manifest.json"))
+    assert manifest["options"]["lyrics"]["chars"] == len(lrc)

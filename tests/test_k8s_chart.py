@@ -249,14 +249,16 @@ def test_the_gateway_reaches_every_replica_through_headless_services(value_set):
         assert [p["port"] for p in service["spec"]["ports"]] == [port]
         assert service["spec"]["selector"].items() <= spec_labels(docs, f"{RELEASE}-{stage}").items()
     # What jobs may choose is what the services load: the scripting service's backends are the
-    # gateway's writers and, for the LALM pipeline, its storytellers.
-    for stage, variable in (("analysis", "MVGEN_ANALYZERS"), ("video", "MVGEN_GENERATORS")):
-        service = deployment_container(docs, f"{RELEASE}-{stage}")
-        assert env_value(gateway, variable) == env_value(service, "MVGEN_BACKENDS")
-    scripting = env_value(deployment_container(docs, f"{RELEASE}-scripting"), "MVGEN_BACKENDS").split(",")
-    storytellers = env_of(gateway).get("MVGEN_STORYTELLERS", {"value": ""})["value"]
-    assert env_value(gateway, "MVGEN_WRITERS").split(",") == [b for b in scripting if b != "openai-audio"]
-    assert (storytellers.split(",") if storytellers else []) == [b for b in scripting if b == "openai-audio"]
+    # gateway's writers and, for the LALM pipeline, its storytellers; the analysis service's are its
+    # analysers and its lyrics transcribers.
+    video = deployment_container(docs, f"{RELEASE}-video")
+    assert env_value(gateway, "MVGEN_GENERATORS") == env_value(video, "MVGEN_BACKENDS")
+    for stage, (main, apart), kinds in (("scripting", ("MVGEN_WRITERS", "MVGEN_STORYTELLERS"), {"openai-audio", "cascade"}),
+                                        ("analysis", ("MVGEN_ANALYZERS", "MVGEN_TRANSCRIBERS"), {"whisper"})):
+        loaded = env_value(deployment_container(docs, f"{RELEASE}-{stage}"), "MVGEN_BACKENDS").split(",")
+        offered_apart = env_of(gateway).get(apart, {"value": ""})["value"]
+        assert env_value(gateway, main).split(",") == [b for b in loaded if b not in kinds]
+        assert (offered_apart.split(",") if offered_apart else []) == [b for b in loaded if b in kinds]
 
 
 # ---------------------------------------------------------------------------- probes and hardening
@@ -539,6 +541,8 @@ def test_the_values_schema_rejects_bad_values(values):
     ({"minio": {"enabled": False}}, "set s3.endpoint"),
     ({"scripting": {"backends": ["openai"]}}, "set llm.enabled=true or llm.url"),
     ({"scripting": {"backends": ["openai-audio"]}, "lalm": {"enabled": True}}, "needs a script writer"),
+    ({"scripting": {"backends": ["cascade"]}}, "needs a script writer besides the storytellers"),
+    ({"analysis": {"backends": ["whisper"]}}, "needs an analyser besides whisper"),
     ({"video": {"autoscaling": {"type": "hpa", "scaleToZero": True}}}, "scaleToZero needs"),
     ({"video": {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}}, "minReplicas is above maxReplicas"),
 ])

@@ -348,7 +348,7 @@ def test_stage_refuses_writers_it_does_not_run(tmp_path):
     stage.load()
     with pytest.raises(InvalidInputError, match="scripting backend 'vllm' is not enabled here; choose one of: template"):
         stage.run(_request(writer="vllm"))
-    with pytest.raises(InvalidInputError, match="choose one of: llamacpp, openai, openai-audio, template, vllm"):
+    with pytest.raises(InvalidInputError, match="choose one of: cascade, llamacpp, openai, openai-audio, template, vllm"):
         ScriptingStage(store, enabled=("gpt",))
 
 

@@ -716,14 +716,24 @@ def _describe(state: Mapping[str, Any], restored: KeptStore | None = None,
     return "\n".join(lines)
 
 
-def writer_env(writer: str) -> dict[str, dict[str, str]]:
-    """The scripting service and the gateway serving `writer` by default: the local LLM, with the template
-    beside it as a fallback, so that `mvgen submit` gets the script `mvgen generate` would write."""
+def backend_env(writer: str) -> dict[str, dict[str, str]]:
+    """The services and the gateway serving by default what `mvgen generate` uses: the best analyser installed,
+    the lyrics where Whisper is, and `writer`: the local LLM (with the template beside it as a fallback, and
+    the cascade storyteller on the same model for the LALM pipeline), or the template alone."""
+    from services.analysis.lyrics import whisper_available
+    from services.analysis.musicnn.weights import musicnn_available
+
     if writer == "llamacpp" and not DEFAULT_GGUF.is_file():
         raise DevStackError(f"the local LLM is missing ({DEFAULT_GGUF}): run `make llm-model`, "
                             "or start with --writer template")
+    analyzers = "musicnn,descriptors" if musicnn_available() else "descriptors"
+    transcribers = "whisper" if whisper_available() else ""
     writers = "llamacpp,template" if writer == "llamacpp" else "template"
-    return {"scripting": {"MVGEN_BACKENDS": writers}, "gateway": {"MVGEN_WRITERS": writers}}
+    storytellers = "cascade" if writer == "llamacpp" else ""
+    return {"analysis": {"MVGEN_BACKENDS": ",".join(filter(None, (analyzers, transcribers)))},
+            "scripting": {"MVGEN_BACKENDS": ",".join(filter(None, (writers, storytellers)))},
+            "gateway": {"MVGEN_ANALYZERS": analyzers, "MVGEN_TRANSCRIBERS": transcribers, "MVGEN_WRITERS": writers,
+                        "MVGEN_STORYTELLERS": storytellers}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -754,7 +764,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "up":
             stack = DevStack(args.base_dir, free_ports=args.free_ports, startup_timeout=args.timeout,
-                             video_replicas=args.video_replicas, env=writer_env(args.writer))
+                             video_replicas=args.video_replicas, env=backend_env(args.writer))
             state = stack.start()
             print(_describe(state, stack.restored, stack.crashed_at_start))
             return 0

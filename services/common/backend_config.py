@@ -15,7 +15,7 @@ from pathlib import Path
 # The MVGEN_* variables each stage's backends read at load. Segmentation and assembly have none.
 STAGE_ENV_PREFIXES: dict[str, tuple[str, ...]] = {
     "analysis": ("MVGEN_CLAP_", "MVGEN_MUSICNN_", "MVGEN_WHISPER_", "MVGEN_LYRICS_"),
-    "scripting": ("MVGEN_SCRIPT_", "MVGEN_LLM_", "MVGEN_LALM_", "MVGEN_LLAMACPP_", "MVGEN_VLLM_"),
+    "scripting": ("MVGEN_SCRIPT_", "MVGEN_LLM_", "MVGEN_LALM_", "MVGEN_LLAMACPP_", "MVGEN_VLLM_", "MVGEN_CASCADE_"),
     "video": ("MVGEN_WAN_", "MVGEN_MOCHI_", "MVGEN_VIDEO_", "MVGEN_LONG_SEGMENT_"),
 }
 # Under those prefixes, settings that change no output: secrets, network patience, threads, and the

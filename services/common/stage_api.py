@@ -124,6 +124,11 @@ class WriteScriptRequest:
     lyrics_key: str = ""  # lyrics.json: each segment's words, shown to the writer as data; '' = none
 
 
+# Storytellers that hear nothing themselves: they tell the story from what the analysis stage heard
+# (labels.json, lyrics.json), so a job that uses one runs analysis in the LALM pipeline too.
+LISTENING_STORYTELLERS = ("cascade",)
+
+
 @dataclass(frozen=True)
 class TellStoryRequest:
     song_key: str

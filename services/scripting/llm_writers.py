@@ -74,3 +74,7 @@ class VllmWriter(LLMScriptWriter):
 
     def _load(self) -> None:
         self.chat = VllmChat(VllmSettings.from_env())
+
+
+LLM_WRITERS: dict[str, type[LLMScriptWriter]] = {"openai": OpenAIWriter, "llamacpp": LlamaCppWriter,
+                                                 "vllm": VllmWriter}

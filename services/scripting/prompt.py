@@ -2,6 +2,8 @@
 
 - plan_prompt.md.j2 (CLAP pipeline): the track's labels, each section's, and the person's wishes;
 - story_prompt.md.j2 (LALM pipeline): the segments' times and the person's wishes, sent with the song;
+- cascade_story_prompt.md.j2 (LALM pipeline, "cascade" storyteller): what the analysis heard (labels,
+  lyrics), part by part of the song, and the person's wishes, for a text LLM to tell the story from;
 - story_plan_prompt.md.j2 (LALM pipeline): the story told, made into the plan of the video;
 - section_prompt.md.j2 (both): the plan, one section's segments (and their labels), the scene before it.
 
@@ -34,6 +36,7 @@ from services.scripting.sections import SongSection
 
 PLAN_TEMPLATE = "plan_prompt.md.j2"
 STORY_TEMPLATE = "story_prompt.md.j2"
+CASCADE_STORY_TEMPLATE = "cascade_story_prompt.md.j2"
 STORY_PLAN_TEMPLATE = "story_plan_prompt.md.j2"
 SECTION_TEMPLATE = "section_prompt.md.j2"
 DIRECTION_FILE = "direction.yaml"
@@ -41,6 +44,11 @@ DIRECTION_FILE = "direction.yaml"
 USER_TEXT_LIMITS = {"story": 1500, "characters": 500, "style": 500}
 TOLD_STORY_LIMIT = 6000  # an audio model's story: 400 words asked, room for a verbose model
 PLAN_TEXT_LIMIT = 400  # one field of a plan (a line of story, a character): the schema allows 300
+SECTION_WORDS_LIMIT = 600  # the words sung in one section of the song (8 segments of a fast rap: ~450)
+INSTRUMENTS_SHOWN = 4  # the instruments and voices heard most across the song, for the story
+# An instrument label this sure or more counts as heard: musicnn's scores are independent tag
+# probabilities, and a segment's second-best instrument is often one at 0.05.
+INSTRUMENT_HEARD_SCORE = 0.3
 TRUNCATION_MARK = " [cut: too long]"
 # The song's words (lyrics.json), shown as data: all of a clip's in its section prompt (a fast rap sings
 # ~25 words in a 7 s clip), and the first few of each section in the plan prompt, where every section's
@@ -94,6 +102,41 @@ def render_story_prompt(segmentation: Segmentation, inputs: ScriptInputs, prompt
     return render_template(STORY_TEMPLATE, prompts_dir, duration=clock(segmentation.song_duration, 1),
                            n_scenes=len(segmentation.segments), segments=_timeline(segmentation.segments),
                            **_user_context(inputs))
+
+
+def render_cascade_story_prompt(labels: Labels, lyrics: Lyrics | None, segmentation: Segmentation,
+                                sections: Sequence[SongSection], inputs: ScriptInputs,
+                                prompts_dir: Path = PROMPTS_DIR) -> str:
+    """The "cascade" storyteller's prompt: what the listening models heard, section by section, for a text LLM."""
+    pairs = paired_segments(labels, segmentation)
+    label_sets = _label_sets(prompts_dir)
+    by_index = {segment.index: groups for segment, groups in pairs}
+    words = section_words(sung_by_segment(lyrics, segmentation), sections)
+    views = [_section_view(s, len(sections), _direction(prompts_dir), [by_index[i] for i in s.segment_indices],
+                           label_sets) | {"words": words.get(s.index, "")} for s in sections]
+    return render_template(CASCADE_STORY_TEMPLATE, prompts_dir, duration=clock(segmentation.song_duration, 1),
+                           analyzer=f"{labels.analyzer} analyser", track=_track_heard(labels), sections=views,
+                           lyrics_known=lyrics is not None, sung=any(words.values()),
+                           lyrics_source=lyrics.source if lyrics is not None else "", **_user_context(inputs))
+
+
+def section_words(sung: dict[int, str], sections: Sequence[SongSection]) -> dict[int, str]:
+    """The words sung in each section (from sung_by_segment), as data; '' where nobody sings."""
+    return {section.index: clean_user_text(" ".join(sung[i] for i in section.segment_indices if i in sung),
+                                           SECTION_WORDS_LIMIT) for section in sections}
+
+
+def _track_heard(labels: Labels) -> list[str]:
+    """The whole track as heard: its best label per group, and the instruments and voices heard most."""
+    heard = [f"{name.replace('_', ' ')}: {group.top()}" for name in _ordered(labels.track, TRACK_GROUPS)
+             if (group := labels.track[name]).top()]
+    instruments = Counter(label.label for segment in labels.segments
+                          for label in (segment.groups.get("instruments") or LabelGroup([])).labels[:2]
+                          if label.score >= INSTRUMENT_HEARD_SCORE)
+    if instruments:
+        heard.append("instruments and voices heard most: " +
+                     ", ".join(name for name, _ in instruments.most_common(INSTRUMENTS_SHOWN)))
+    return heard or ["nothing is known about the whole song"]
 
 
 def render_story_plan_prompt(story: str, segmentation: Segmentation, sections: Sequence[SongSection],

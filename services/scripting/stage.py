@@ -31,12 +31,13 @@ from services.scripting.journal import JournalKeys, StoreJournal
 from services.scripting.llm.conversation import ScriptRepairError
 from services.scripting.llm_writers import LlamaCppWriter, LLMScriptWriter, OpenAIWriter, VllmWriter, max_repairs
 from services.scripting.prompt import (
-    SectionPrompts, lyric_lines, render_plan_prompt, render_story_plan_prompt, render_story_prompt, segment_roles,
+    SectionPrompts, lyric_lines, render_cascade_story_prompt, render_plan_prompt, render_story_plan_prompt,
+    render_story_prompt, segment_roles,
 )
 from services.scripting.scene_rules import load_scene_rules
 from services.scripting.sectioned import ProgressCallback, SectionedTask, write_sectioned
 from services.scripting.sections import MAX_SEGMENTS, group_sections
-from services.scripting.storyteller import AudioStoryteller
+from services.scripting.storyteller import AudioStoryteller, CascadeStoryteller, Storyteller, ToldStory
 from services.scripting.template_writer import TemplateWriter
 from services.scripting.validation import validate_script
 from services.scripting.writer import ScriptTask, ScriptWriter
@@ -47,6 +48,7 @@ BACKENDS: dict[str, type[Backend]] = {
     "llamacpp": LlamaCppWriter,
     "vllm": VllmWriter,
     "openai-audio": AudioStoryteller,
+    "cascade": CascadeStoryteller,
 }
 
 T = TypeVar("T")
@@ -68,7 +70,14 @@ def section_segments() -> int:
 class ScriptingStage:
     def __init__(self, store: ArtifactStore, enabled: Sequence[str] = ("template",)):
         self.store = store
-        self.backends = BackendSet("scripting", BACKENDS, enabled)
+        # The cascade storyteller tells with an LLM writer this stage also serves, when it serves one: one
+        # model in memory, not two.
+        registry = {**BACKENDS, "cascade": lambda: CascadeStoryteller(serving=self._served_llm)}
+        self.backends = BackendSet("scripting", registry, enabled)
+
+    def _served_llm(self, name: str) -> LLMScriptWriter | None:
+        backend = self.backends.backends.get(name)
+        return backend if isinstance(backend, LLMScriptWriter) else None
 
     def load(self) -> None:
         self.backends.load()
@@ -113,17 +122,26 @@ class ScriptingStage:
 
     def tell_story(self, req: TellStoryRequest, on_progress: ProgressCallback = _no_progress,
                    is_cancelled: Callable[[], bool] = _never) -> StageResult:
-        storyteller = self._backend(req.storyteller, AudioStoryteller, "an audio-language model (storyteller)")
+        storyteller = self._backend(req.storyteller, Storyteller, "a storyteller")
         scene_writer = (self._backend(req.scene_writer, LLMScriptWriter, "an LLM writer") if req.scene_writer
                         else storyteller)
         segmentation = _read(self.store, req.segments_key, Segmentation.from_dict)
-        prompt = render_story_prompt(segmentation, req.inputs)
+        labels = _read(self.store, req.labels_key, Labels.from_dict) if req.labels_key else None
+        lyrics = _read_lyrics(self.store, req.lyrics_key) if req.lyrics_key else None
+        sections = group_sections(segmentation, segment_roles(labels) if labels else None, section_segments())
+        if storyteller.hears_audio:
+            prompt = render_story_prompt(segmentation, req.inputs)
+        elif labels is None:
+            raise InvalidInputError(f"the storyteller {storyteller.name} tells the story from what the analysis "
+                                    f"stage heard, and the request names no labels.json (labels_key)")
+        else:
+            prompt = render_cascade_story_prompt(labels, lyrics, segmentation, sections, req.inputs)
         story, told = self._story(req, storyteller, prompt)
-        sections = group_sections(segmentation, None, section_segments())
         plan_prompt = render_story_plan_prompt(story, segmentation, sections, req.inputs)
         story_reasoning = f"===== the story\n{told.reply.reasoning.rstrip()}\n" if told and told.reply.reasoning else ""
         journal = StoreJournal(self.store, _journal_keys(req, req.scenes_prompt_key), plan_prompt, story_reasoning)
-        task = SectionedTask(sections, plan_prompt, SectionPrompts(segmentation, None, story=story), req.seed)
+        task = SectionedTask(sections, plan_prompt, SectionPrompts(segmentation, labels, story=story, lyrics=lyrics),
+                             req.seed, lyric_lines(lyrics))
         try:
             script = write_sectioned(scene_writer.chat, task, writer=scene_writer.name, max_repairs=max_repairs(),
                                      rules=load_scene_rules(), journal=journal, transcript=journal.transcript,
@@ -131,9 +149,14 @@ class ScriptingStage:
         finally:
             journal.save_transcript(journal.transcript)
         keys = self._save_script(script, len(segmentation.segments), req.script_key, req.script_text_key)
-        story_info = {"story_kept": True} if told is None else {
-            "storyteller_model": told.reply.model, "story_seconds": round(told.reply.seconds, 3),
-            "audio_bytes": told.audio_bytes, "audio_kbps": told.audio_kbps}
+        story_info: dict[str, Any] = {"story_kept": True} if told is None else {
+            "storyteller_model": told.reply.model, "story_seconds": round(told.reply.seconds, 3)}
+        if told is not None and storyteller.hears_audio:
+            story_info.update(audio_bytes=told.audio_bytes, audio_kbps=told.audio_kbps)
+        if not storyteller.hears_audio:  # what the story was told from, since no model heard the song itself
+            story_info["story_from"] = f"{labels.analyzer} labels" + (f", {lyrics.source} lyrics" if lyrics else "")
+        if lyrics is not None:
+            story_info.update(lyrics_source=lyrics.source, vocal_segments=lyrics.vocal_segments)
         return StageResult(
             keys={"prompt": req.prompt_key, "story": req.story_key, "scenes_prompt": req.scenes_prompt_key, **keys,
                   **journal.written_keys()},
@@ -141,14 +164,17 @@ class ScriptingStage:
                   "writer": scene_writer.name, "sections": len(sections),
                   **_writer_info(journal, scene_writer.chat.model), **_script_info(script)})
 
-    def _story(self, req: TellStoryRequest, storyteller: AudioStoryteller, prompt: str) -> tuple[str, Any]:
+    def _story(self, req: TellStoryRequest, storyteller: Storyteller, prompt: str) -> tuple[str, ToldStory | None]:
         """The story: the one an earlier run was told from the same prompt (a rerun resumes), or a new one."""
         if self.store.exists(req.story_key) and self.store.exists(req.prompt_key) and \
                 self.store.get_text(req.prompt_key) == prompt:
             return self.store.get_text(req.story_key).strip(), None
         self.store.put_text(req.prompt_key, prompt)
-        with self.store.local_path(req.song_key) as song:
-            told = storyteller.tell(song, prompt, req.seed)
+        if storyteller.hears_audio:
+            with self.store.local_path(req.song_key) as song:
+                told = storyteller.tell(prompt, req.seed, song)
+        else:
+            told = storyteller.tell(prompt, req.seed)
         story = told.reply.answer.strip()
         self.store.put_text(req.story_key, story + "\n")
         return story, told

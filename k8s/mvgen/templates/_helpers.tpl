@@ -388,12 +388,13 @@ clamp_min(
 )
 {{- end -}}
 
-{{/* The scripting backends that tell a story from the audio (the LALM pipeline's storytellers); the
-others write scripts from labels. The gateway offers them to jobs separately. */}}
+{{/* The scripting backends that tell the story (the LALM pipeline's storytellers: openai-audio hears
+the song, cascade tells from what analysis heard); the others write scripts from labels. The gateway
+offers them to jobs separately. */}}
 {{- define "mvgen.storytellers" -}}
 {{- $storytellers := list -}}
 {{- range .Values.scripting.backends -}}
-{{- if has . (list "openai-audio") -}}
+{{- if has . (list "openai-audio" "cascade") -}}
 {{- $storytellers = append $storytellers . -}}
 {{- end -}}
 {{- end -}}
@@ -403,11 +404,33 @@ others write scripts from labels. The gateway offers them to jobs separately. */
 {{- define "mvgen.writers" -}}
 {{- $writers := list -}}
 {{- range .Values.scripting.backends -}}
-{{- if not (has . (list "openai-audio")) -}}
+{{- if not (has . (list "openai-audio" "cascade")) -}}
 {{- $writers = append $writers . -}}
 {{- end -}}
 {{- end -}}
 {{- join "," $writers -}}
+{{- end -}}
+
+{{/* The analysis backends that transcribe lyrics; the others label the music. The gateway offers them
+to jobs separately (MVGEN_TRANSCRIBERS, MVGEN_ANALYZERS). */}}
+{{- define "mvgen.transcribers" -}}
+{{- $transcribers := list -}}
+{{- range .Values.analysis.backends -}}
+{{- if has . (list "whisper") -}}
+{{- $transcribers = append $transcribers . -}}
+{{- end -}}
+{{- end -}}
+{{- join "," $transcribers -}}
+{{- end -}}
+
+{{- define "mvgen.analyzers" -}}
+{{- $analyzers := list -}}
+{{- range .Values.analysis.backends -}}
+{{- if not (has . (list "whisper")) -}}
+{{- $analyzers = append $analyzers . -}}
+{{- end -}}
+{{- end -}}
+{{- join "," $analyzers -}}
 {{- end -}}
 
 {{/* Stops rendering with a message where values contradict each other (the schema checks each alone). */}}
@@ -422,7 +445,10 @@ others write scripts from labels. The gateway offers them to jobs separately. */
 {{- fail "scripting.backends has openai-audio: set lalm.enabled=true or lalm.url" -}}
 {{- end -}}
 {{- if not (include "mvgen.writers" .) -}}
-{{- fail "scripting.backends needs a script writer besides openai-audio: template, openai, vllm or llamacpp" -}}
+{{- fail "scripting.backends needs a script writer besides the storytellers: template, openai, vllm or llamacpp" -}}
+{{- end -}}
+{{- if not (include "mvgen.analyzers" .) -}}
+{{- fail "analysis.backends needs an analyser besides whisper: musicnn, descriptors or clap" -}}
 {{- end -}}
 {{- if and .Values.gateway.tls.enabled (not .Values.gateway.tls.secretName) -}}
 {{- fail (print "gateway.tls.enabled needs gateway.tls.secretName: an existing kubernetes.io/tls Secret"

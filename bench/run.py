@@ -1,7 +1,7 @@
 """`make bench`: how fast the pipeline is on this machine, against baselines measured in the same run.
 
 Baselines: decoding the song (the floor of any stage that reads audio) for segmentation and
-analysis; for the LLM script writer (bench/llm_bench.py: songs of 1 to 7 minutes), each song's own
+analysis; the descriptors analyser for the trained listeners (musicnn, Whisper's lyrics); for the LLM script writer (bench/llm_bench.py: songs of 1 to 7 minutes), each song's own
 duration and llama.cpp's raw generation rate; for `generate`, the song's own duration (real-time factor) and a plain ffmpeg encode of
 a blank video of the same length with the song's audio (the floor of making any video at all).
 System rows (bench/system_bench.py; --skip-system leaves them out): the same song through
@@ -22,7 +22,9 @@ import time
 from pathlib import Path
 
 from bench.clap_bench import clap_rows
+from bench.listen_bench import musicnn_rows
 from bench.llm_bench import llm_rows
+from bench.lyrics_bench import lyrics_rows
 from bench.timing import best_of
 from services.common import audio
 from services.common.stage_api import AnalyzeRequest, SegmenterParams, SegmentRequest
@@ -30,7 +32,9 @@ from services.common.store import LocalArtifactStore
 from tools.synth_song import render_song
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
-GPU_SECTION = re.compile(r"<!-- (gpu_\w+): start -->.*?<!-- \1: end -->", re.DOTALL)
+# Sections `make bench` does not measure (the GPU benchmarks of bench/gpu_*.py, run on a lent GPU, and
+# measurements made once by hand), kept as they are between <!-- name: start --> and <!-- name: end -->.
+KEPT_SECTION = re.compile(r"<!-- (\w+): start -->.*?<!-- \1: end -->", re.DOTALL)
 
 
 def main() -> None:
@@ -70,6 +74,8 @@ def main() -> None:
         seconds = best_of(3, lambda: analysis.run(req))
         rows.append(("analysis (descriptors), s per min of audio", seconds / minutes, "decode", decode_s / minutes))
         rows += clap_rows(work / "song.wav", minutes)
+        rows += musicnn_rows(work / "song.wav", minutes)
+        rows += lyrics_rows(work / "song.wav", minutes)
         rows += llm_rows(work, log=lambda message: print(message, file=sys.stderr, flush=True))
 
         floor = best_of(1, lambda: blank_video(work / "song.wav", truth.duration, work / "blank.mp4"))
@@ -140,8 +146,7 @@ def write_results(table: str, system: bool = True, total_seconds: float | None =
     stamp = time.strftime("%Y-%m-%d")
     took = f" The run took {total_seconds:.0f} s." if total_seconds is not None else ""
     note = f"{SYSTEM_NOTE}\n\n" if system else ""
-    # Sections written by the GPU benchmarks (bench/gpu_*.py, run on a lent GPU) are kept as they are.
-    kept = [m.group(0) for m in GPU_SECTION.finditer(RESULTS.read_text())] if RESULTS.exists() else []
+    kept = [m.group(0) for m in KEPT_SECTION.finditer(RESULTS.read_text())] if RESULTS.exists() else []
     RESULTS.write_text(f"# Benchmark results\n\nProduced by `make bench` on {stamp}; machine: {machine()}.\n"
                        f"Ratios compare each measurement with a baseline measured in the same run "
                        f"(see bench/run.py).{took}\n\n{note}{table}\n"

@@ -125,7 +125,13 @@ def stage_summary(stage: str, info: dict) -> str:
         tempo = f", {info['tempo_bpm']:.0f} BPM" if info.get("tempo_bpm") else ""
         return f"{info.get('segments', '?')} segments{tempo}"
     if stage == "analysis":
-        return " · ".join(str(info[k]) for k in ("tempo_range", "mood", "visual_style") if info.get(k))
+        heard = [str(info[k]) for k in ("genre", "tempo_range", "mood", "visual_style") if info.get(k)]
+        if "vocal_segments" in info:
+            language = f", {info['lyrics_language']}" if info.get("lyrics_language") else ""
+            heard.append(f"words sung in {info['vocal_segments']} of {info.get('segments', '?')} segments "
+                         f"({info.get('lyrics_source', '?')}{language})" if info["vocal_segments"] else
+                         f"no words sung ({info.get('lyrics_source', '?')})")
+        return " · ".join(heard)
     if stage == "scripting":
         return scripting_summary(info)
     if stage == "video":

@@ -180,3 +180,14 @@ def test_a_song_only_libsndfile_reads_is_converted_at_ingest(tmp_path):
     assert (tmp_path / "run/song.flac").exists()
     seconds = float(probe_streams(tmp_path / "run/final.mp4")["format"]["duration"])
     assert seconds == pytest.approx(6.0, abs=0.1)
+
+
+def test_the_analysis_line_says_what_was_heard_and_how_much_is_sung():
+    from gateway.progress import stage_summary
+
+    heard = {"genre": "pop music", "tempo_range": "fast tempo", "mood": "uplifting, happy mood", "segments": 49}
+    assert stage_summary("analysis", heard) == "pop music · fast tempo · uplifting, happy mood"
+    sung = heard | {"vocal_segments": 21, "lyrics_source": "whisper-base", "lyrics_language": "en"}
+    assert stage_summary("analysis", sung).endswith(" · words sung in 21 of 49 segments (whisper-base, en)")
+    none = heard | {"vocal_segments": 0, "lyrics_source": "whisper-base", "lyrics_language": ""}
+    assert stage_summary("analysis", none).endswith(" · no words sung (whisper-base)")

@@ -73,7 +73,8 @@ class AnalysisStage:
             info={
                 "analyzer": labels.analyzer,
                 "segments": len(labels.segments),
-                **{g: labels.track[g].top() for g in ("tempo_range", "mood", "visual_style") if g in labels.track},
+                **{g: labels.track[g].top() for g in ("genre", "tempo_range", "mood", "visual_style")
+                   if g in labels.track and labels.track[g].top()},
                 **lyrics_info,
             },
         )

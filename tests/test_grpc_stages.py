@@ -16,6 +16,9 @@ from dataclasses import dataclass, replace
 import grpc
 import pytest
 
+from services.analysis.lyrics.listening import TRANSCRIBERS
+from services.analysis.server import default_backends
+
 from services.common import artifacts
 from services.common.errors import InvalidInputError, JobCancelledError, TransientError
 from services.common.backend_config import backend_config_digest
@@ -147,8 +150,9 @@ def test_an_unknown_backend_comes_back_as_invalid_input_with_the_servers_message
     async def run():
         async with GrpcStageClients(cluster.settings(video)) as stages:
             # The server's message, word for word: it names the backend and what is enabled instead.
+            analysers = ", ".join(sorted(b for b in default_backends() if b not in TRANSCRIBERS))  # the service's
             with pytest.raises(InvalidInputError, match="^analysis backend 'nonesuch' is not enabled here; "
-                                                        "choose one of: descriptors$"):
+                                                        f"choose one of: {analysers}$"):
                 await stages.analyze(AnalyzeRequest(SONG_KEY, "jobs/none/segments.json", "nonesuch",
                                                     "jobs/none/labels.json"))
             with pytest.raises(InvalidInputError, match="^video backend 'nonesuch' is not enabled here"):

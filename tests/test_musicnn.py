@@ -19,6 +19,7 @@ from services.analysis.musicnn.checkpoint import read_checkpoint
 from services.analysis.musicnn.frontend import LOG_GAIN, PATCH_FRAMES, SAMPLE_RATE, log_mel
 from services.analysis.musicnn.network import _to_torch_layout, checkpoint_names, is_optimizer_state
 from services.analysis.musicnn.weights import DIR_ENV, MODELS, checkpoint_prefix, weights_folder
+from services.analysis.lyrics import whisper_available
 from services.analysis.server import default_backends
 from services.analysis.stage import AnalysisStage
 from services.common import artifacts
@@ -296,10 +297,11 @@ def test_a_corrupt_or_foreign_checkpoint_is_refused(tmp_path):
 def test_the_default_analyser_is_musicnn_where_it_is_installed(monkeypatch, tmp_path):
     args = ["generate", "song.wav"]
     assert build_parser().parse_args(args).analysis == "musicnn"
-    assert default_backends() == ("descriptors", "musicnn")
+    lyrics = ("whisper",) if whisper_available() else ()  # the transcriber, where its model is
+    assert default_backends() == ("descriptors", "musicnn", *lyrics)
     monkeypatch.setenv(DIR_ENV, str(tmp_path))  # a weights folder without weights: musicnn cannot load
     assert build_parser().parse_args(args).analysis == "descriptors"
-    assert default_backends() == ("descriptors",)
+    assert default_backends() == ("descriptors", *lyrics)
     monkeypatch.setenv(DIR_ENV, str(tmp_path / "nowhere"))
     with pytest.raises(StageFailedError, match=f"{DIR_ENV}=.*nowhere: no such folder"):
         weights_folder()

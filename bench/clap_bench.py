@@ -16,16 +16,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from bench.songs import Row, run_alone, segmented_song
 from bench.timing import best_of
 from services.analysis.stage import AnalysisStage
 from services.common import audio
-from services.common.stage_api import AnalyzeRequest, SegmenterParams, SegmentRequest
+from services.common.stage_api import AnalyzeRequest
 from services.common.store import LocalArtifactStore
-from services.segmentation.stage import SegmentationStage
 from tools.tiny_clap import build_tiny_clap
 
 CLAP_SAMPLE_RATE = 44100
-Row = tuple[str, float, str, float]  # (what, value, baseline name, baseline value), as bench/run.py prints them
 
 
 def clap_rows(song_path: Path, minutes: float) -> list[Row]:
@@ -34,11 +33,7 @@ def clap_rows(song_path: Path, minutes: float) -> list[Row]:
         work = Path(scratch)
         tiny = build_tiny_clap(work / "tiny-clap")
         store = LocalArtifactStore(work / "store")
-        song_key = f"song{song_path.suffix}"
-        store.put_file(song_key, song_path)
-        segmentation = SegmentationStage(store)
-        segmentation.load()
-        segmentation.run(SegmentRequest(song_key, SegmenterParams(segmenter="rules"), "segments.json", "segments.txt"))
+        song_key = segmented_song(song_path, store)
 
         descriptors = AnalysisStage(store, enabled=("descriptors",))
         descriptors.load()
@@ -76,14 +71,4 @@ def _environment(**values: str) -> Iterator[None]:
 
 
 if __name__ == "__main__":
-    import argparse
-
-    from bench.run import render_table
-    from tools.synth_song import render_song
-
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=180.0, help="length of the benchmark song")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="mvgen-clap-song-") as folder:
-        truth = render_song(Path(folder) / "song.wav", seconds=args.seconds, seed=1)
-        print(render_table(clap_rows(Path(folder) / "song.wav", truth.duration / 60)))
+    run_alone(clap_rows, __doc__)

@@ -12,24 +12,19 @@ import json
 import tempfile
 from pathlib import Path
 
+from bench.songs import Row, run_alone, segmented_song
 from bench.timing import best_of
 from services.analysis.stage import AnalysisStage
-from services.common.stage_api import AnalyzeRequest, SegmenterParams, SegmentRequest
+from services.common.stage_api import AnalyzeRequest
 from services.common.store import LocalArtifactStore
-from services.segmentation.stage import SegmentationStage
 
-Row = tuple[str, float, str, float]  # (what, value, baseline name, baseline value), as bench/run.py prints them
 
 
 def musicnn_rows(song_path: Path, minutes: float) -> list[Row]:
     """Seconds of analysis per minute of audio for `musicnn` against `descriptors`, and patches per second."""
     with tempfile.TemporaryDirectory(prefix="mvgen-listen-bench-") as scratch:
         store = LocalArtifactStore(Path(scratch))
-        song_key = f"song{song_path.suffix}"
-        store.put_file(song_key, song_path)
-        segmentation = SegmentationStage(store)
-        segmentation.load()
-        segmentation.run(SegmentRequest(song_key, SegmenterParams(segmenter="rules"), "segments.json", "segments.txt"))
+        song_key = segmented_song(song_path, store)
 
         descriptors = AnalysisStage(store, enabled=("descriptors",))
         descriptors.load()
@@ -49,14 +44,4 @@ def musicnn_rows(song_path: Path, minutes: float) -> list[Row]:
 
 
 if __name__ == "__main__":
-    import argparse
-
-    from bench.run import render_table
-    from tools.synth_song import render_song
-
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=180.0, help="length of the benchmark song")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="mvgen-listen-song-") as folder:
-        truth = render_song(Path(folder) / "song.wav", seconds=args.seconds, seed=1)
-        print(render_table(musicnn_rows(Path(folder) / "song.wav", truth.duration / 60)))
+    run_alone(musicnn_rows, __doc__)

@@ -17,17 +17,16 @@ from pathlib import Path
 
 import soundfile
 
+from bench.songs import Row, run_alone, segmented_song
 from bench.timing import best_of
 from services.analysis.lyrics.listening import write_lyrics
 from services.analysis.stage import AnalysisStage
 from services.common.artifacts import Segmentation
-from services.common.stage_api import AnalyzeRequest, SegmenterParams, SegmentRequest
+from services.common.stage_api import AnalyzeRequest
 from services.common.store import LocalArtifactStore
-from services.segmentation.stage import SegmentationStage
 from tools.sung_song import LINES, sung_song
 from tools.synth_song import RING_OUT_SECONDS
 
-Row = tuple[str, float, str, float]  # (what, value, baseline name, baseline value), as bench/run.py prints them
 SENTENCE_EVERY_SECONDS = 8.0  # a voice about half the time, as in a song with verses and breaks
 
 
@@ -37,11 +36,7 @@ def lyrics_rows(song_path: Path, minutes: float) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="mvgen-lyrics-bench-") as scratch:
         work = Path(scratch)
         store = LocalArtifactStore(work / "store")
-        song_key = f"song{song_path.suffix}"
-        store.put_file(song_key, song_path)
-        segmentation = SegmentationStage(store)
-        segmentation.load()
-        segmentation.run(SegmentRequest(song_key, SegmenterParams(segmenter="rules"), "segments.json", "segments.txt"))
+        song_key = segmented_song(song_path, store)
         segments = Segmentation.from_dict(json.loads(store.get_text("segments.json")))
 
         stage = AnalysisStage(store, enabled=("descriptors", "whisper"))
@@ -82,14 +77,4 @@ def _sung_version(song_path: Path, minutes: float, store: LocalArtifactStore, wo
 
 
 if __name__ == "__main__":
-    import argparse
-
-    from bench.run import render_table
-    from tools.synth_song import render_song
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=180.0, help="length of the benchmark song")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="mvgen-lyrics-song-") as folder:
-        truth = render_song(Path(folder) / "song.wav", seconds=args.seconds, seed=1)
-        print(render_table(lyrics_rows(Path(folder) / "song.wav", truth.duration / 60)))
+    run_alone(lyrics_rows, __doc__.splitlines()[0])

@@ -111,7 +111,8 @@ def render_cascade_story_prompt(labels: Labels, lyrics: Lyrics | None, segmentat
     pairs = paired_segments(labels, segmentation)
     label_sets = _label_sets(prompts_dir)
     by_index = {segment.index: groups for segment, groups in pairs}
-    words = section_words(sung_by_segment(lyrics, segmentation), sections)
+    words = {index: clean_user_text(text, SECTION_WORDS_LIMIT)
+             for index, text in section_words(sung_by_segment(lyrics, segmentation), sections).items()}
     views = [_section_view(s, len(sections), _direction(prompts_dir), [by_index[i] for i in s.segment_indices],
                            label_sets) | {"words": words.get(s.index, "")} for s in sections]
     return render_template(CASCADE_STORY_TEMPLATE, prompts_dir, duration=clock(segmentation.song_duration, 1),
@@ -121,9 +122,9 @@ def render_cascade_story_prompt(labels: Labels, lyrics: Lyrics | None, segmentat
 
 
 def section_words(sung: dict[int, str], sections: Sequence[SongSection]) -> dict[int, str]:
-    """The words sung in each section (from sung_by_segment), as data; '' where nobody sings."""
-    return {section.index: clean_user_text(" ".join(sung[i] for i in section.segment_indices if i in sung),
-                                           SECTION_WORDS_LIMIT) for section in sections}
+    """The words sung in each section (from sung_by_segment), in order; '' where nobody sings. Not yet data:
+    each prompt cleans and cuts them to its own limit."""
+    return {section.index: " ".join(sung[i] for i in section.segment_indices if i in sung) for section in sections}
 
 
 def _track_heard(labels: Labels) -> list[str]:
@@ -214,8 +215,9 @@ def lyric_lines(lyrics: Lyrics | None) -> tuple[str, ...]:
 def _sung_sections(sung: dict[int, str], sections: Sequence[SongSection]) -> list[dict[str, Any]]:
     """Each section in which words are sung, with its first SUNG_PLAN_WORDS words, as data."""
     views = []
+    by_section = section_words(sung, sections)
     for section in sections:
-        words = " ".join(sung[i] for i in section.segment_indices if i in sung).split()
+        words = by_section[section.index].split()
         if words:
             shown = " ".join(words[:SUNG_PLAN_WORDS]) + (" …" if len(words) > SUNG_PLAN_WORDS else "")
             views.append({"index": section.index, "words": clean_user_text(shown, SUNG_CLIP_LIMIT)})

@@ -26,7 +26,7 @@ from google.protobuf import json_format
 from services.common.pb import job_pb2, music_video_service_pb2 as api_pb2, music_video_service_pb2_grpc as api_grpc
 from services.common.pb import stage_pb2
 from services.common.store import LocalArtifactStore
-from gateway.auth import CLIENT_ID_HEX_DIGITS, token_digest
+from gateway.server.auth import CLIENT_ID_HEX_DIGITS, token_digest
 from tests.servers import FAST_RECONNECT, REPO_ROOT
 from tests.test_gateway import RunningGateway
 from tools.dev_stack import DevStack

@@ -183,7 +183,7 @@ def test_a_song_only_libsndfile_reads_is_converted_at_ingest(tmp_path):
 
 
 def test_the_analysis_line_says_what_was_heard_and_how_much_is_sung():
-    from gateway.progress import stage_summary
+    from gateway.cli.progress import stage_summary
 
     heard = {"genre": "pop music", "tempo_range": "fast tempo", "mood": "uplifting, happy mood", "segments": 49}
     assert stage_summary("analysis", heard) == "pop music · fast tempo · uplifting, happy mood"

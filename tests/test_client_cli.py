@@ -17,7 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.pb import job_pb2, music_video_service_pb2 as api_pb2, music_video_service_pb2_grpc as api_grpc
-from gateway.auth import token_digest
+from gateway.server.auth import token_digest
 from tests.media import audio_stream, probe_streams, tone, video_stream
 from tests.servers import FAST_RECONNECT, REPO_ROOT, free_port
 

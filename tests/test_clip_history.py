@@ -13,7 +13,7 @@ import grpc
 
 from services.common.pb import job_pb2, music_video_service_pb2 as api_pb2, music_video_service_pb2_grpc as api_grpc
 from services.common.pb import stage_pb2
-from gateway.auth import token_digest
+from gateway.server.auth import token_digest
 from tests.media import tone
 from tests.servers import FAST_RECONNECT
 from tests.test_client_cli import GatewayProcess

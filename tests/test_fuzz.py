@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from services.common.errors import InvalidInputError, ResourceExhaustedError
 from services.common.pb import music_video_service_pb2 as api_pb2
 from services.common.store import LocalArtifactStore
-from gateway.server import SongLibrary
+from gateway.server.songs import SongLibrary
 
 MAX_BYTES = 32 * 1024  # some spliced seeds are larger
 MAX_SECONDS = 30.0

@@ -22,10 +22,11 @@ from services.common.pb import job_pb2, music_video_service_pb2 as api_pb2, musi
 from services.common.pb import stage_pb2
 from services.common.settings import StoreSettings
 from services.common.store import ArtifactStore, LocalArtifactStore
-from gateway.auth import token_digest
-from gateway.inprocess import InProcessStages
-from gateway.jobs import BackendChoices
-from gateway.server import GatewayServer, GatewaySettings
+from gateway.server.auth import token_digest
+from gateway.pipeline.inprocess import InProcessStages
+from gateway.server.options import BackendChoices
+from gateway.server.app import GatewayServer
+from gateway.server.settings import GatewaySettings
 from tests.llm_servers import RecordingProxy, canned_answer
 from tests.media import probe_streams, tone, video_stream
 

@@ -34,10 +34,12 @@ from services.common.settings import PROMPTS_DIR
 from services.common.store import LocalArtifactStore
 from services.common.timing import frame_at, frame_count
 from services.common.transport.convert import to_message
-from gateway.grpc_stages import GrpcStageClients, GrpcStagesSettings
-from gateway.job import JobLayout, JobOptions
-from gateway.orchestrator import JobEvent, JobSpec, Orchestrator
-from gateway.video_pool import VideoPool, open_channel
+from gateway.pipeline.grpc_stages import GrpcStageClients, GrpcStagesSettings
+from gateway.pipeline.layout import JobLayout
+from gateway.pipeline.options import JobOptions
+from gateway.pipeline.orchestrator import JobEvent, JobSpec, Orchestrator
+from gateway.pipeline.video_pool import VideoPool
+from services.common.transport.channel import open_channel
 from tests.llm_servers import RecordingProxy, canned_answer
 from tests.media import counted_frames
 from tests.servers import STAGE_SECRET, StageServer, free_port, local_store_env, serving, stage_server

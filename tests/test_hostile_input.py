@@ -25,7 +25,7 @@ from services.common.pb import music_video_service_pb2 as api_pb2
 from services.common.pb import music_video_service_pb2_grpc as api_grpc
 from tests.corpus.make_corpus import CORPUS, MAX_SONG_SECONDS, make_corpus
 from tests.media import counted_frames
-from gateway.auth import token_digest
+from gateway.server.auth import token_digest
 from tests.servers import FAST_RECONNECT
 from tests.test_client_cli import GatewayProcess
 from tools.dev_stack import check_health

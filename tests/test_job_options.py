@@ -33,7 +33,7 @@ def test_an_unknown_storyteller_is_refused_on_a_clap_job_as_an_unknown_writer_is
 
 
 def test_a_storyteller_the_gateway_serves_is_accepted_on_a_clap_job_and_not_used():
-    from gateway.jobs import BackendChoices, resolve_options
+    from gateway.server.options import BackendChoices, resolve_options
 
     choices = BackendChoices(("descriptors",), ("template",), ("animatic",), ("openai-audio",))
     resolved = resolve_options(job_pb2.JobOptions(storyteller="openai-audio"), choices)
@@ -41,7 +41,7 @@ def test_a_storyteller_the_gateway_serves_is_accepted_on_a_clap_job_and_not_used
 
 
 def test_lyrics_are_transcribed_by_the_deployments_default_where_the_job_has_an_analysis_stage():
-    from gateway.jobs import BackendChoices, job_options, resolve_options
+    from gateway.server.options import BackendChoices, job_options, resolve_options
 
     choices = BackendChoices(("descriptors",), ("template", "llamacpp"), ("animatic",), ("openai-audio", "cascade"),
                              ("whisper",))
@@ -67,7 +67,7 @@ def test_lyrics_are_transcribed_by_the_deployments_default_where_the_job_has_an_
 
 
 def test_lyrics_past_the_limit_are_refused_and_the_manifest_names_them_by_digest():
-    from gateway.job import MAX_LYRICS_CHARS, JobOptions
+    from gateway.pipeline.options import MAX_LYRICS_CHARS, JobOptions
 
     with pytest.raises(InvalidInputError, match=f"the lyrics are longer than {MAX_LYRICS_CHARS} characters"):
         JobOptions(lyrics="la " * MAX_LYRICS_CHARS).check()

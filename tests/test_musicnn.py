@@ -13,7 +13,7 @@ import pytest
 import soundfile
 import torch
 
-from gateway.cli import build_parser
+from gateway.cli.main import build_parser
 from services.analysis.musicnn.analyzer import MusicnnAnalyzer, patch_starts, segment_frames
 from services.analysis.musicnn.checkpoint import read_checkpoint
 from services.analysis.musicnn.frontend import LOG_GAIN, PATCH_FRAMES, SAMPLE_RATE, log_mel

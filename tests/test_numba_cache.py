@@ -1,5 +1,5 @@
 """librosa's numba cache under concurrent starts (services/common/numba_cache.py), and a CLI that
-never dies silently (gateway/cli.py).
+never dies silently (gateway/cli/supervisor.py).
 
 Several processes compiling one gufunc into one cache folder at once can leave a cache that crashes
 every later process with SIGSEGV (numba #4807, #10128); the dev stack's services, started together

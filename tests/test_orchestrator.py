@@ -12,9 +12,10 @@ import pytest
 from services.common.errors import InvalidInputError, JobCancelledError
 from services.common.stage_api import SegmenterParams
 from services.common.store import LocalArtifactStore
-from gateway.inprocess import InProcessStages
-from gateway.job import JobLayout, JobOptions
-from gateway.orchestrator import JobSpec, Orchestrator
+from gateway.pipeline.inprocess import InProcessStages
+from gateway.pipeline.layout import JobLayout
+from gateway.pipeline.options import JobOptions
+from gateway.pipeline.orchestrator import JobSpec, Orchestrator
 from tests.llm_servers import RecordingProxy, canned_answer
 from tests.media import tone
 
@@ -118,7 +119,7 @@ def test_a_second_job_with_the_same_song_and_settings_reuses_every_output(tmp_pa
 
 
 def test_resolved_lalm_options_name_the_storyteller_and_leave_the_scenes_to_it():
-    from gateway.jobs import BackendChoices, job_options, resolve_options
+    from gateway.server.options import BackendChoices, job_options, resolve_options
     from services.common.errors import InvalidInputError
     from services.common.pb import job_pb2
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from gateway.jobs import JobRecord
+from gateway.server.records import JobRecord
 
 PROTO_DIR = Path(__file__).resolve().parents[1] / "proto" / "mvgen" / "v1"
 EXAMPLE_KEY = re.compile(r'"([a-z]+/<job>/[^"]+)"')

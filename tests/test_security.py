@@ -29,8 +29,9 @@ from services.common.pb import music_video_service_pb2 as api_pb2
 from services.common.pb import music_video_service_pb2_grpc as api_grpc
 from services.common.settings import StoreSettings
 from services.common.store import LocalArtifactStore
-from gateway.client import open_channel
-from gateway.server import MIB, GatewaySettings, UploadAllowance
+from gateway.cli.remote import open_channel
+from gateway.server.settings import MIB, GatewaySettings
+from gateway.server.songs import UploadAllowance
 from tests.media import tone
 from tests.servers import REPO_ROOT
 # local_store and s3_store are fixtures: imported, pytest finds them here.

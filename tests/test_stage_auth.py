@@ -19,7 +19,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from gateway.grpc_stages import GrpcStageClients, GrpcStagesSettings
+from gateway.pipeline.grpc_stages import GrpcStageClients, GrpcStagesSettings
 from services.common.errors import InvalidInputError, MvgenError, StageFailedError
 from services.common.pb import segmentation_service_pb2 as seg_pb
 from services.common.pb import segmentation_service_pb2_grpc as seg_grpc

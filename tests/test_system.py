@@ -36,7 +36,7 @@ from services.common.pb import job_pb2, stage_pb2
 from services.common.pb import music_video_service_pb2 as api_pb2
 from services.common.pb import music_video_service_pb2_grpc as api_grpc
 from services.common.s3_store import S3ArtifactStore
-from gateway.client import apply_change
+from gateway.cli.remote import apply_change
 from tests.media import audio_stream, counted_frames, probe_streams, video_stream
 from tests.servers import FAST_RECONNECT, dev_stack_store, stage_channel
 from tools.dev_stack import DevStack, log_tail

@@ -12,7 +12,6 @@ the call carries.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -20,7 +19,7 @@ import pytest
 from services.common.pb import job_pb2, music_video_service_pb2 as api_pb2, music_video_service_pb2_grpc as api_grpc
 from services.common.pb import stage_pb2
 from services.common.untrusted import SHOWN_CHARS, printable, quoted
-from gateway.auth import token_digest
+from gateway.server.auth import token_digest
 from tests.servers import FAST_RECONNECT
 from tests.test_client_cli import GatewayProcess
 

@@ -10,6 +10,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from services.common.timing import clock
+
 SEGMENT_END_REASONS = ("change", "beats", "max", "random", "end")
 
 
@@ -266,12 +268,6 @@ class Script:
         lines.append("")
         lines += [f"{s.index:4d}  {s.text}" for s in self.scenes]
         return "\n".join(lines) + "\n"
-
-
-def clock(seconds: float, decimals: int = 3) -> str:
-    """Minutes and seconds, as a person reads a time in a song: 1:05.250."""
-    minutes, rest = divmod(seconds, 60)
-    return f"{int(minutes):d}:{rest:0{3 + decimals}.{decimals}f}"
 
 
 def _group_dict(g: LabelGroup) -> dict[str, Any]:

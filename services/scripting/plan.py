@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from services.common.artifacts import Character, StyleBible, clock
+from services.common.artifacts import Character, StyleBible
+from services.common.timing import clock
 from services.scripting.sections import SongSection
 
 # Sections the plan's first reply writes, and each reply after it: the 1.5B model writing 13 sections in

@@ -26,7 +26,8 @@ from typing import Any
 import jinja2
 import yaml
 
-from services.common.artifacts import LabelGroup, Labels, Lyrics, Segment, Segmentation, clock
+from services.common.artifacts import LabelGroup, Labels, Lyrics, Segment, Segmentation
+from services.common.timing import clock
 from services.common.errors import InvalidInputError, StageFailedError
 from services.common.settings import PROMPTS_DIR
 from services.common.stage_api import ScriptInputs

@@ -25,7 +25,7 @@ from services.common import audio, encoding
 from services.common.artifacts import Script
 from services.common.errors import JobCancelledError, StageFailedError
 from services.common.stage_api import GenerateClipRequest
-from services.common.timing import frame_at
+from services.common.timing import clock, frame_at
 from services.video.generator import CancelledFn, ClipGenerator, ProgressFn
 
 GENERATOR_NAME = "animatic"
@@ -124,7 +124,7 @@ def rotate(palette: list[tuple[int, int, int]], index: int) -> list[tuple[int, i
 
 
 def preview_label(req: GenerateClipRequest) -> str:
-    return f"ANIMATIC PREVIEW · segment {req.index} · {_clock(req.start)}–{_clock(req.end)}"
+    return f"ANIMATIC PREVIEW · segment {req.index} · {clock(req.start, 1)}–{clock(req.end, 1)}"
 
 
 def audio_motion(samples: np.ndarray, sample_rate: int, frame_times: np.ndarray, fps: int,
@@ -297,8 +297,3 @@ def _font_path() -> str | None:
 
 def _shade(colour: tuple[int, int, int], factor: float) -> tuple[int, int, int]:
     return (round(colour[0] * factor), round(colour[1] * factor), round(colour[2] * factor))
-
-
-def _clock(seconds: float) -> str:
-    minutes, rest = divmod(seconds, 60)
-    return f"{int(minutes)}:{rest:04.1f}"

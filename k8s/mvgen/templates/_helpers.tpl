@@ -375,7 +375,7 @@ label series with namespace and pod). */}}
 
 {{/* The video replicas wanted: clips waiting for a replica plus clips being generated (scaling on the
 waiting ones alone would remove busy replicas once the queue empties), and at least one while a job
-runs, because a job starts only once a video replica serves (gateway/jobs.py: wait_ready), so with
+runs, because a job starts only once a video replica serves (gateway/server/registry.py: wait_ready), so with
 scale-to-zero nothing else would ever ask for the first replica. */}}
 {{- define "mvgen.videoDemandQuery" -}}
 {{- $s := include "mvgen.gatewaySelector" . -}}

@@ -31,13 +31,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from services.analysis.lyrics.gather import segment_at
-from services.common.artifacts import Lyrics, LyricWord, Segmentation, SegmentLyrics, clock
+from services.common.artifacts import Lyrics, LyricWord, Segmentation, SegmentLyrics
+from services.common.timing import clock
 from services.common.errors import InvalidInputError
 from services.common.untrusted import quoted
 
 LRC_SOURCE = "file:lrc"
 PLAIN_SOURCE = "file:plain"
-# The gateway refuses longer lyrics (gateway/job.py, MAX_LYRICS_CHARS): a 7-minute rap holds about 6,000.
+# The gateway refuses longer lyrics (gateway/pipeline/options.py, MAX_LYRICS_CHARS): a 7-minute rap holds about 6,000.
 MAX_LYRICS_CHARS = 32_000
 MAX_LYRICS_BYTES = 4 * MAX_LYRICS_CHARS  # before decoding: UTF-8 takes at most 4 bytes a character
 MAX_SECONDS_PER_WORD = 1.0  # an LRC line lasts at most this long per word (held notes included)

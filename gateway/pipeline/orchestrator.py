@@ -28,25 +28,11 @@ from services.common.stage_api import (
     TellStoryRequest,
 )
 from services.common.store import ArtifactStore
-from gateway.job import INTERRUPTED, JobLayout, JobOptions, Manifest, fingerprint, utc_now
-from gateway.stage_clients import StageClients
-
-
-@dataclass(frozen=True)
-class JobEvent:
-    """A progress report: a stage changed state, or a clip advanced."""
-
-    kind: str  # "stage" | "clip"
-    stage: str
-    # running | succeeded | cached | failed | skipped | progress (a clip's fraction; the scripting stage's
-    # parts) | retrying (a clip starts again)
-    state: str
-    clip_index: int | None = None
-    fraction: float = 0.0
-    detail: dict[str, Any] | None = None
-
-
-EventSink = Callable[[JobEvent], None]
+from gateway.pipeline.events import EventSink, JobEvent
+from gateway.pipeline.layout import JobLayout
+from gateway.pipeline.manifest import INTERRUPTED, Manifest, fingerprint, utc_now
+from gateway.pipeline.options import JobOptions
+from gateway.pipeline.stage_clients import StageClients
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,11 +28,10 @@ from services.common.pb import stage_info_service_pb2_grpc as info_grpc
 from services.common.pb import video_service_pb2 as video_pb
 from services.common.pb import video_service_pb2_grpc as video_grpc
 from services.common.stage_api import GenerateClipRequest, StageResult
-from services.common.transport.auth import secret_interceptors
 from services.common.transport.convert import result_from_message, to_message
 from services.common.transport.errors import error_for_status
-from services.common.transport.options import CLIENT_OPTIONS
-from gateway.stage_clients import CancelCheck, ProgressCallback, RetryCallback
+from gateway.pipeline.stage_clients import CancelCheck, ProgressCallback, RetryCallback
+from services.common.transport.channel import backoff_seconds, open_channel
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +47,6 @@ INFO_TIMEOUT_SECONDS = 10.0  # StageInfoService answers from memory; this only b
 # gRPC's default reconnect backoff grows to two minutes; a restarted replica should be back in seconds.
 
 Resolver = Callable[[], Awaitable[Sequence[str]]]
-
-
-def backoff_seconds(attempt: int, base: float = 0.2, cap: float = 5.0) -> float:
-    """Delay before retry number `attempt` (from 0): exponential, capped, jittered so that callers spread out."""
-    return min(cap, base * 2 ** attempt) * random.uniform(0.5, 1.0)
-
-
-def open_channel(address: str, stage_secret: str | None, *options: tuple[str, int | str]) -> grpc.aio.Channel:
-    """A channel to a stage service whose every call carries `stage_secret` (None: nothing)."""
-    interceptors = secret_interceptors(stage_secret) if stage_secret is not None else None
-    return grpc.aio.insecure_channel(address, options=(*CLIENT_OPTIONS, *options), interceptors=interceptors)
 
 
 def resolver_for(target: str) -> tuple[Resolver, bool]:

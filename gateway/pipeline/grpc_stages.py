@@ -46,8 +46,9 @@ from services.common.stage_api import (
 from services.common.transport.auth import stage_secret_from_env
 from services.common.transport.convert import result_from_message, to_message
 from services.common.transport.errors import error_for_status
-from gateway.stage_clients import CancelCheck, PartsCallback, ProgressCallback, RetryCallback, StageClients
-from gateway.video_pool import CANCEL_POLL_SECONDS, VideoPool, backoff_seconds, open_channel
+from gateway.pipeline.stage_clients import CancelCheck, PartsCallback, ProgressCallback, RetryCallback, StageClients
+from gateway.pipeline.video_pool import CANCEL_POLL_SECONDS, VideoPool
+from services.common.transport.channel import backoff_seconds, open_channel
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from services.common.stage_api import (
 )
 from services.common.settings import PROMPTS_DIR
 from services.common.store import ArtifactStore
-from gateway.job import STAGES as STAGE_NAMES
-from gateway.stage_clients import CancelCheck, PartsCallback, ProgressCallback, RetryCallback
+from gateway.pipeline.manifest import STAGES as STAGE_NAMES
+from gateway.pipeline.stage_clients import CancelCheck, PartsCallback, ProgressCallback, RetryCallback
 
 
 class InProcessStages:

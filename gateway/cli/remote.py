@@ -30,9 +30,11 @@ from services.common.pb import job_pb2, stage_pb2
 from services.common.pb import music_video_service_pb2 as api_pb2
 from services.common.pb import music_video_service_pb2_grpc as api_grpc
 from services.common.transport.convert import info_from_struct
-from gateway.job import read_lyrics_file
-from gateway.orchestrator import JobEvent
-from gateway.progress import ProgressDisplay
+from services.common.timing import clock
+from gateway.cli.output import fail
+from gateway.cli.progress import ProgressDisplay
+from gateway.pipeline.events import JobEvent
+from gateway.pipeline.options import read_lyrics_file
 
 T = TypeVar("T")
 COMMANDS = ("submit", "jobs", "status", "cancel")
@@ -126,13 +128,13 @@ def run_client_command(args: argparse.Namespace) -> int:
             command = {"submit": submit, "jobs": list_jobs, "status": show_status, "cancel": cancel_job}[args.command]
             return command(gateway, args)
     except (UsageError, InvalidInputError) as exc:
-        return _fail(str(exc), EXIT_BAD_INPUT)
+        return fail(str(exc), EXIT_BAD_INPUT)
     except grpc.RpcError as exc:
         if exc.code() == grpc.StatusCode.UNAVAILABLE:
-            return _fail(f"cannot reach the gateway at {args.server}: {exc.details()}", EXIT_FAILED)
-        return _fail(exc.details() or exc.code().name, EXIT_BAD_INPUT if exc.code() in BAD_INPUT_CODES else EXIT_FAILED)
+            return fail(f"cannot reach the gateway at {args.server}: {exc.details()}", EXIT_FAILED)
+        return fail(exc.details() or exc.code().name, EXIT_BAD_INPUT if exc.code() in BAD_INPUT_CODES else EXIT_FAILED)
     except OSError as exc:
-        return _fail(str(exc), EXIT_FAILED)
+        return fail(str(exc), EXIT_FAILED)
 
 
 def open_channel(server: str, *, tls: bool = False, ca_file: str | None = None) -> grpc.Channel:
@@ -169,23 +171,23 @@ def submit(gateway: Gateway, args: argparse.Namespace) -> int:
         print(job.job_id)
         return 0
     if not args.quiet:
-        print(f"mvgen: job {job.job_id} for {song.name} ({_clock(uploaded.song.duration_seconds)}) on {args.server}",
+        print(f"mvgen: job {job.job_id} for {song.name} ({clock(uploaded.song.duration_seconds, 1)}) on {args.server}",
               file=sys.stderr)
     display = ProgressDisplay(enabled=not args.quiet)
     try:
         job = watch(gateway, job.job_id, ProgressTranslator(display).apply)
     except KeyboardInterrupt:
         display.close()
-        return _fail(f"stopped watching; the job goes on: mvgen status {job.job_id}, mvgen cancel {job.job_id}",
+        return fail(f"stopped watching; the job goes on: mvgen status {job.job_id}, mvgen cancel {job.job_id}",
                      EXIT_INTERRUPTED)
     display.close()
     if job.state == job_pb2.JOB_STATE_FAILED:
-        return _fail(f"job {job.job_id} failed: {job.error_message}", EXIT_FAILED)
+        return fail(f"job {job.job_id} failed: {job.error_message}", EXIT_FAILED)
     if job.state == job_pb2.JOB_STATE_CANCELLED:
-        return _fail(f"job {job.job_id} was cancelled; finished clips are kept on the gateway", EXIT_FAILED)
+        return fail(f"job {job.job_id} was cancelled; finished clips are kept on the gateway", EXIT_FAILED)
     result = gateway.stub.GetJob(api_pb2.GetJobRequest(job_id=job.job_id), metadata=gateway.metadata)
     frames = sum(c.frame_count for c in job.clips)
-    summary = (f"{_clock(job.song.duration_seconds)}, {len(job.clips)} segments, {frames} frames at "
+    summary = (f"{clock(job.song.duration_seconds, 1)}, {len(job.clips)} segments, {frames} frames at "
                f"{job.options.fps} fps, made in {time.monotonic() - started:.1f} s  (job {job.job_id})")
     if not result.video_url:
         print(f"mvgen: the video is at {job.artifact_keys['video']} in the gateway's store, which gives no download "
@@ -378,7 +380,7 @@ def list_jobs(gateway: Gateway, args: argparse.Namespace) -> int:
 def show_status(gateway: Gateway, args: argparse.Namespace) -> int:
     result = gateway.stub.GetJob(api_pb2.GetJobRequest(job_id=args.job_id), metadata=gateway.metadata)
     job = result.job
-    print(f"job {job.job_id}  {_state(job.state)}  {job.song.file_name} ({_clock(job.song.duration_seconds)})"
+    print(f"job {job.job_id}  {_state(job.state)}  {job.song.file_name} ({clock(job.song.duration_seconds, 1)})"
           f"{'  ' + job.title if job.title else ''}")
     for stage in job.stages:
         state = job_pb2.StageState.Name(stage.state).removeprefix("STAGE_STATE_").lower()
@@ -411,12 +413,3 @@ def _state(state: int) -> str:
 def _clips_done(job: job_pb2.Job) -> str:
     done = sum(c.state == job_pb2.CLIP_STATE_SUCCEEDED for c in job.clips)
     return f"{done}/{len(job.clips)}" if job.clips else "-"
-
-
-def _clock(seconds: float) -> str:
-    return f"{int(seconds // 60)}:{seconds % 60:04.1f}"
-
-
-def _fail(message: str, code: int) -> int:
-    print(f"mvgen: error: {message}", file=sys.stderr)
-    return code

@@ -7,7 +7,7 @@ import time
 
 from tqdm import tqdm
 
-from gateway.orchestrator import JobEvent
+from gateway.pipeline.orchestrator import JobEvent
 
 
 class ProgressDisplay:

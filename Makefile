@@ -89,7 +89,8 @@ dev-up: setup llm-model
 dev-down:
 	$(PY) -m tools.dev_stack down
 
-# compose config -q (the real Compose binary), hadolint, and the structural checks of the files.
+# compose config -q (the real Compose binary), hadolint of the Dockerfile, and the structural checks of
+# the files (each image's target: what it copies, its user, port and command).
 compose-check: $(VENV)/.installed
 	$(PY) -m pytest -q tests/test_deploy_files.py
 

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Generate the Python gRPC stubs into OUT_DIR as one flat package with package-relative imports
 # (as text-generation-inference does), so they import as services.common.pb.<name>_pb2.
-# Used by `make proto` and by every Dockerfile's builder stage: one recipe for both.
+# Used by `make proto` and by the Dockerfile's stubs stage (every image's): one recipe for both.
 #   PYTHON=.venv/bin/python proto/gen_python.sh services/common/pb
 set -eu
 out="$1"

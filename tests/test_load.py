@@ -4,8 +4,9 @@ own client thread: upload, CreateJob, WatchJob to the end.
 
 All jobs must complete, each with a video of the right length. Measured and reported (printed, and
 written to build/reliability/load-<N>.json): throughput, latency, the gateway's overhead per job
-(its CPU time, and the wall time between one stage's end and the next one's start, which is the
-orchestrator's own work), and the peak resident memory of every process.
+(its CPU time, its requests to the object store by operation as its metrics count them, and the wall
+time between one stage's end and the next one's start, which is the orchestrator's own work), and the
+peak resident memory of every process.
 
 MVGEN_LOAD_JOBS sets N: 4 in `make test` (short songs), 20 in `make soak`.
 """
@@ -16,6 +17,7 @@ import json
 import os
 import statistics
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.common.pb import job_pb2, stage_pb2
 from tests.media import counted_frames
@@ -92,6 +95,29 @@ def peak_mib(pid: int) -> float:
     raise AssertionError(f"no VmHWM for pid {pid}")
 
 
+def store_requests(system: System) -> dict[str, float]:
+    """The gateway's requests to the object store so far, by operation, from its metrics endpoint."""
+    url = f"http://127.0.0.1:{system.state['gateway']['metrics_port']}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {sample.labels["operation"]: sample.value
+            for family in text_string_to_metric_families(text) if family.name == "mvgen_store_requests"
+            for sample in family.samples if sample.name == "mvgen_store_requests_total"}
+
+
+def settled_store_requests(system: System, quiet: float = 0.5, timeout: float = 10.0) -> dict[str, float]:
+    """The same, once two scrapes `quiet` seconds apart agree: the gateway may still be finishing a
+    job's last reads and writes after its terminal snapshot went out."""
+    last, deadline = store_requests(system), time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        now = store_requests(system)
+        if now == last:
+            break
+        last = now
+    return last
+
+
 def stage_gaps(job: job_pb2.Job) -> float:
     """Seconds between each stage's end and the next one's start: the orchestrator's own work
     (reading the last output back, fingerprints, manifest writes)."""
@@ -104,10 +130,12 @@ def test_many_jobs_at_once_all_complete(system, tmp_path):
     song = tmp_path / "song.wav"
     truth = render_song(song, seconds=SONG_SECONDS, seed=7)
     gateway_pid = system.state["processes"]["gateway"]["pid"]
-    cpu_before = cpu_seconds(gateway_pid)
+    cpu_before, requests_before = cpu_seconds(gateway_pid), store_requests(system)
     with ThreadPoolExecutor(JOBS) as pool:
         runs = list(pool.map(lambda i: one_job(system, song, 1000 + i), range(JOBS)))
     gateway_cpu = cpu_seconds(gateway_pid) - cpu_before
+    requests = {operation: count - requests_before.get(operation, 0)
+                for operation, count in settled_store_requests(system).items()}
 
     failed = [describe(r.job) for r in runs if r.job.state != job_pb2.JOB_STATE_SUCCEEDED]
     assert not failed, "\n".join(failed) + "\n" + system.logs("gateway")
@@ -126,6 +154,9 @@ def test_many_jobs_at_once_all_complete(system, tmp_path):
         "wall_seconds": round(span, 1), "jobs_per_minute": round(JOBS / span * 60, 2),
         "latency_seconds": {"median": round(statistics.median(latencies), 1), "max": round(latencies[-1], 1)},
         "gateway_cpu_seconds_per_job": round(gateway_cpu / JOBS, 3),
+        "store_requests_per_job": {"total": round(sum(requests.values()) / JOBS, 2),
+                                   "by_operation": {operation: round(count / JOBS, 2)
+                                                    for operation, count in sorted(requests.items()) if count}},
         "gateway_stage_gap_seconds_per_job": {"median": round(statistics.median(gaps), 3), "max": round(max(gaps), 3)},
         "busy_answers_retried": busy, "peak_rss_mib": peaks, "cpus": os.cpu_count(),
     }
@@ -134,5 +165,6 @@ def test_many_jobs_at_once_all_complete(system, tmp_path):
     print(f"load, {JOBS} jobs at once: {json.dumps(figures, indent=2)}")
 
     assert figures["gateway_cpu_seconds_per_job"] < MAX_GATEWAY_CPU_SECONDS_PER_JOB, figures
+    assert figures["store_requests_per_job"]["total"] > 0, figures  # the gateway's store counts its requests
     assert peaks["gateway"] < MAX_GATEWAY_PEAK_MIB, peaks
     assert max(peaks.values()) < MAX_SERVICE_PEAK_MIB, peaks

@@ -81,6 +81,25 @@ def test_presigned_urls_work_over_plain_http(store):
         assert response.read() == b"song bytes"
 
 
+def test_every_request_sent_is_counted_by_operation(store, tmp_path):
+    """What the gateway reports as mvgen_store_requests_total: each HTTP request, as the SDK sends
+    them (a download and a copy stat the object first); presigning sends none."""
+    before = store.request_counts()
+    (tmp_path / "clip.mp4").write_bytes(b"\x00" * 1000)
+    store.put_bytes("jobs/n/a.json", b"{}")  # put
+    store.put_file("jobs/n/clip.mp4", tmp_path / "clip.mp4")  # put
+    assert store.get_bytes("jobs/n/a.json") == b"{}"  # get
+    assert store.exists("jobs/n/a.json")  # head
+    store.copy("jobs/n/a.json", "jobs/n/b.json")  # head, copy
+    assert store.list("jobs/n/") == ["jobs/n/a.json", "jobs/n/b.json", "jobs/n/clip.mp4"]  # list
+    with store.local_path("jobs/n/b.json"):  # head, get
+        pass
+    store.presigned_get("jobs/n/a.json", expires=timedelta(minutes=5))  # none
+    after = store.request_counts()
+    assert {operation: after[operation] - before[operation] for operation in after} == {
+        "put": 2, "get": 2, "head": 3, "copy": 1, "list": 1, "delete": 0}
+
+
 def test_keys_that_escape_are_refused(store):
     for key in ("../etc/passwd", "/abs", "a/../../b", ""):
         with pytest.raises(InvalidInputError):
@@ -123,6 +142,7 @@ def test_an_html_error_page_is_retried_when_it_is_a_5xx_and_refused_otherwise():
         with pytest.raises(StageFailedError, match="answered 403"):
             store.get_bytes("jobs/a/manifest.json")
         assert len(seen) == 4
+        assert store.request_counts()["get"] == 4  # every try is a request
     finally:
         server.shutdown()
         server.server_close()

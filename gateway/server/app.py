@@ -49,6 +49,8 @@ class GatewayServer:
                                     .observe(seconds), max_jobs_per_client=settings.max_jobs_per_client,
                                     shared_cache=settings.shared_cache)
         self.metrics.watch(self.registry.counts)
+        if isinstance(store, S3ArtifactStore):
+            self.metrics.watch_store(store.request_counts)
         authenticator = Authenticator(settings.token_digests)
         self.grpc = HealthServer([SERVICE_NAME], f"{settings.host}:{settings.port}", [
             MetricsInterceptor(self.metrics), AuthInterceptor(authenticator),

@@ -1,5 +1,6 @@
 """Prometheus metrics of the gateway: jobs by state, clips pending and in flight (what KEDA scales
-the video Deployment on), stage durations, and calls by RPC and status code.
+the video Deployment on), stage durations, calls by RPC and status code, and requests to the
+object store by operation.
 
 Each gateway has its own registry, so several can live in one process (tests).
 """
@@ -7,13 +8,13 @@ Each gateway has its own registry, so several can live in one process (tests).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from services.common.transport.errors import Behavior, rewrap_handler
@@ -45,6 +46,18 @@ class _WorkCollector(Collector):
         yield GaugeMetricFamily("mvgen_clips_in_flight", "Clips being generated", value=counts.clips_in_flight)
 
 
+class _StoreCollector(Collector):
+    def __init__(self, counts: Callable[[], Mapping[str, int]]):
+        self.counts = counts
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        requests = CounterMetricFamily("mvgen_store_requests", "Requests this gateway sent to the object store, "
+                                       "by operation", labels=["operation"])
+        for operation, count in sorted(self.counts().items()):
+            requests.add_metric([operation], count)
+        yield requests
+
+
 class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -57,6 +70,11 @@ class GatewayMetrics:
     def watch(self, counts: Callable[[], WorkCounts]) -> None:
         """Report the job and clip gauges from `counts`, read at every scrape (in the HTTP thread)."""
         self.registry.register(_WorkCollector(counts))
+
+    def watch_store(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        """Report mvgen_store_requests_total{operation} from `counts` (the store's running totals), read
+        at every scrape."""
+        self.registry.register(_StoreCollector(counts))
 
     def serve(self, port: int, host: str = "0.0.0.0") -> int:
         """Serve /metrics on `port` (0: any free port); returns the port."""

@@ -4,6 +4,9 @@ Kubernetes, or any S3-compatible endpoint by configuration.
 Transient faults (connection refused, timeouts, 5xx) are retried with jittered exponential backoff
 for MVGEN_S3_RETRY_SECONDS, each retry logged, then raised as TransientError so that callers answer
 UNAVAILABLE and the job can be retried.
+
+Every HTTP request the store sends is counted by operation (`request_counts`): the gateway reports
+them as mvgen_store_requests_total. Presigning is no request and is not counted.
 """
 
 from __future__ import annotations
@@ -12,13 +15,14 @@ import io
 import logging
 import random
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import TypeVar
-from urllib.parse import urlparse
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlparse
 
 import urllib3
 from minio import Minio
@@ -43,6 +47,64 @@ def backoff_delays(budget_seconds: float) -> tuple[float, ...]:
     return tuple(delays)
 
 
+# The operations counted; the metric reports each of these even while it is 0.
+OPERATIONS = ("get", "put", "copy", "head", "list", "delete")
+
+
+def request_operation(method: str, url: str, headers: Mapping[str, str] | None = None) -> str:
+    """What one HTTP request to the store does: get (an object's bytes), put (an object, a part of
+    one, a multipart upload started or completed, a bucket made), copy (server-side), head (stat an
+    object or a bucket), list, delete, location (the bucket's region, asked once when unknown)."""
+    method = method.upper()
+    query = parse_qs(urlparse(url).query, keep_blank_values=True)
+    if method == "HEAD":
+        return "head"
+    if method == "DELETE":
+        return "delete"
+    if method == "GET":
+        if "location" in query:
+            return "location"
+        if query.keys() & {"list-type", "prefix", "delimiter", "versions", "uploads", "marker"}:
+            return "list"
+        return "get"
+    if method == "PUT":
+        return "copy" if headers is not None and "x-amz-copy-source" in headers else "put"
+    if method == "POST":  # multipart upload: start and complete
+        return "put"
+    return method.lower()
+
+
+class RequestCounts:
+    """Requests sent, by operation; incremented from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+
+    def add(self, operation: str) -> None:
+        with self._lock:
+            self._counts[operation] = self._counts.get(operation, 0) + 1
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+
+class _CountingPool(urllib3.PoolManager):
+    """The store's HTTP pool: counts every request as it is sent, retries and failed tries included
+    (the SDK makes several for one call: fget_object is a HEAD and a GET, copy_object a HEAD and a
+    PUT, a large upload its parts)."""
+
+    def __init__(self, counts: RequestCounts, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.counts = counts
+
+    def urlopen(self, method: str, url: str, redirect: bool = True,  # type: ignore[override]
+                **kw: Any) -> urllib3.BaseHTTPResponse:
+        self.counts.add(request_operation(method, url, kw.get("headers")))
+        return super().urlopen(method, url, redirect=redirect, **kw)
+
+
 class S3ArtifactStore(ArtifactStore):
     def __init__(self, settings: StoreSettings, retry_delays: tuple[float, ...] | None = None):
         """`retry_delays`: the pauses between tries; by default from `settings.retry_seconds`."""
@@ -50,11 +112,17 @@ class S3ArtifactStore(ArtifactStore):
         self.endpoint = settings.endpoint
         self.retry_delays = backoff_delays(settings.retry_seconds) if retry_delays is None else retry_delays
         # Short timeouts and no urllib3 retries: our own retry loop decides, and a dead store is seen quickly.
-        http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=3.0, read=60.0), retries=False, maxsize=16)
+        self.requests = RequestCounts()
+        http = _CountingPool(self.requests, timeout=urllib3.Timeout(connect=3.0, read=60.0), retries=False,
+                             maxsize=16)
         self.client = _client(settings, settings.endpoint, http)
         # A presigned URL's signature covers its host: sign for the address clients use (e.g. a
         # public name), not the in-cluster one. Signing needs no network call.
         self.signer = _client(settings, settings.public_endpoint or settings.endpoint, http)
+
+    def request_counts(self) -> dict[str, int]:
+        """Requests sent to the store so far, by operation (see `request_operation`)."""
+        return {operation: 0 for operation in OPERATIONS} | self.requests.snapshot()
 
     def ensure_bucket(self) -> None:
         if not self._retry(lambda: self.client.bucket_exists(self.bucket)):

@@ -31,7 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tools.dev_stack import HOST, REPO, DevStack, check_health, free_ports
+from tools.dev_stack import DevStack
+from tools.processes import HOST, REPO, check_health, free_ports
 
 Row = tuple[str, float, str, float]
 SEEN_SECONDS = 30.0  # how long the gateway may take to notice a replica start or stop (it polls every 0.5 s)

@@ -6,6 +6,9 @@
 
 Every server requires STAGE_SECRET (services/common/transport/auth.py), as deployed ones do; a test
 calls one directly through `stage_channel(address)`, which sends it.
+
+Processes are started, watched and stopped by tools/processes.py, as the dev stack's are
+(tools/dev_stack.py); a test's servers stay in the test run's process group, so they end with it.
 """
 
 from __future__ import annotations
@@ -13,34 +16,25 @@ from __future__ import annotations
 import collections
 import os
 import secrets
-import signal
-import socket
 import subprocess
-import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.s3_store import S3ArtifactStore
 from services.common.settings import StoreSettings
+from tools import processes
+from tools.processes import FAST_RECONNECT, free_port
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+__all__ = ["FAST_RECONNECT", "REPO_ROOT", "STAGE_SECRET", "StageServer", "dev_stack_store", "free_port",
+           "local_store_env", "serving", "stage_channel", "stage_server"]
+
+REPO_ROOT = processes.REPO
 STAGE_SECRET = secrets.token_urlsafe(32)  # the secret every stage server of this test run requires
-# Poll a starting server often: gRPC's default reconnect backoff would add seconds to every start.
-FAST_RECONNECT = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
-                  ("grpc.max_reconnect_backoff_ms", 200)]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class _CallDetails(collections.namedtuple("_CallDetails", ("method", "timeout", "metadata", "credentials",
@@ -98,7 +92,6 @@ class StageServer:
     env: dict[str, str]  # added to this process's environment: the store, MVGEN_BACKENDS, ...
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
-    _log: IO[bytes] | None = field(default=None, repr=False)
 
     @property
     def address(self) -> str:
@@ -112,56 +105,38 @@ class StageServer:
         """Spawn the server (again, after a kill: same port, same log); return at once."""
         env = {**os.environ, "MVGEN_HOST": "127.0.0.1", "MVGEN_PORT": str(self.port),
                "MVGEN_GRACE_SECONDS": "2", "MVGEN_STAGE_SECRET": STAGE_SECRET, **self.env}
-        if self._log is None:
-            self._log = open(self.log_path, "ab")
-        self.process = subprocess.Popen([sys.executable, "-m", f"services.{self.stage}.server"],
-                                        cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = processes.spawn(processes.module_argv(f"services.{self.stage}.server"), env, self.log_path,
+                                       own_session=False)
         return self
 
     def wait_serving(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.address, options=FAST_RECONNECT) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            while True:
-                if not self.running:
-                    raise RuntimeError(f"the {self.stage} server on {self.address} is not running "
-                                       f"(exit code {self.process and self.process.returncode}):\n{self.log_tail()}")
-                try:
-                    if health.Check(health_pb2.HealthCheckRequest(), timeout=1.0).status == \
-                            health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass  # not listening yet
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the {self.stage} server on {self.address} did not serve within "
-                                       f"{timeout:.0f} s:\n{self.log_tail()}")
-                time.sleep(0.1)
+        while True:
+            if not self.running:
+                raise RuntimeError(f"the {self.stage} server on {self.address} is not running "
+                                   f"(exit code {self.process and self.process.returncode}):\n{self.log_tail()}")
+            if processes.is_serving(self.address, timeout=1.0):  # False while it does not listen yet
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the {self.stage} server on {self.address} did not serve within "
+                                   f"{timeout:.0f} s:\n{self.log_tail()}")
+            time.sleep(0.1)
 
     def kill(self) -> None:
         """SIGKILL: the replica dies mid-work, as on a lost node or an out-of-memory kill."""
-        if self.running:
-            self.process.send_signal(signal.SIGKILL)
+        if self.process is not None and self.running:
+            processes.kill_group(self.process.pid)
             self.process.wait()
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM (NOT_SERVING, drain, exit), then SIGKILL if it takes longer than `timeout`."""
-        if self.running:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_servers([self], timeout)
 
     def close(self) -> None:
         self.stop()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
     def log_tail(self, lines: int = 40) -> str:
-        if not self.log_path.exists():
-            return "(no log)"
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return processes.log_tail(self.log_path, lines, indent="")
 
 
 def stage_server(stage: str, log_dir: str | Path, env: Mapping[str, str], port: int | None = None) -> StageServer:
@@ -181,8 +156,13 @@ def serving(*servers: StageServer, timeout: float = 90.0) -> Iterator[tuple[Stag
             server.wait_serving(timeout)
         yield servers
     finally:
-        for server in servers:
-            if server.running:
-                server.process.terminate()
-        for server in servers:
-            server.close()
+        stop_servers(servers)
+
+
+def stop_servers(servers: Sequence[StageServer], grace: float = 10.0) -> None:
+    """SIGTERM them all at once, SIGKILL any still running after `grace` seconds, and reap them."""
+    started = {str(index): (server, server.process) for index, server in enumerate(servers) if server.process}
+    processes.stop_all({key: process.pid for key, (_, process) in started.items()}, grace,
+                       alive=lambda key: started[key][0].running)
+    for _, process in started.values():
+        process.wait()

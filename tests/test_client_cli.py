@@ -5,7 +5,6 @@ The gateway is also restarted under a watching `mvgen submit`, which reconnects 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,12 +13,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.pb import job_pb2, music_video_service_pb2 as api_pb2, music_video_service_pb2_grpc as api_grpc
 from gateway.server.auth import token_digest
 from tests.media import audio_stream, probe_streams, tone, video_stream
-from tests.servers import FAST_RECONNECT, REPO_ROOT, free_port
+from tests.servers import REPO_ROOT, free_port
+from tools import processes
 
 MVGEN = str(Path(sys.executable).parent / "mvgen")
 TOKEN = "token-of-the-cli-test"
@@ -42,30 +41,21 @@ class GatewayProcess:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60.0) -> None:
-        with self.log.open("ab") as output:
-            self.process = subprocess.Popen([sys.executable, "-m", "gateway.server"], cwd=REPO_ROOT, env=self.env,
-                                            stdout=output, stderr=subprocess.STDOUT)
+        self.process = processes.spawn(processes.module_argv("gateway.server"), self.env, self.log, own_session=False)
         deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.address, options=FAST_RECONNECT) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                assert self.process.poll() is None, f"the gateway exited:\n{self.log.read_text()}"
-                try:
-                    if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
-                            health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    time.sleep(0.1)
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"the gateway exited:\n{self.log.read_text()}"
+            if processes.is_serving(self.address, timeout=1):
+                return
+            time.sleep(0.1)
         raise TimeoutError(f"the gateway did not serve within {timeout:.0f} s:\n{self.log.read_text()}")
 
     def stop(self) -> int:
         """SIGTERM: running jobs are left to resume, then the process exits; returns its exit code."""
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=30)
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
+        assert self.process is not None
+        process = self.process
+        processes.stop_all({"gateway": process.pid}, 30, alive=lambda _: process.poll() is None)
+        return process.wait()
 
 
 @pytest.fixture(scope="module")

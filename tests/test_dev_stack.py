@@ -23,7 +23,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from services.common.s3_store import S3ArtifactStore
 from services.common.settings import StoreSettings
 from tests.servers import stage_channel
-from tools.dev_stack import STAGES, DevStack, DevStackError, _is_running, check_health
+from tools.dev_stack import STAGES, DevStack, DevStackError
+from tools.processes import check_health, is_running
 
 REPO = Path(__file__).resolve().parents[1]
 GRPC_PROCESSES = [*STAGES, "gateway"]
@@ -67,7 +68,7 @@ def test_state_file_records_every_process_and_is_private(stack):
     ports = [p["port"] for p in state["processes"].values()]
     assert len(set(ports)) == len(ports)
     for name, entry in state["processes"].items():
-        assert _is_running(entry["pid"]), name
+        assert is_running(entry["pid"]), name
         assert Path(entry["log"]).parent == base_dir / "logs"
         assert entry["address"] == f"127.0.0.1:{entry['port']}"  # loopback only
     assert (base_dir / ".gitignore").read_text() == "*\n"
@@ -147,7 +148,7 @@ def test_a_killed_service_restarts_on_its_port_with_its_configuration(stack):
     before = state["processes"]["segmentation"]
     env_before = {k: v for k, v in proc_environ(before["pid"]).items() if k.startswith("MVGEN_")}
     stack_.kill("segmentation")
-    assert not _is_running(before["pid"])
+    assert not is_running(before["pid"])
     with pytest.raises(grpc.RpcError):
         check_health(before["address"], timeout=1.0)
     assert "segmentation" not in stack_.running()
@@ -172,7 +173,7 @@ def test_the_restart_command_restarts_a_running_process_on_its_port(stack):
     after = json.loads((base_dir / "state.json").read_text())["processes"]["gateway"]
     assert f"{'gateway':<14} restarted: {after['address']} pid {after['pid']}" in restarted.stdout
     assert after["pid"] != before["pid"] and after["port"] == before["port"]
-    assert not _is_running(before["pid"])
+    assert not is_running(before["pid"])
     assert check_health(after["address"], before["service"]) == "SERVING"
     with grpc.insecure_channel(after["address"]) as channel:  # the printed dev token still opens it
         api_grpc.MusicVideoServiceStub(channel).ListJobs(
@@ -218,7 +219,7 @@ def test_down_stops_every_process(stack):
     down = dev_stack_cli(base_dir, "down", timeout=120)
     assert down.returncode == 0, down.stdout + down.stderr
     for name, entry in state["processes"].items():
-        assert not _is_running(entry["pid"]), f"{name} (pid {entry['pid']}) still runs"
+        assert not is_running(entry["pid"]), f"{name} (pid {entry['pid']}) still runs"
         assert f"{name}" in down.stdout
     assert "killed" not in down.stdout, down.stdout  # every service drained and exited on SIGTERM
     assert not (base_dir / "state.json").exists()

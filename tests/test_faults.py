@@ -58,7 +58,8 @@ from tests.test_system import (
     small_options,
     wait_for,
 )
-from tools.dev_stack import DevStack, free_ports
+from tools.dev_stack import DevStack
+from tools.processes import free_ports
 from tools.synth_song import SongTruth, render_song
 
 # The store's own retries absorb about this long an outage (backoff 0.2, 0.4, 0.8, 1.6 s, jittered);

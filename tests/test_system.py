@@ -39,7 +39,8 @@ from services.common.s3_store import S3ArtifactStore
 from gateway.cli.remote import apply_change
 from tests.media import audio_stream, counted_frames, probe_streams, video_stream
 from tests.servers import FAST_RECONNECT, dev_stack_store, stage_channel
-from tools.dev_stack import DevStack, log_tail
+from tools.dev_stack import DevStack
+from tools.processes import log_tail
 from tools.synth_song import SongTruth, render_song
 
 MVGEN = str(Path(sys.executable).parent / "mvgen")

@@ -5,7 +5,8 @@ and moto speaks the S3 API the `minio` SDK uses); the five stage services and th
 subprocesses with the environment docker-compose.yml gives their containers (MVGEN_STORE=s3,
 pointed at moto), every one listening on 127.0.0.1 only. `up` returns once each answers gRPC
 health SERVING and leaves them running in the background; `down` stops them (SIGTERM, then SIGKILL
-after a grace period). Under the base folder (default `.dev-stack/`): `state.json` (ports, pids,
+after a grace period; tools/processes.py starts, watches and stops them, as it does the tests' stage
+servers, tests/servers.py). Under the base folder (default `.dev-stack/`): `state.json` (ports, pids,
 the S3 settings, the generated dev token and stage secret; readable by its owner only) and one log
 per process in `logs/`.
 
@@ -46,7 +47,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -58,14 +58,27 @@ from typing import TYPE_CHECKING, Any
 
 from services.common.errors import MvgenError
 from services.scripting.llm.local import DEFAULT_GGUF
+from tools.processes import (
+    HOST,
+    REPO,
+    free_ports,
+    is_serving,
+    kill_group,
+    log_tail,
+    module_argv,
+    port_in_use,
+    proc_start_time,
+    signal_name,
+    spawn,
+    stop_all,
+)
+from tools.processes import is_running as _is_running
 
 if TYPE_CHECKING:
     from services.common.s3_store import S3ArtifactStore
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT_BASE_DIR = REPO / ".dev-stack"
 STATE_VERSION = 1
-HOST = "127.0.0.1"  # loopback only: nothing of the dev stack is reachable from another machine
 
 # name -> (module run with `python -m`, default port, gRPC service its health and reflection name)
 STAGES: dict[str, tuple[str, int, str]] = {
@@ -109,74 +122,12 @@ class KeptStore:
         return f"{self.objects} objects ({self.bytes / 2**20:.1f} MiB)"
 
 
-def signal_name(returncode: int) -> str:
-    """'SIGSEGV' for a process that a signal ended (a negative return code), else 'code N'."""
-    try:
-        return signal.Signals(-returncode).name if returncode < 0 else f"code {returncode}"
-    except ValueError:
-        return f"signal {-returncode}"
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel has just handed out; all sockets are held until the last one is bound, so
-    the ports differ from one another. (Another process could still take one before we bind it:
-    the usual, accepted race.)"""
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((HOST, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def port_in_use(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((HOST, port))
-        except OSError:
-            return True
-    return False
-
-
-def _proc_start_time(pid: int) -> str | None:
-    """The kernel's start time of `pid` (Linux), to tell our process from a later one given the
-    same pid; None where /proc is not available."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # Field 22, counted after the command name, which is in parentheses and may hold spaces.
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def _is_running(pid: int) -> bool:
-    """True while `pid` exists and is not a zombie (a zombie has exited, it only awaits reaping)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-    except OSError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _is_ours(entry: Mapping[str, Any]) -> bool:
     """Whether the process recorded in a state entry is still that process, not a pid reused since."""
     pid = entry["pid"]
     if not _is_running(pid):
         return False
-    started = _proc_start_time(pid)
+    started = proc_start_time(pid)
     if started is not None and entry.get("start_time") is not None:
         return started == entry["start_time"]
     try:
@@ -185,26 +136,6 @@ def _is_ours(entry: Mapping[str, Any]) -> bool:
         cmdline = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True,
                                  text=True, check=False).stdout
     return entry["module"] in cmdline
-
-
-def log_tail(path: str | Path, lines: int = 25) -> str:
-    try:
-        text = Path(path).read_text(errors="replace").splitlines()
-    except OSError:
-        return "(no log)"
-    return "\n".join("    " + line for line in text[-lines:])
-
-
-def check_health(address: str, service: str = "", timeout: float = 2.0) -> str:
-    """The grpc.health.v1 status name of `service` at `address` (e.g. "SERVING"); raises
-    grpc.RpcError when nothing answers."""
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    with grpc.insecure_channel(address) as channel:
-        response = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=service), timeout=timeout)
-    return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
 
 class DevStack:
@@ -331,17 +262,15 @@ class DevStack:
                env: dict[str, str] | None = None, append_log: bool = False, **extra: Any) -> None:
         assert self.state is not None
         log_path = self.log_dir / f"{name}.log"
-        argv = [self.python, "-m", module, *args]
+        argv = module_argv(module, *args, python=self.python)
         env = self._env(name, port) if env is None else env
-        with open(log_path, "ab" if append_log else "wb") as log:
-            # A session of its own: ^C in the terminal that ran `make dev-up` does not reach it, and
-            # `down` can end the whole process group (ffmpeg children included) if it must.
-            proc = subprocess.Popen(argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+        # A session of its own: ^C in the terminal that ran `make dev-up` does not reach it, and
+        # `down` can end the whole process group (ffmpeg children included) if it must.
+        proc = spawn(argv, env, log_path, append=append_log, own_session=True)
         self._popen[name] = proc
         self._spawned[name] = (argv, env)
         self.state["processes"][name] = {
-            "pid": proc.pid, "start_time": _proc_start_time(proc.pid), "module": module, "port": port,
+            "pid": proc.pid, "start_time": proc_start_time(proc.pid), "module": module, "port": port,
             "address": f"{HOST}:{port}" if port else None, "log": str(log_path), **extra}
         self._write_state()
 
@@ -372,8 +301,6 @@ class DevStack:
                                              region=s3["region"], secure=False, retry_seconds=retry_seconds))
 
     def _wait_serving(self, names: Iterable[str], deadline: float, timeout: float | None = None) -> None:
-        import grpc
-
         pending = list(names)
         while pending:
             for name in list(pending):
@@ -391,14 +318,11 @@ class DevStack:
                     again = " again" if name in self.crashed_at_start else ""
                     raise DevStackError(f"{name} exited{again} ({signal_name(code)}) before it was ready; the end "
                                         f"of {entry['log']}:\n{log_tail(entry['log'])}")
-                try:
-                    if check_health(entry["address"], timeout=1.0) == "SERVING":
-                        pending.remove(name)
-                except grpc.RpcError:
-                    pass  # not listening yet
+                if is_serving(entry["address"], timeout=1.0):  # False while it does not listen yet
+                    pending.remove(name)
             if pending and time.monotonic() > deadline:
-                logs = "\n".join(f"  {n}: {self.state['processes'][n]['log']}\n{log_tail(self.state['processes'][n]['log'], 10)}"
-                                 for n in pending)
+                logs = "\n".join(f"  {n}: {self.state['processes'][n]['log']}\n"
+                                 f"{log_tail(self.state['processes'][n]['log'], 10)}" for n in pending)
                 waited = self.startup_timeout if timeout is None else timeout
                 raise DevStackError(f"not SERVING after {waited:.0f} s: {', '.join(pending)}\n{logs}")
             if pending:
@@ -470,7 +394,7 @@ class DevStack:
         so `restart(name)` can bring it back; `stop()` reports it as "gone"."""
         entry = self._entry(name)
         if self._alive(name, entry):
-            self._kill_group(entry["pid"])
+            kill_group(entry["pid"])
         self._reap(name)
 
     def restart(self, name: str, timeout: float | None = None, *, stop_first: bool = False) -> dict[str, Any]:
@@ -625,26 +549,8 @@ class DevStack:
 
     def _stop_group(self, entries: Mapping[str, Mapping[str, Any]], grace: float) -> dict[str, str]:
         """SIGTERM each process, then SIGKILL those still running after `grace` seconds."""
-        outcome: dict[str, str] = {}
-        live = {}
-        for name, entry in entries.items():
-            if self._alive(name, entry):
-                live[name] = entry
-                try:
-                    os.kill(entry["pid"], signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-            else:
-                outcome[name] = "gone"
-        deadline = time.monotonic() + grace
-        while live and time.monotonic() < deadline:
-            for name in [n for n, e in live.items() if not self._alive(n, e)]:
-                outcome[name] = "exited"
-                del live[name]
-            time.sleep(0.05)
-        for name, entry in live.items():
-            self._kill_group(entry["pid"])
-            outcome[name] = "killed"
+        outcome = stop_all({name: entry["pid"] for name, entry in entries.items()}, grace,
+                           alive=lambda name: self._alive(name, entries[name]))
         for name in entries:
             self._reap(name)
         return outcome
@@ -654,18 +560,6 @@ class DevStack:
         if proc is not None and proc.pid == entry["pid"]:
             return proc.poll() is None  # our child: poll() also reaps it
         return _is_ours(entry)
-
-    def _kill_group(self, pid: int) -> None:
-        try:
-            if os.getpgid(pid) == pid:  # started with its own session, so its group is its own
-                os.killpg(pid, signal.SIGKILL)
-            else:
-                os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            return
-        end = time.monotonic() + 5.0
-        while _is_running(pid) and time.monotonic() < end:
-            time.sleep(0.05)
 
     def _reap(self, name: str) -> None:
         proc = self._popen.pop(name, None)

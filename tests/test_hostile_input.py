@@ -28,7 +28,7 @@ from tests.media import counted_frames
 from gateway.server.auth import token_digest
 from tests.servers import FAST_RECONNECT
 from tests.test_client_cli import GatewayProcess
-from tools.dev_stack import check_health
+from tools.processes import check_health
 
 TOKEN = "hostile-input-test-token"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)

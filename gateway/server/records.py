@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from services.common.artifacts import Script, Segmentation, read_artifact
+from services.common.errors import InvalidInputError
 from services.common.pb import job_pb2, song_pb2
 from services.common.store import ArtifactStore
 from gateway.pipeline.layout import JobLayout
@@ -65,23 +67,58 @@ class JobRecord:
 
 @dataclass(frozen=True)
 class StoredState:
-    """What the store says about a job: its manifest and, once written, segments and script."""
+    """What the store (or the run in this process) says about a job: its manifest and, once written,
+    its segments and script, typed, with what each was read at (its stage's fingerprint)."""
 
     manifest: dict[str, Any] | None
-    segments: list[dict[str, Any]]
-    script: dict[str, Any] | None
+    segmentation: Segmentation | None = None
+    script: Script | None = None
+    frames: dict[int, int] = field(default_factory=dict)  # each segment's frames at the job's fps
+    read_at: dict[str, str] = field(default_factory=dict)  # stage -> fingerprint of the output read
 
 
-def read_stored(store: ArtifactStore, layout: JobLayout) -> StoredState:
-    """Blocking: call from a worker thread."""
+OUTPUT_STAGES = ("segmentation", "scripting")  # the stages whose outputs clients see in the job itself
+
+
+def read_stored(store: ArtifactStore, layout: JobLayout, fps: int) -> StoredState:
+    """Everything, from the store. Blocking: call from a worker thread."""
     manifest = read_json(store, layout.manifest)
+    return StoredState(manifest, **outputs_of(store, layout, fps, manifest))
+
+
+def unread_outputs(manifest: dict[str, Any] | None, known: StoredState) -> bool:
+    """Whether the manifest names a segmentation or script that `known` does not hold: outputs_of would read."""
     stages = (manifest or {}).get("stages", {})
-    segments = script = None
-    if stages.get("segmentation", {}).get("state") == "succeeded":
-        segments = read_json(store, layout.segments)
-    if stages.get("scripting", {}).get("state") == "succeeded":
-        script = read_json(store, layout.script)
-    return StoredState(manifest, (segments or {}).get("segments", []), script)
+    return any(stages.get(stage, {}).get("state") == "succeeded"
+               and known.read_at.get(stage) != stages[stage].get("fingerprint", "")
+               for stage in OUTPUT_STAGES)
+
+
+def outputs_of(store: ArtifactStore, layout: JobLayout, fps: int, manifest: dict[str, Any] | None,
+               known: StoredState | None = None) -> dict[str, Any]:
+    """The segmentation and the script the manifest says were written, read only when `known` does
+    not already hold them at the same fingerprint. Blocking when it reads."""
+    stages = (manifest or {}).get("stages", {})
+    found: dict[str, Any] = {"read_at": {}}
+    for stage, name, key, kind in (("segmentation", "segmentation", layout.segments, Segmentation),
+                                   ("scripting", "script", layout.script, Script)):
+        record = stages.get(stage, {})
+        if record.get("state") != "succeeded":
+            continue
+        fp = record.get("fingerprint", "")
+        if known is not None and fp and known.read_at.get(stage) == fp:
+            found[name] = getattr(known, name)
+        else:
+            try:
+                found[name] = read_artifact(store, key, kind)
+            except InvalidInputError as exc:  # gone or edited into nonsense: reported without it
+                log.warning("%s", exc)
+                continue
+        found["read_at"][stage] = fp
+    if found.get("segmentation") is not None:
+        same = known is not None and known.segmentation is found["segmentation"]
+        found["frames"] = known.frames if same and known.frames else found["segmentation"].frame_counts(fps)
+    return found
 
 
 def read_json(store: ArtifactStore, key: str) -> dict[str, Any] | None:

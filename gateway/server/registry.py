@@ -99,7 +99,7 @@ class JobRegistry:
                 continue
             try:
                 record = JobRecord.from_json(self.store.get_bytes(key))
-                loaded.append((record, read_stored(self.store, record.layout)))
+                loaded.append((record, read_stored(self.store, record.layout, record.options.fps)))
             except (ValueError, KeyError):
                 log.exception("skipping unreadable job record %s", key)
         return loaded
@@ -280,6 +280,7 @@ class JobRegistry:
                     await asyncio.sleep(STAGES_RETRY_SECONDS)
             run.orchestrator = Orchestrator(self.store, self.stages, on_event=run.status.on_event,
                                              output_cache=output_cache(run.status.record.client, self.shared_cache))
+            run.status.live = run.orchestrator.state
             await run.orchestrator.run(run.status.record.spec())
 
     def _settle(self, run: JobRun, error: BaseException | None) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -14,6 +13,7 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from services.common.artifacts import Labels, Script, Segmentation, read_artifact
 from services.common.errors import InvalidInputError
 from services.common.pb import job_pb2
 from services.common.pb import music_video_service_pb2 as api_pb2
@@ -119,15 +119,15 @@ class MusicVideoServicer(api_grpc.MusicVideoServiceServicer):
     def _inline_artifacts(self, response: api_pb2.GetJobResponse) -> None:
         keys = response.job.artifact_keys
         if "segments" in keys:
-            segments = json.loads(self.store.get_bytes(keys["segments"]))
+            segments = read_artifact(self.store, keys["segments"], Segmentation).to_dict()
             for segment in segments["segments"]:  # the JSON names reasons in lowercase; the proto as enum values
                 segment["end_reason"] = f"SEGMENT_END_REASON_{segment['end_reason'].upper()}"
             json_format.ParseDict(segments, response.segmentation, ignore_unknown_fields=True)
         if "labels" in keys:
-            json_format.ParseDict(json.loads(self.store.get_bytes(keys["labels"])), response.labels,
+            json_format.ParseDict(read_artifact(self.store, keys["labels"], Labels).to_dict(), response.labels,
                                   ignore_unknown_fields=True)
         if "script" in keys:
-            json_format.ParseDict(json.loads(self.store.get_bytes(keys["script"])), response.script,
+            json_format.ParseDict(read_artifact(self.store, keys["script"], Script).to_dict(), response.script,
                                   ignore_unknown_fields=True)
 
 

@@ -10,13 +10,13 @@ from typing import Any, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from services.common import timing
 from services.common.errors import MvgenError, TransientError
 from services.common.pb import job_pb2, music_video_service_pb2 as api_pb2, stage_pb2
 from services.common.store import ArtifactStore
 from gateway.pipeline.events import JobEvent
 from gateway.pipeline.manifest import STAGES
-from gateway.server.records import JobRecord, StoredState, read_stored
+from gateway.pipeline.orchestrator import RunState
+from gateway.server.records import OUTPUT_STAGES, outputs_of, unread_outputs, JobRecord, StoredState, read_stored
 
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,8 @@ class JobStatus:
         self._events: asyncio.Queue[Any] = asyncio.Queue()
         self._pump: asyncio.Task[None] | None = None
         self._watchers: set[asyncio.Queue[Any]] = set()
+        self.live: RunState | None = None  # the run in this process, while there is one
+        self._stored = StoredState(None)  # what the view was last built from
 
     @property
     def is_terminal(self) -> bool:
@@ -71,14 +73,43 @@ class JobStatus:
     # What the store says -----------------------------------------------------------------------------
 
     async def refresh(self) -> None:
+        """Bring the job up to date: from the run in this process while there is one (its manifest and
+        what it read, typed: nothing is read again), else from the store. An output the run has not
+        handed over yet is read once, and kept while its stage's fingerprint stands."""
+        live, layout, fps = self.live, self.record.layout, self.record.options.fps
         try:
-            stored = await asyncio.to_thread(read_stored, self.store, self.record.layout)
+            if live is not None and live.manifest is not None:
+                manifest = live.manifest
+                known = self._known_from(live, manifest)
+                if unread_outputs(manifest, known):  # read from a worker thread, given only what it needs
+                    outputs = await asyncio.to_thread(outputs_of, self.store, layout, fps,
+                                                      {"stages": _fingerprints(manifest)}, known)
+                else:
+                    outputs = outputs_of(self.store, layout, fps, manifest, known)
+                stored = StoredState(manifest, **outputs)
+            else:
+                stored = await asyncio.to_thread(read_stored, self.store, layout, fps)
         except Exception:  # a store hiccup must not stop the job's reporting; the next event retries
             log.warning("job %s: cannot read its state from the store", self.record.job_id, exc_info=True)
             return
         self.apply_stored(stored)
 
+    def _known_from(self, live: RunState, manifest: dict[str, Any]) -> StoredState:
+        """What this view already holds, and what the run has read, at the manifest's fingerprints."""
+        known = self._stored
+        fingerprints = _fingerprints(manifest)
+        read_at = dict(known.read_at)
+        segmentation, script, frames = known.segmentation, known.script, known.frames
+        if live.segmentation is not None and "segmentation" in fingerprints:
+            segmentation, frames = live.segmentation, live.frames
+            read_at["segmentation"] = fingerprints["segmentation"]["fingerprint"]
+        if live.script is not None and "scripting" in fingerprints:
+            script = live.script
+            read_at["scripting"] = fingerprints["scripting"]["fingerprint"]
+        return StoredState(manifest, segmentation, script, frames, read_at)
+
     def apply_stored(self, stored: StoredState) -> None:
+        self._stored = stored
         manifest = stored.manifest or {}
         job = self.job
         recorded = manifest.get("state")
@@ -114,7 +145,7 @@ class JobStatus:
         video = job.stages[STAGES.index("video")]
         video.cached = video.state == job_pb2.STAGE_STATE_SUCCEEDED and all(c.cached for c in job.clips)
         if stored.script:
-            job.title = stored.script.get("title", "")
+            job.title = stored.script.title
         started = [s.start_time for s in job.stages if s.HasField("start_time")]
         if started and not job.HasField("start_time"):
             job.start_time.CopyFrom(min(started, key=lambda t: t.ToNanoseconds()))
@@ -138,16 +169,15 @@ class JobStatus:
         return self._live_stages.get(name, job_pb2.STAGE_STATE_PENDING)
 
     def _apply_clips(self, stored: StoredState, clip_records: dict[str, Any], job_error: str) -> None:
-        if not stored.segments:
+        if stored.segmentation is None:
             return
-        fps = self.record.options.fps
-        scenes = {s["index"]: s["text"] for s in (stored.script or {}).get("scenes", [])}
+        scenes = {scene.index: scene.text for scene in stored.script.scenes} if stored.script else {}
         previous = {c.index: c for c in self.job.clips}
         clips = []
-        for segment in stored.segments:
-            index = segment["index"]
-            clip = job_pb2.ClipStatus(index=index, start=segment["start"], end=segment["end"],
-                                      frame_count=timing.frame_count(segment["start"], segment["end"], fps))
+        for segment in stored.segmentation.segments:
+            index = segment.index
+            clip = job_pb2.ClipStatus(index=index, start=segment.start, end=segment.end,
+                                      frame_count=stored.frames[index])
             if index in previous:  # keeps what only events know: progress, attempts, times, cached
                 clip.CopyFrom(previous[index])
             clip.scene_text = scenes.get(index, "")
@@ -192,6 +222,7 @@ class JobStatus:
                 # What this run's events said is over; an interrupted job shows as waiting to resume.
                 self._live_stages.clear()
                 self._live_clips.clear()
+                self.live = None  # the store says how it ended (a run that never started is settled there)
                 await self.refresh()
                 self._publish_snapshot()
                 return
@@ -349,3 +380,10 @@ def timestamp_now() -> Timestamp:
     now = Timestamp()
     now.GetCurrentTime()
     return now
+
+
+def _fingerprints(manifest: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """The state and fingerprint of the stages whose outputs a job shows, copied from the live manifest."""
+    stages = manifest.get("stages", {})
+    return {stage: {"state": stages[stage].get("state", ""), "fingerprint": stages[stage].get("fingerprint", "")}
+            for stage in OUTPUT_STAGES if stage in stages}

@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from services.common.timing import clock
+from services.common.errors import InvalidInputError
+from services.common.timing import clock, frame_count
+from services.common.untrusted import quoted
+
+if TYPE_CHECKING:
+    from services.common.store import ArtifactStore
 
 SEGMENT_END_REASONS = ("change", "beats", "max", "random", "end")
 
@@ -18,6 +23,30 @@ SEGMENT_END_REASONS = ("change", "beats", "max", "random", "end")
 def dumps(obj: Any) -> bytes:
     data = obj.to_dict() if hasattr(obj, "to_dict") else obj
     return (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode()
+
+
+class _Readable(Protocol):
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any: ...
+
+
+ArtifactT = TypeVar("ArtifactT", bound=_Readable)
+
+
+def read_artifact(store: ArtifactStore, key: str, kind: type[ArtifactT]) -> ArtifactT:
+    """The artifact at `key` as a `kind` (Segmentation, Labels, Lyrics, Script, ...): the one place where
+    an artifact's JSON in the store becomes its typed form. InvalidInputError, naming the key, when it is
+    missing or is not a `kind` (a person may have edited it)."""
+    try:
+        text = store.get_text(key)
+    except KeyError:
+        raise InvalidInputError(f"no {kind.__name__.lower()} in the store at {quoted(key)}") from None
+    try:
+        return kind.from_dict(json.loads(text))
+    except KeyError as exc:
+        raise InvalidInputError(f"{key} cannot be read as a {kind.__name__.lower()}: it lacks the field {exc}") from exc
+    except (TypeError, ValueError) as exc:  # ValueError covers bad JSON and bad UTF-8
+        raise InvalidInputError(f"{key} cannot be read as a {kind.__name__.lower()} ({exc})") from exc
 
 
 @dataclass(frozen=True)
@@ -66,6 +95,10 @@ class Segmentation:
             beats=list(d.get("beats", [])),
             segments=[Segment(s["index"], s["start"], s["end"], s["end_reason"]) for s in d["segments"]],
         )
+
+    def frame_counts(self, fps: int) -> dict[int, int]:
+        """Each segment's frames at `fps`, by index (timing.frame_count: they add up to the song's)."""
+        return {s.index: frame_count(s.start, s.end, fps) for s in self.segments}
 
     def to_text(self) -> str:
         tempo = f"{self.tempo_bpm:.1f} BPM" if self.tempo_bpm else "unknown tempo"

@@ -112,9 +112,9 @@ def test_an_unreachable_store_is_retried_then_reported_as_transient():
         store.get_bytes("jobs/a/manifest.json")
 
 
-def test_an_html_error_page_is_retried_when_it_is_a_5xx_and_refused_otherwise():
+def test_a_server_error_without_s3_xml_is_retried_when_it_is_a_5xx_and_refused_otherwise():
     """A proxy or an overloaded server answers with an HTML page, not S3's XML (moto does under
-    load): a 5xx is retried like any server error, a 4xx page fails at once."""
+    load), or a HEAD's 5xx with no body at all: a 5xx is retried like any server error, a 4xx page fails at once."""
     status = {"code": 500}
     seen = []
 
@@ -128,6 +128,12 @@ def test_an_html_error_page_is_retried_when_it_is_a_5xx_and_refused_otherwise():
             self.end_headers()
             self.wfile.write(body)
 
+        def do_HEAD(self):  # noqa: N802 — a HEAD's error has no body, so no S3 error to read either
+            seen.append(self.path)
+            self.send_response(status["code"])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
         def log_message(self, *args):
             pass
 
@@ -138,10 +144,13 @@ def test_an_html_error_page_is_retried_when_it_is_a_5xx_and_refused_otherwise():
         with pytest.raises(TransientError, match="kept failing after 3 tries .*HTTP 500 with a non-S3 error page"):
             store.get_bytes("jobs/a/manifest.json")
         assert len(seen) == 3
+        with pytest.raises(TransientError, match="kept failing after 3 tries .*HTTP 500 without an S3 error"):
+            store.exists("jobs/a/manifest.json")
+        assert len(seen) == 6
         status["code"] = 403
         with pytest.raises(StageFailedError, match="answered 403"):
             store.get_bytes("jobs/a/manifest.json")
-        assert len(seen) == 4
+        assert len(seen) == 7
         assert store.request_counts()["get"] == 4  # every try is a request
     finally:
         server.shutdown()

@@ -27,7 +27,7 @@ from urllib.parse import parse_qs, urlparse
 import urllib3
 from minio import Minio
 from minio.commonconfig import CopySource
-from minio.error import InvalidResponseError, S3Error
+from minio.error import InvalidResponseError, S3Error, ServerError
 
 from services.common.errors import StageFailedError, TransientError
 from services.common.settings import StoreSettings
@@ -192,6 +192,10 @@ class S3ArtifactStore(ArtifactStore):
                 if status < 500:
                     raise StageFailedError(f"the object store answered {status} with a page that is not S3's") from exc
                 failing, cause = "kept failing", f"HTTP {status} with a non-S3 error page"
+            except ServerError as exc:
+                # A 5xx without an S3 error body (a HEAD has none): moto answered 500 to one of four
+                # concurrent uploads of one song. Always a server's trouble: tried again.
+                failing, cause = "kept failing", f"HTTP {exc.status_code} without an S3 error"
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 failing, cause = "is unreachable", _reason(exc)
             if delay is None:

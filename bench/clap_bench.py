@@ -38,11 +38,13 @@ def clap_rows(song_path: Path, minutes: float) -> list[Row]:
         descriptors = AnalysisStage(store, enabled=("descriptors",))
         descriptors.load()
         descriptors_s = best_of(3, lambda: descriptors.run(
-            AnalyzeRequest(song_key, "segments.json", "descriptors", "descriptors.json")))
+            AnalyzeRequest(song_key=song_key, segments_key="segments.json", analyzer="descriptors",
+                           labels_key="descriptors.json")))
         with _environment(MVGEN_CLAP_WEIGHTS=str(tiny.folder)):
             clap = AnalysisStage(store, enabled=("clap",))
         clap.load()
-        clap_s = best_of(1, lambda: clap.run(AnalyzeRequest(song_key, "segments.json", "clap", "clap.json")))
+        clap_s = best_of(1, lambda: clap.run(AnalyzeRequest(song_key=song_key, segments_key="segments.json",
+                                                            analyzer="clap", labels_key="clap.json")))
         decode_s = best_of(3, lambda: audio.decode(song_path, sample_rate=CLAP_SAMPLE_RATE))
         windows = json.loads(store.get_text("clap.json"))["track_measures"]["clap_windows"]
         batch = clap.analyzers.get("clap").settings.batch_size

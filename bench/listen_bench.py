@@ -29,10 +29,12 @@ def musicnn_rows(song_path: Path, minutes: float) -> list[Row]:
         descriptors = AnalysisStage(store, enabled=("descriptors",))
         descriptors.load()
         descriptors_s = best_of(3, lambda: descriptors.run(
-            AnalyzeRequest(song_key, "segments.json", "descriptors", "descriptors.json")))
+            AnalyzeRequest(song_key=song_key, segments_key="segments.json", analyzer="descriptors",
+                           labels_key="descriptors.json")))
         musicnn = AnalysisStage(store, enabled=("musicnn",))
         musicnn.load()  # not timed: reads the checkpoints and runs one warm-up patch
-        musicnn_s = best_of(2, lambda: musicnn.run(AnalyzeRequest(song_key, "segments.json", "musicnn", "musicnn.json")))
+        musicnn_s = best_of(2, lambda: musicnn.run(AnalyzeRequest(song_key=song_key, segments_key="segments.json",
+                                                                  analyzer="musicnn", labels_key="musicnn.json")))
         patches = json.loads(store.get_text("musicnn.json"))["track_measures"]["musicnn_patches"]
         batch = musicnn.analyzers.get("musicnn").batch_size
 

@@ -67,11 +67,13 @@ def llm_rows(work: Path, log=print) -> list[Row]:
         truth = render_song(work / f"{name}.wav", seconds=minutes * 60 - 1.5, tempo=tempo, seed=seed,
                             structure=structure)
         store.put_file(f"{name}/song.wav", work / f"{name}.wav")
-        segmentation.run(SegmentRequest(f"{name}/song.wav", SegmenterParams(), f"{name}/segments.json",
-                                        f"{name}/segments.txt"))
-        analysis.run(AnalyzeRequest(f"{name}/song.wav", f"{name}/segments.json", "descriptors", f"{name}/labels.json"))
-        request = WriteScriptRequest(f"{name}/labels.json", f"{name}/segments.json", "llamacpp", f"{name}/prompt.txt",
-                                     f"{name}/script.json", f"{name}/script.txt", seed=seed,
+        segmentation.run(SegmentRequest(song_key=f"{name}/song.wav", params=SegmenterParams(),
+                                        segments_key=f"{name}/segments.json", segments_text_key=f"{name}/segments.txt"))
+        analysis.run(AnalyzeRequest(song_key=f"{name}/song.wav", segments_key=f"{name}/segments.json",
+                                    analyzer="descriptors", labels_key=f"{name}/labels.json"))
+        request = WriteScriptRequest(labels_key=f"{name}/labels.json", segments_key=f"{name}/segments.json",
+                                     writer="llamacpp", prompt_key=f"{name}/prompt.txt",
+                                     script_key=f"{name}/script.json", script_text_key=f"{name}/script.txt", seed=seed,
                                      response_key=f"{name}/response.txt", plan_key=f"{name}/plan.json",
                                      sections_key=f"{name}/sections.json")
         log(f"script bench: {minutes}-minute song ({structure}, {tempo:g} BPM), writing ...")

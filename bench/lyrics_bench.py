@@ -42,12 +42,14 @@ def lyrics_rows(song_path: Path, minutes: float) -> list[Row]:
         stage = AnalysisStage(store, enabled=("descriptors", "whisper"))
         stage.load()
         descriptors_s = best_of(3, lambda: stage.run(
-            AnalyzeRequest(song_key, "segments.json", "descriptors", "labels.json")))
+            AnalyzeRequest(song_key=song_key, segments_key="segments.json", analyzer="descriptors",
+                           labels_key="labels.json")))
         transcriber = stage.transcribers.get("whisper")
 
         def lyrics_of(key: str) -> None:
-            write_lyrics(store, AnalyzeRequest(key, "segments.json", "descriptors", "labels.json",
-                                               transcriber="whisper", lyrics_key=f"{key}.lyrics.json"),
+            write_lyrics(store, AnalyzeRequest(song_key=key, segments_key="segments.json", analyzer="descriptors",
+                                               labels_key="labels.json", transcriber="whisper",
+                                               lyrics_key=f"{key}.lyrics.json"),
                          segments, transcriber)
 
         instrumental_s = best_of(1, lambda: lyrics_of(song_key))

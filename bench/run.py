@@ -63,14 +63,16 @@ def main() -> None:
         segmentation = SegmentationStage(store)
         segmentation.load()
         for name in ("rules", "random"):
-            req = SegmentRequest("song.wav", SegmenterParams(segmenter=name), f"{name}.json", f"{name}.txt")
+            req = SegmentRequest(song_key="song.wav", params=SegmenterParams(segmenter=name),
+                                 segments_key=f"{name}.json", segments_text_key=f"{name}.txt")
             seconds = best_of(3, lambda: segmentation.run(req))
             rows.append((f"segmentation ({name}), s per min of audio", seconds / minutes,
                          "decode", decode_s / minutes))
 
         analysis = AnalysisStage(store)
         analysis.load()
-        req = AnalyzeRequest("song.wav", "rules.json", "descriptors", "labels.json")
+        req = AnalyzeRequest(song_key="song.wav", segments_key="rules.json", analyzer="descriptors",
+                             labels_key="labels.json")
         seconds = best_of(3, lambda: analysis.run(req))
         rows.append(("analysis (descriptors), s per min of audio", seconds / minutes, "decode", decode_s / minutes))
         rows += clap_rows(work / "song.wav", minutes)

@@ -21,7 +21,8 @@ def segmented_song(song_path: Path, store: LocalArtifactStore) -> str:
     store.put_file(song_key, song_path)
     segmentation = SegmentationStage(store)
     segmentation.load()
-    segmentation.run(SegmentRequest(song_key, SegmenterParams(segmenter="rules"), "segments.json", "segments.txt"))
+    segmentation.run(SegmentRequest(song_key=song_key, params=SegmenterParams(segmenter="rules"),
+                                    segments_key="segments.json", segments_text_key="segments.txt"))
     return song_key
 
 

@@ -219,7 +219,8 @@ def test_stage_end_to_end_through_the_store(tmp_path):
     store.put_bytes("job/segments.json", artifacts.dumps(segmentation([0, 4, 8])))
     stage = AnalysisStage(store)
     stage.load()
-    result = stage.run(AnalyzeRequest("song.wav", "job/segments.json", "descriptors", "job/labels.json", top_k=2))
+    result = stage.run(AnalyzeRequest(song_key="song.wav", segments_key="job/segments.json", analyzer="descriptors",
+                                      labels_key="job/labels.json", top_k=2))
 
     assert result.keys == {"labels": "job/labels.json"}
     labels = Labels.from_dict(json.loads(store.get_text("job/labels.json")))
@@ -236,7 +237,8 @@ def test_stage_refuses_analyzers_it_does_not_run(tmp_path):
     stage = AnalysisStage(store)
     stage.load()
     with pytest.raises(InvalidInputError, match="analysis backend 'clap' is not enabled here; choose one of: descriptors"):
-        stage.run(AnalyzeRequest("song.wav", "segments.json", "clap", "labels.json"))
+        stage.run(AnalyzeRequest(song_key="song.wav", segments_key="segments.json", analyzer="clap",
+                                 labels_key="labels.json"))
     with pytest.raises(InvalidInputError, match="choose one of: clap, descriptors"):
         AnalysisStage(store, enabled=("descriptors", "nope"))
 
@@ -246,10 +248,12 @@ def test_stage_reports_missing_inputs(tmp_path):
     stage = AnalysisStage(store)
     stage.load()
     with pytest.raises(InvalidInputError, match="segments.json"):
-        stage.run(AnalyzeRequest("song.wav", "segments.json", "descriptors", "labels.json"))
+        stage.run(AnalyzeRequest(song_key="song.wav", segments_key="segments.json", analyzer="descriptors",
+                                 labels_key="labels.json"))
     store.put_bytes("segments.json", artifacts.dumps(segmentation([0, 4])))
     with pytest.raises(InvalidInputError, match="song.wav"):
-        stage.run(AnalyzeRequest("song.wav", "segments.json", "descriptors", "labels.json"))
+        stage.run(AnalyzeRequest(song_key="song.wav", segments_key="segments.json", analyzer="descriptors",
+                                 labels_key="labels.json"))
     assert not store.exists("labels.json")
 
 

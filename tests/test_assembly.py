@@ -53,8 +53,9 @@ def animatic_clips(store: LocalArtifactStore) -> list[str]:
     video = VideoStage(store)
     keys = []
     for i, (start, end) in enumerate(zip(BOUNDARIES, BOUNDARIES[1:])):
-        req = GenerateClipRequest(i, "song.flac", "script.json", start, end, frame_count(start, end, FPS), FPS, WIDTH, HEIGHT,
-                          "animatic", f"clips/{i:04d}.mp4")
+        req = GenerateClipRequest(index=i, song_key="song.flac", script_key="script.json", start=start, end=end,
+                                  frame_count=frame_count(start, end, FPS), fps=FPS, width=WIDTH, height=HEIGHT,
+                                  generator="animatic", clip_key=f"clips/{i:04d}.mp4")
         keys.append(video.run(req).keys["clip"])
     return keys
 
@@ -97,7 +98,8 @@ def check_final_video(path: Path, frames: int, song_seconds: float) -> dict:
 def test_matching_clips_are_joined_by_stream_copy(store: LocalArtifactStore, animatic_clips: list[str],
                                                   assembly: AssemblyStage) -> None:
     counts = expected_counts(BOUNDARIES)
-    req = AssembleRequest("song.flac", animatic_clips, counts, FPS, WIDTH, HEIGHT, "final/copied.mp4")
+    req = AssembleRequest(song_key="song.flac", clip_keys=animatic_clips, frame_counts=counts, fps=FPS, width=WIDTH,
+                          height=HEIGHT, video_key="final/copied.mp4")
 
     result = assembly.run(req)
 
@@ -117,8 +119,9 @@ def test_clips_that_do_not_fit_are_conformed_alone(store: LocalArtifactStore, an
     # Clip 1: the shared encoding but three frames too many.
     video = VideoStage(store)
     start, end = BOUNDARIES[1], BOUNDARIES[2]
-    video.run(GenerateClipRequest(1, "song.flac", "script.json", start, end, counts[1] + 3, FPS, WIDTH, HEIGHT,
-                          "animatic", "odd/long.mp4"))
+    video.run(GenerateClipRequest(index=1, song_key="song.flac", script_key="script.json", start=start, end=end,
+                                  frame_count=counts[1] + 3, fps=FPS, width=WIDTH, height=HEIGHT, generator="animatic",
+                                  clip_key="odd/long.mp4"))
     # Clip 2: what a GPU model gives: 16 fps, 33 frames, 4:3, another encoder's settings — and shorter
     # (2.06 s) than its 62-frame (2.58 s) segment, so its last frame must be held.
     foreign = tmp_path / "foreign.mp4"
@@ -126,7 +129,8 @@ def test_clips_that_do_not_fit_are_conformed_alone(store: LocalArtifactStore, an
                     "-frames:v", "33", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(foreign)], check=True)
     store.put_file("odd/foreign.mp4", foreign)
     clips = [animatic_clips[0], "odd/long.mp4", "odd/foreign.mp4", animatic_clips[3]]
-    req = AssembleRequest("song.flac", clips, counts, FPS, WIDTH, HEIGHT, "final/conformed.mp4")
+    req = AssembleRequest(song_key="song.flac", clip_keys=clips, frame_counts=counts, fps=FPS, width=WIDTH,
+                          height=HEIGHT, video_key="final/conformed.mp4")
 
     result = assembly.run(req)
 
@@ -168,8 +172,8 @@ def test_many_short_segments_do_not_drift(tmp_path: Path) -> None:
                  *encoding.h264_encoder_args(FPS), *encoding.mp4_muxer_args(FPS), str(tmp_path / f"clips/{i:04d}.mp4")]
     subprocess.run(args, check=True)
     stage = AssemblyStage(store)
-    req = AssembleRequest("song.wav", [f"clips/{i:04d}.mp4" for i in range(clip_count)], counts, FPS, size, size,
-                          "final.mp4")
+    req = AssembleRequest(song_key="song.wav", clip_keys=[f"clips/{i:04d}.mp4" for i in range(clip_count)],
+                          frame_counts=counts, fps=FPS, width=size, height=size, video_key="final.mp4")
 
     result = stage.run(req)
 
@@ -198,8 +202,9 @@ def test_many_short_segments_do_not_drift(tmp_path: Path) -> None:
 ])
 def test_bad_requests_are_refused(store: LocalArtifactStore, animatic_clips: list[str], assembly: AssemblyStage,
                                   change: dict, message: str) -> None:
-    req = replace(AssembleRequest("song.flac", animatic_clips, expected_counts(BOUNDARIES), FPS, WIDTH, HEIGHT,
-                                  "final/refused.mp4"), **change)
+    req = replace(AssembleRequest(song_key="song.flac", clip_keys=animatic_clips,
+                                  frame_counts=expected_counts(BOUNDARIES), fps=FPS, width=WIDTH, height=HEIGHT,
+                                  video_key="final/refused.mp4"), **change)
     with pytest.raises(InvalidInputError, match=message):
         assembly.run(req)
     assert not store.exists(req.video_key)

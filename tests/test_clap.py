@@ -334,7 +334,8 @@ def test_the_stage_runs_clap_from_the_store(analyzer, tmp_path, monkeypatch):
     monkeypatch.setitem(analysis_stage.ANALYZERS, "clap", lambda: analyzer)
     stage = AnalysisStage(store, enabled=("clap",))
     stage.load()
-    result = stage.run(AnalyzeRequest("song.wav", "job/segments.json", "clap", "job/labels.json", top_k=2))
+    result = stage.run(AnalyzeRequest(song_key="song.wav", segments_key="job/segments.json", analyzer="clap",
+                                      labels_key="job/labels.json", top_k=2))
 
     assert rates == [SR]  # decoded at CLAP's rate, not the descriptors' 22.05 kHz
     labels = Labels.from_dict(json.loads(store.get_text("job/labels.json")))

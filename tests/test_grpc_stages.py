@@ -155,8 +155,8 @@ def test_an_unknown_backend_comes_back_as_invalid_input_with_the_servers_message
             analysers = ", ".join(sorted(b for b in default_backends() if b not in TRANSCRIBERS))  # the service's
             with pytest.raises(InvalidInputError, match="^analysis backend 'nonesuch' is not enabled here; "
                                                         f"choose one of: {analysers}$"):
-                await stages.analyze(AnalyzeRequest(SONG_KEY, "jobs/none/segments.json", "nonesuch",
-                                                    "jobs/none/labels.json"))
+                await stages.analyze(AnalyzeRequest(song_key=SONG_KEY, segments_key="jobs/none/segments.json",
+                                                    analyzer="nonesuch", labels_key="jobs/none/labels.json"))
             with pytest.raises(InvalidInputError, match="^video backend 'nonesuch' is not enabled here"):
                 await Orchestrator(cluster.store, stages).run(job)
 
@@ -168,9 +168,11 @@ def test_an_unknown_backend_comes_back_as_invalid_input_with_the_servers_message
 def test_a_busy_replica_sends_the_clip_to_another(cluster, finished_job):
     a, b = cluster.servers["video_a"], cluster.servers["video_b"]
     segment = segmentation_of(cluster, finished_job.job).segments[0]
-    clip = GenerateClipRequest(segment.index, SONG_KEY, finished_job.job.layout.script, segment.start, segment.end,
-                               frame_count(segment.start, segment.end, OPTIONS.fps), OPTIONS.fps, OPTIONS.width,
-                               OPTIONS.height, "animatic", "jobs/busy/clips/0000.mp4")
+    clip = GenerateClipRequest(index=segment.index, song_key=SONG_KEY, script_key=finished_job.job.layout.script,
+                               start=segment.start, end=segment.end,
+                               frame_count=frame_count(segment.start, segment.end, OPTIONS.fps), fps=OPTIONS.fps,
+                               width=OPTIONS.width, height=OPTIONS.height, generator="animatic",
+                               clip_key="jobs/busy/clips/0000.mp4")
     # Another caller's large clip keeps replica a busy.
     large = replace(clip, fps=24, width=640, height=360, clip_key="jobs/busy/large.mp4",
                     frame_count=frame_count(segment.start, segment.end, 24))
@@ -202,9 +204,10 @@ def test_a_busy_replica_sends_the_clip_to_another(cluster, finished_job):
 def test_cancelling_a_job_stops_its_clip_on_the_replica(cluster, finished_job):
     replica = cluster.servers["video_b"]
     segment = segmentation_of(cluster, finished_job.job).segments[0]
-    large = GenerateClipRequest(segment.index, SONG_KEY, finished_job.job.layout.script, segment.start, segment.end,
-                                frame_count(segment.start, segment.end, 24), 24, 640, 360, "animatic",
-                                "jobs/cancelled/clips/0000.mp4")
+    large = GenerateClipRequest(index=segment.index, song_key=SONG_KEY, script_key=finished_job.job.layout.script,
+                                start=segment.start, end=segment.end,
+                                frame_count=frame_count(segment.start, segment.end, 24), fps=24, width=640, height=360,
+                                generator="animatic", clip_key="jobs/cancelled/clips/0000.mp4")
     cancelled_at: list[float] = []
 
     async def run() -> tuple[float, int]:
@@ -332,8 +335,9 @@ def test_wait_ready_names_the_stages_that_are_not_serving(cluster):
 def test_a_unary_stage_that_comes_up_late_is_retried(cluster, tmp_path, finished_job):
     layout = finished_job.job.layout
     late = stage_server("scripting", tmp_path, local_store_env(cluster.store.root))
-    request = WriteScriptRequest(layout.labels, layout.segments, "template", "jobs/late/prompt.txt",
-                                 "jobs/late/script.json", "jobs/late/script.txt")
+    request = WriteScriptRequest(labels_key=layout.labels, segments_key=layout.segments, writer="template",
+                                 prompt_key="jobs/late/prompt.txt", script_key="jobs/late/script.json",
+                                 script_text_key="jobs/late/script.txt")
 
     async def run() -> StageResult:
         settings = cluster.settings(cluster.servers["video_a"].address, scripting_address=late.address)
@@ -356,9 +360,10 @@ def llm_script_request(cluster: Cluster, job: str) -> WriteScriptRequest:
     keys = {name: f"jobs/{job}/{name}.{ext}" for name, ext in (("prompt", "txt"), ("script", "json"),
                                                                ("script_text", "txt"), ("response", "txt"),
                                                                ("plan", "json"), ("sections", "json"))}
-    return WriteScriptRequest(f"jobs/{job}/labels.json", f"jobs/{job}/segments.json", "openai", keys["prompt"],
-                              keys["script"], keys["script_text"], response_key=keys["response"],
-                              plan_key=keys["plan"], sections_key=keys["sections"])
+    return WriteScriptRequest(labels_key=f"jobs/{job}/labels.json", segments_key=f"jobs/{job}/segments.json",
+                              writer="openai", prompt_key=keys["prompt"], script_key=keys["script"],
+                              script_text_key=keys["script_text"], response_key=keys["response"], plan_key=keys["plan"],
+                              sections_key=keys["sections"])
 
 
 def llm_scripting_server(cluster: Cluster, tmp_path, model: RecordingProxy, port: int | None = None) -> StageServer:

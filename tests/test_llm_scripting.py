@@ -270,8 +270,9 @@ def test_lalm_sends_the_song_once_as_vllm_documents_and_the_llm_breaks_the_story
     stage = ScriptingStage(job_store, enabled=("openai-audio", "openai"))
     stage.load()
     result = stage.tell_story(TellStoryRequest(
-        "job/song.wav", "job/segments.json", "openai-audio", "job/prompt.txt", "job/story.txt",
-        "job/scenes_prompt.txt", "job/script.json", "job/script.txt", ScriptInputs(characters="one keeper"),
+        song_key="job/song.wav", segments_key="job/segments.json", storyteller="openai-audio",
+        prompt_key="job/prompt.txt", story_key="job/story.txt", scenes_prompt_key="job/scenes_prompt.txt",
+        script_key="job/script.json", script_text_key="job/script.txt", inputs=ScriptInputs(characters="one keeper"),
         seed=2, scene_writer="openai", response_key="job/response.txt", reasoning_key="job/reasoning.txt",
         plan_key="job/plan.json", sections_key="job/sections.json"))
     recorder.close()
@@ -319,8 +320,9 @@ def test_the_cascade_storyteller_tells_the_story_from_the_labels_and_the_words_a
     stage = ScriptingStage(job_store, enabled=("cascade",))
     stage.load()
     request = TellStoryRequest(
-        "job/song.wav", "job/segments.json", "cascade", "job/prompt.txt", "job/story.txt", "job/scenes_prompt.txt",
-        "job/script.json", "job/script.txt", ScriptInputs(story=INJECTION), seed=3, response_key="job/response.txt",
+        song_key="job/song.wav", segments_key="job/segments.json", storyteller="cascade", prompt_key="job/prompt.txt",
+        story_key="job/story.txt", scenes_prompt_key="job/scenes_prompt.txt", script_key="job/script.json",
+        script_text_key="job/script.txt", inputs=ScriptInputs(story=INJECTION), seed=3, response_key="job/response.txt",
         plan_key="job/plan.json", sections_key="job/sections.json", labels_key="job/labels.json",
         lyrics_key="job/lyrics.json")
     result = stage.tell_story(request)
@@ -395,9 +397,10 @@ def test_the_cascade_storyteller_refuses_a_request_without_labels_in_one_line(jo
     stage.load()
     with pytest.raises(InvalidInputError, match=r"^the storyteller cascade tells the story from what the analysis "
                                                 r"stage heard, and the request names no labels.json"):
-        stage.tell_story(TellStoryRequest("job/song.wav", "job/segments.json", "cascade", "job/prompt.txt",
-                                          "job/story.txt", "job/scenes_prompt.txt", "job/script.json",
-                                          "job/script.txt"))
+        stage.tell_story(TellStoryRequest(song_key="job/song.wav", segments_key="job/segments.json",
+                                          storyteller="cascade", prompt_key="job/prompt.txt", story_key="job/story.txt",
+                                          scenes_prompt_key="job/scenes_prompt.txt", script_key="job/script.json",
+                                          script_text_key="job/script.txt"))
     recorder.close()
     assert recorder.requests == [] and not job_store.exists("job/prompt.txt")
 

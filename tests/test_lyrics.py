@@ -89,8 +89,9 @@ class StoredSong:
         self.store.put_bytes("segments.json", artifacts.dumps(self.segmentation))
 
     def request(self, **lyrics) -> AnalyzeRequest:
-        return AnalyzeRequest("song.wav", "segments.json", "descriptors", "labels.json",
-                              lyrics_key="lyrics.json", lyrics_text_key="lyrics.txt", **lyrics)
+        return AnalyzeRequest(song_key="song.wav", segments_key="segments.json", analyzer="descriptors",
+                              labels_key="labels.json", lyrics_key="lyrics.json", lyrics_text_key="lyrics.txt",
+                              **lyrics)
 
     def lyrics(self) -> Lyrics:
         return Lyrics.from_dict(json.loads(self.store.get_text("lyrics.json")))
@@ -298,8 +299,9 @@ def test_a_lyrics_request_that_cannot_be_met_is_refused(quiet_song, lyrics, mess
 
 def test_lyrics_asked_for_with_nowhere_to_write_them_is_refused(quiet_song):
     with pytest.raises(InvalidInputError, match="no lyrics_key"):
-        AnalysisStage(quiet_song.store).run(AnalyzeRequest("song.wav", "segments.json", "descriptors",
-                                                           "labels.json", transcriber="whisper"))
+        AnalysisStage(quiet_song.store).run(AnalyzeRequest(song_key="song.wav", segments_key="segments.json",
+                                                           analyzer="descriptors", labels_key="labels.json",
+                                                           transcriber="whisper"))
 
 
 # --- a person's lyrics: reading ---------------------------------------------------------------------
@@ -512,11 +514,13 @@ def test_the_scripting_stage_reads_the_lyrics_and_prompt_txt_shows_them(tmp_path
     store.put_bytes("segments.json", artifacts.dumps(segmentation))
     store.put_bytes("lyrics.json", artifacts.dumps(script_lyrics(segmentation, {3: "golden lanterns float"})))
     stage = ScriptingStage(store)
-    request = WriteScriptRequest("labels.json", "segments.json", "template", "prompt.txt", "script.json",
-                                 "script.txt", lyrics_key="lyrics.json")
+    request = WriteScriptRequest(labels_key="labels.json", segments_key="segments.json", writer="template",
+                                 prompt_key="prompt.txt", script_key="script.json", script_text_key="script.txt",
+                                 lyrics_key="lyrics.json")
     result = stage.run(request)
     assert "golden lanterns float" in tag_content(store.get_text("prompt.txt"), "lyrics")
     assert result.info["lyrics_source"] == "whisper-base" and result.info["vocal_segments"] == 1
     with pytest.raises(InvalidInputError, match=r"no lyrics at 'gone\.json' \(lyrics_key\)"):
-        stage.run(WriteScriptRequest("labels.json", "segments.json", "template", "prompt.txt", "script.json",
-                                     "script.txt", lyrics_key="gone.json"))
+        stage.run(WriteScriptRequest(labels_key="labels.json", segments_key="segments.json", writer="template",
+                                     prompt_key="prompt.txt", script_key="script.json", script_text_key="script.txt",
+                                     lyrics_key="gone.json"))

@@ -246,7 +246,8 @@ def test_the_stage_writes_labels_json_with_genre_instruments_and_measures(tmp_pa
     store.put_bytes("job/segments.json", artifacts.dumps(two_segments(8.0, 4.0)))
     stage = AnalysisStage(store, enabled=("musicnn",))
     stage.load()
-    result = stage.run(AnalyzeRequest("song.wav", "job/segments.json", "musicnn", "job/labels.json", top_k=3))
+    result = stage.run(AnalyzeRequest(song_key="song.wav", segments_key="job/segments.json", analyzer="musicnn",
+                                      labels_key="job/labels.json", top_k=3))
 
     data = json.loads(store.get_text("job/labels.json"))
     assert data["analyzer"] == "musicnn" and result.info["analyzer"] == "musicnn"

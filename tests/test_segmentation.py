@@ -206,7 +206,8 @@ def test_stage_writes_segments_json_and_text(tmp_path: Path, song: tuple[Path, S
     stage = SegmentationStage(store)
     stage.load()
     assert stage.ready
-    result = stage.run(SegmentRequest("songs/song.wav", params, "job/segments.json", "job/segments.txt"))
+    result = stage.run(SegmentRequest(song_key="songs/song.wav", params=params, segments_key="job/segments.json",
+                                      segments_text_key="job/segments.txt"))
 
     assert result.keys == {"segments": "job/segments.json", "segments_text": "job/segments.txt"}
     segmentation = Segmentation.from_dict(json.loads(store.get_text("job/segments.json")))
@@ -242,14 +243,16 @@ def test_stage_writes_segments_json_and_text(tmp_path: Path, song: tuple[Path, S
 def test_bad_parameters_are_refused_with_a_reason(tmp_path: Path, params: SegmenterParams, names: str) -> None:
     stage = SegmentationStage(LocalArtifactStore(tmp_path))
     with pytest.raises(InvalidInputError, match=names.replace("(", r"\(").replace(")", r"\)")):
-        stage.run(SegmentRequest("songs/absent.wav", params, "segments.json", "segments.txt"))
+        stage.run(SegmentRequest(song_key="songs/absent.wav", params=params, segments_key="segments.json",
+                                 segments_text_key="segments.txt"))
     assert not (tmp_path / "segments.json").exists()
 
 
 def test_a_missing_song_is_invalid_input(tmp_path: Path) -> None:
     stage = SegmentationStage(LocalArtifactStore(tmp_path))
     with pytest.raises(InvalidInputError, match="not in the store"):
-        stage.run(SegmentRequest("songs/absent.wav", RULES, "segments.json", "segments.txt"))
+        stage.run(SegmentRequest(song_key="songs/absent.wav", params=RULES, segments_key="segments.json",
+                                 segments_text_key="segments.txt"))
 
 
 def test_empty_audio_is_invalid_input() -> None:

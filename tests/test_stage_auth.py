@@ -111,11 +111,12 @@ def test_stage_info_reflection_and_a_streamed_clip_need_the_secret_too(servers):
 
 
 def test_the_gateways_stage_clients_send_the_secret_and_a_wrong_one_fails_at_once(servers):
-    segment = SegmentRequest("song.wav", SegmenterParams(segmenter="random", seed=3), "clients/segments.json",
-                             "clients/segments.txt")
+    segment = SegmentRequest(song_key="song.wav", params=SegmenterParams(segmenter="random", seed=3),
+                             segments_key="clients/segments.json", segments_text_key="clients/segments.txt")
     # No script in the store: the video replica refuses the clip, but only once past the secret.
-    clip = GenerateClipRequest(0, "song.wav", "clients/no-script.json", 0.0, 1.0, 12, 12, 160, 90, "animatic",
-                               "clients/0000.mp4")
+    clip = GenerateClipRequest(index=0, song_key="song.wav", script_key="clients/no-script.json", start=0.0, end=1.0,
+                               frame_count=12, fps=12, width=160, height=90, generator="animatic",
+                               clip_key="clients/0000.mp4")
 
     async def call(secret: str) -> tuple[object, Exception]:
         settings = GrpcStagesSettings(segmentation_address=servers["segmentation"].address,

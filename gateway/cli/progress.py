@@ -8,6 +8,7 @@ import time
 from tqdm import tqdm
 
 from gateway.pipeline.orchestrator import JobEvent
+from gateway.pipeline.states import EventKind, EventState, Stage
 
 
 class ProgressDisplay:
@@ -24,35 +25,35 @@ class ProgressDisplay:
     def on_event(self, event: JobEvent) -> None:
         if not self.enabled:
             return
-        if event.kind == "stage":
+        if event.kind == EventKind.STAGE:
             self._on_stage(event)
         else:
             self._on_clip(event)
 
     def _on_stage(self, event: JobEvent) -> None:
         detail = event.detail or {}
-        if event.state == "running":
+        if event.state == EventState.RUNNING:
             self._stage_started[event.stage] = time.monotonic()
-            if event.stage == "video" and self.bars_enabled:
+            if event.stage == Stage.VIDEO and self.bars_enabled:
                 self._clips_bar = tqdm(total=detail.get("clips", 0), desc="video", unit="clip",
                                        file=self.stream, position=0, leave=True)
             return
-        if event.state == "progress":
+        if event.state == EventState.PROGRESS:
             self._on_parts(event.stage, detail)
             return
         self._close_bars()
         seconds = time.monotonic() - self._stage_started.get(event.stage, time.monotonic())
         summary = stage_summary(event.stage, detail)
-        if event.state == "cached":
+        if event.state == EventState.CACHED:
             self._write(f"  = {event.stage:<13} unchanged, kept from the last run")
-        elif event.state == "skipped":
+        elif event.state == EventState.SKIPPED:
             self._write(f"  - {event.stage:<13} skipped: {detail.get('reason', '')}")
-        elif event.state == "succeeded":
+        elif event.state == EventState.SUCCEEDED:
             self._write(f"  ✓ {event.stage:<13} {summary}  ({seconds:.1f} s)")
-        elif event.state == "failed":
+        elif event.state == EventState.FAILED:
             self._write(f"  ✗ {event.stage:<13} {detail.get('error', '')}")
 
-    def _on_parts(self, stage: str, detail: dict) -> None:
+    def _on_parts(self, stage: Stage, detail: dict) -> None:
         """A stage that works in parts (scripting: the plan, then each section): a bar on a terminal, a line
         per part otherwise, so that minutes of writing never look hung."""
         done, total = int(detail.get("done", 0)), int(detail.get("total", 0))
@@ -70,16 +71,16 @@ class ProgressDisplay:
         if not self.bars_enabled or event.clip_index is None:
             return
         index = event.clip_index
-        if event.state == "running":
+        if event.state == EventState.RUNNING:
             position = self._free_positions.pop() if self._free_positions else len(self._clip_bars) + 1
             frames = (event.detail or {}).get("frames", 0)
             bar = tqdm(total=frames, desc=f"  clip {index:04d}", unit="frame",
                        file=self.stream, position=position, leave=False)
             self._clip_bars[index] = (bar, position)
-        elif event.state in ("progress", "retrying") and index in self._clip_bars:
+        elif event.state in (EventState.PROGRESS, EventState.RETRYING) and index in self._clip_bars:
             bar, _ = self._clip_bars[index]
             bar.update(round(event.fraction * bar.total) - bar.n)  # back to 0 on a retry
-        elif event.state in ("succeeded", "cached"):
+        elif event.state in (EventState.SUCCEEDED, EventState.CACHED):
             if index in self._clip_bars:
                 bar, position = self._clip_bars.pop(index)
                 self._free_positions.append(position)
@@ -119,12 +120,12 @@ def scripting_summary(info: dict) -> str:
     return f"{info.get('scenes', '?')} scenes, {told}written by {writer}{model}{sections}{repairs}{speed}{fallback}"
 
 
-def stage_summary(stage: str, info: dict) -> str:
+def stage_summary(stage: Stage | str, info: dict) -> str:
     """A few words on what a stage produced, from the info it reported."""
-    if stage == "segmentation":
+    if stage == Stage.SEGMENTATION:
         tempo = f", {info['tempo_bpm']:.0f} BPM" if info.get("tempo_bpm") else ""
         return f"{info.get('segments', '?')} segments{tempo}"
-    if stage == "analysis":
+    if stage == Stage.ANALYSIS:
         heard = [str(info[k]) for k in ("genre", "tempo_range", "mood", "visual_style") if info.get(k)]
         if "vocal_segments" in info:
             language = f", {info['lyrics_language']}" if info.get("lyrics_language") else ""
@@ -132,11 +133,11 @@ def stage_summary(stage: str, info: dict) -> str:
                          f"({info.get('lyrics_source', '?')}{language})" if info["vocal_segments"] else
                          f"no words sung ({info.get('lyrics_source', '?')})")
         return " · ".join(heard)
-    if stage == "scripting":
+    if stage == Stage.SCRIPTING:
         return scripting_summary(info)
-    if stage == "video":
+    if stage == Stage.VIDEO:
         return f"{info.get('clips', '?')} clips"
-    if stage == "assembly":
+    if stage == Stage.ASSEMBLY:
         return (f"{info.get('frames', '?')} frames, {info.get('duration', 0):.1f} s, "
                 f"{info.get('clips_reencoded', 0)} clips re-encoded")
     return ""

@@ -35,6 +35,7 @@ from gateway.cli.output import fail
 from gateway.cli.progress import ProgressDisplay
 from gateway.pipeline.events import JobEvent
 from gateway.pipeline.options import read_lyrics_file
+from gateway.pipeline.states import ClipState, EventKind, EventState, JobState, Stage, StageState
 
 T = TypeVar("T")
 COMMANDS = ("submit", "jobs", "status", "cancel")
@@ -43,9 +44,6 @@ RETRY_DELAYS = (0.5, 1, 2, 4, 8)  # seconds between tries of a call the gateway 
 RECONNECT_SECONDS = 120  # how long a lost watch keeps reconnecting
 EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 BAD_INPUT_CODES = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED)
-STAGE_NAMES = {job_pb2.STAGE_SEGMENTATION: "segmentation", job_pb2.STAGE_ANALYSIS: "analysis",
-               job_pb2.STAGE_SCRIPTING: "scripting", job_pb2.STAGE_VIDEO: "video", job_pb2.STAGE_ASSEMBLY: "assembly"}
-TERMINAL = (job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED)
 
 
 class UsageError(Exception):
@@ -108,7 +106,7 @@ def add_client_commands(commands: argparse._SubParsersAction, formatter: type[ar
 
     jobs = commands.add_parser("jobs", parents=[connection], formatter_class=formatter,
                                help="list your jobs on a gateway, newest first")
-    jobs.add_argument("--state", choices=("queued", "running", "succeeded", "failed", "cancelled"))
+    jobs.add_argument("--state", choices=[s.value for s in JobState if s is not JobState.INTERRUPTED])  # (queued)
     jobs.add_argument("--limit", type=int, default=20, help="most jobs to list")
     status = commands.add_parser("status", parents=[connection], formatter_class=formatter,
                                  help="show a job on a gateway")
@@ -181,9 +179,10 @@ def submit(gateway: Gateway, args: argparse.Namespace) -> int:
         return fail(f"stopped watching; the job goes on: mvgen status {job.job_id}, mvgen cancel {job.job_id}",
                      EXIT_INTERRUPTED)
     display.close()
-    if job.state == job_pb2.JOB_STATE_FAILED:
+    ended = JobState.from_proto(job.state)
+    if ended == JobState.FAILED:
         return fail(f"job {job.job_id} failed: {job.error_message}", EXIT_FAILED)
-    if job.state == job_pb2.JOB_STATE_CANCELLED:
+    if ended == JobState.CANCELLED:
         return fail(f"job {job.job_id} was cancelled; finished clips are kept on the gateway", EXIT_FAILED)
     result = gateway.stub.GetJob(api_pb2.GetJobRequest(job_id=job.job_id), metadata=gateway.metadata)
     frames = sum(c.frame_count for c in job.clips)
@@ -249,7 +248,7 @@ def watch(gateway: Gateway, job_id: str, on_message: Callable[[api_pb2.WatchJobR
                 lost_since = None
                 apply_change(job, message)
                 on_message(message)
-            if job.state in TERMINAL:
+            if JobState.proto_is_terminal(job.state):
                 return job
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.UNAVAILABLE:
@@ -286,8 +285,8 @@ class ProgressTranslator:
     def __init__(self, display: ProgressDisplay):
         self.display = display
         self.job = job_pb2.Job()
-        self._stage_states: dict[int, int] = {}
-        self._clip_states: dict[int, int] = {}
+        self._stage_states: dict[int, StageState | None] = {}  # by the stage's proto value
+        self._clip_states: dict[int, ClipState | None] = {}  # by the clip's index
 
     def apply(self, message: api_pb2.WatchJobResponse) -> None:
         apply_change(self.job, message)
@@ -303,32 +302,38 @@ class ProgressTranslator:
             self._clip(message.clip)
 
     def _stage(self, stage: job_pb2.StageStatus) -> None:
-        name = STAGE_NAMES.get(stage.stage, "?")
-        if self._stage_states.get(stage.stage) == stage.state:
-            if stage.state == job_pb2.STAGE_STATE_RUNNING and stage.HasField("progress"):
+        name = Stage.from_proto(stage.stage, "?")
+        state = StageState.from_proto(stage.state, None)
+        if stage.stage in self._stage_states and self._stage_states[stage.stage] == state:
+            if state == StageState.RUNNING and stage.HasField("progress"):
                 progress = stage.progress
-                self.display.on_event(JobEvent("stage", name, "progress", fraction=progress.fraction, detail={
-                    "done": progress.done, "total": progress.total, "what": progress.detail}))
+                self.display.on_event(JobEvent(EventKind.STAGE, name, EventState.PROGRESS, fraction=progress.fraction,
+                                               detail={"done": progress.done, "total": progress.total,
+                                                       "what": progress.detail}))
             return
-        self._stage_states[stage.stage] = stage.state
-        if stage.state == job_pb2.STAGE_STATE_RUNNING:
-            self.display.on_event(JobEvent("stage", name, "running", detail={"clips": len(self.job.clips)}))
-        elif stage.state == job_pb2.STAGE_STATE_SUCCEEDED:
-            self.display.on_event(JobEvent("stage", name, "cached" if stage.cached else "succeeded",
-                                           detail=info_from_struct(stage.info)))
-        elif stage.state == job_pb2.STAGE_STATE_FAILED:
-            self.display.on_event(JobEvent("stage", name, "failed", detail={"error": stage.error_message}))
+        self._stage_states[stage.stage] = state
+        if state == StageState.RUNNING:
+            self.display.on_event(JobEvent(EventKind.STAGE, name, EventState.RUNNING,
+                                           detail={"clips": len(self.job.clips)}))
+        elif state == StageState.SUCCEEDED:
+            self.display.on_event(JobEvent(EventKind.STAGE, name, EventState.CACHED if stage.cached else
+                                           EventState.SUCCEEDED, detail=info_from_struct(stage.info)))
+        elif state == StageState.FAILED:
+            self.display.on_event(JobEvent(EventKind.STAGE, name, EventState.FAILED,
+                                           detail={"error": stage.error_message}))
 
     def _clip(self, clip: job_pb2.ClipStatus) -> None:
         previous = self._clip_states.get(clip.index)
-        self._clip_states[clip.index] = clip.state
-        if clip.state == job_pb2.CLIP_STATE_RUNNING:
-            if previous != job_pb2.CLIP_STATE_RUNNING:
-                self.display.on_event(JobEvent("clip", "video", "running", clip.index, 0.0,
+        state = self._clip_states[clip.index] = ClipState.from_proto(clip.state, None)
+        if state == ClipState.RUNNING:
+            if previous != ClipState.RUNNING:
+                self.display.on_event(JobEvent(EventKind.CLIP, Stage.VIDEO, EventState.RUNNING, clip.index, 0.0,
                                                {"frames": clip.frame_count}))
-            self.display.on_event(JobEvent("clip", "video", "progress", clip.index, clip.progress.fraction))
-        elif clip.state == job_pb2.CLIP_STATE_SUCCEEDED and previous != job_pb2.CLIP_STATE_SUCCEEDED:
-            self.display.on_event(JobEvent("clip", "video", "cached" if clip.cached else "succeeded", clip.index, 1.0))
+            self.display.on_event(JobEvent(EventKind.CLIP, Stage.VIDEO, EventState.PROGRESS, clip.index,
+                                           clip.progress.fraction))
+        elif state == ClipState.SUCCEEDED and previous != ClipState.SUCCEEDED:
+            self.display.on_event(JobEvent(EventKind.CLIP, Stage.VIDEO, EventState.CACHED if clip.cached else
+                                           EventState.SUCCEEDED, clip.index, 1.0))
 
 
 def download(url: str, output: Path) -> None:
@@ -360,7 +365,7 @@ def _retry_unavailable(call: Callable[[], T]) -> T:
 # --- jobs, status, cancel ------------------------------------------------------------------------------
 
 def list_jobs(gateway: Gateway, args: argparse.Namespace) -> int:
-    state = job_pb2.JobState.Value(f"JOB_STATE_{args.state.upper()}") if args.state else 0
+    state = JobState(args.state).proto if args.state else 0
     token, shown = "", 0
     while shown < args.limit:
         page = gateway.stub.ListJobs(api_pb2.ListJobsRequest(page_size=min(args.limit - shown, 100), page_token=token,
@@ -383,8 +388,8 @@ def show_status(gateway: Gateway, args: argparse.Namespace) -> int:
     print(f"job {job.job_id}  {_state(job.state)}  {job.song.file_name} ({clock(job.song.duration_seconds, 1)})"
           f"{'  ' + job.title if job.title else ''}")
     for stage in job.stages:
-        state = job_pb2.StageState.Name(stage.state).removeprefix("STAGE_STATE_").lower()
-        print(f"  {STAGE_NAMES.get(stage.stage, '?'):<13} {state:<10} {stage.backend}"
+        state = StageState.from_proto(stage.state, "unspecified")
+        print(f"  {Stage.from_proto(stage.stage, '?'):<13} {state:<10} {stage.backend}"
               f"{'  (cached)' if stage.cached else ''}{'  ' + stage.error_message if stage.error_message else ''}")
     if job.clips:
         print(f"  clips         {_clips_done(job)}")
@@ -399,7 +404,7 @@ def show_status(gateway: Gateway, args: argparse.Namespace) -> int:
 
 def cancel_job(gateway: Gateway, args: argparse.Namespace) -> int:
     job = gateway.stub.CancelJob(api_pb2.CancelJobRequest(job_id=args.job_id), metadata=gateway.metadata).job
-    if job.state == job_pb2.JOB_STATE_CANCELLED:
+    if job.state == JobState.CANCELLED.proto:
         print(f"mvgen: job {job.job_id} cancelled; {_clips_done(job)} clips are kept")
     else:
         print(f"mvgen: job {job.job_id} had already ended: {_state(job.state)}")
@@ -407,9 +412,9 @@ def cancel_job(gateway: Gateway, args: argparse.Namespace) -> int:
 
 
 def _state(state: int) -> str:
-    return job_pb2.JobState.Name(state).removeprefix("JOB_STATE_").lower()
+    return JobState.from_proto(state, "unspecified")
 
 
 def _clips_done(job: job_pb2.Job) -> str:
-    done = sum(c.state == job_pb2.CLIP_STATE_SUCCEEDED for c in job.clips)
+    done = sum(c.state == ClipState.SUCCEEDED.proto for c in job.clips)
     return f"{done}/{len(job.clips)}" if job.clips else "-"

@@ -6,16 +6,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.pipeline.states import EventKind, EventState, Stage
+
 
 @dataclass(frozen=True)
 class JobEvent:
     """A progress report: a stage changed state, or a clip advanced."""
 
-    kind: str  # "stage" | "clip"
-    stage: str
-    # running | succeeded | cached | failed | skipped | progress (a clip's fraction; the scripting stage's
-    # parts) | retrying (a clip starts again)
-    state: str
+    kind: EventKind
+    stage: Stage
+    state: EventState
     clip_index: int | None = None
     fraction: float = 0.0
     detail: dict[str, Any] | None = None

@@ -25,7 +25,7 @@ from services.common.stage_api import (
 )
 from services.common.settings import PROMPTS_DIR
 from services.common.store import ArtifactStore
-from gateway.pipeline.manifest import STAGES as STAGE_NAMES
+from gateway.pipeline.states import STAGES as STAGE_NAMES
 from gateway.pipeline.stage_clients import CancelCheck, PartsCallback, ProgressCallback, RetryCallback
 
 

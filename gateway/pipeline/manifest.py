@@ -16,10 +16,8 @@ from typing import Any
 from services.common.store import ArtifactStore
 from gateway.pipeline.layout import JobLayout
 from gateway.pipeline.options import JobOptions
-
-STAGES = ("segmentation", "analysis", "scripting", "video", "assembly")
-# A job's state when a shutdown stopped it: not terminal, so whoever runs jobs resumes it.
-INTERRUPTED = "interrupted"
+from gateway.pipeline.states import ClipState, JobState, Stage, StageState
+from gateway.pipeline.states import STAGES  # noqa: F401  (until gateway/server/status.py reads it from states)
 
 
 def fingerprint(*parts: Any) -> str:
@@ -53,7 +51,7 @@ class Manifest:
             data = json.loads(store.get_bytes(layout.manifest))
         else:
             data = {"job_id": job_id, "created_at": utc_now(), "stages": {}, "clips": {}}
-        data.update(song=song, options=options.to_dict(), state="running", error=None)
+        data.update(song=song, options=options.to_dict(), state=JobState.RUNNING, error=None)
         manifest = cls(store, layout, data)
         manifest.save()
         return manifest
@@ -70,29 +68,29 @@ class Manifest:
         self.data["updated_at"] = utc_now()
         return (json.dumps(self.data, indent=2) + "\n").encode()
 
-    def stage(self, name: str) -> dict[str, Any]:
-        return self.data["stages"].setdefault(name, {"state": "pending"})
+    def stage(self, name: Stage) -> dict[str, Any]:
+        return self.data["stages"].setdefault(name, {"state": StageState.PENDING})
 
     def clip(self, index: int) -> dict[str, Any]:
-        return self.data["clips"].setdefault(f"{index:04d}", {"state": "pending"})
+        return self.data["clips"].setdefault(f"{index:04d}", {"state": ClipState.PENDING})
 
     async def is_fresh(self, record: dict[str, Any], fp: str) -> bool:
         """True when `record` was produced from the same fingerprint and all its outputs still exist."""
         outputs = record.get("outputs", {})
-        if record.get("state") != "succeeded" or record.get("fingerprint") != fp or not outputs:
+        if record.get("state") != StageState.SUCCEEDED or record.get("fingerprint") != fp or not outputs:
             return False
         return await asyncio.to_thread(lambda: all(self.store.exists(k) for k in outputs.values()))
 
-    async def mark(self, record: dict[str, Any], state: str, **fields: Any) -> None:
+    async def mark(self, record: dict[str, Any], state: StageState | ClipState, **fields: Any) -> None:
         record["state"] = state
         record.update(fields)
         await self.save_async()
 
-    async def finish(self, state: str, error: str | None = None) -> None:
+    async def finish(self, state: JobState, error: str | None = None) -> None:
         self.data.update(state=state, error=error)
         await self.save_async()
 
-    def finish_now(self, state: str, error: str | None = None) -> None:
+    def finish_now(self, state: JobState, error: str | None = None) -> None:
         """`finish` for code off the event loop (a worker thread settling a job that never ran)."""
         self.data.update(state=state, error=error)
         self.save()

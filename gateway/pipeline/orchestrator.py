@@ -30,9 +30,10 @@ from services.common.stage_api import (
 from services.common.store import ArtifactStore
 from gateway.pipeline.events import EventSink, JobEvent
 from gateway.pipeline.layout import JobLayout
-from gateway.pipeline.manifest import INTERRUPTED, Manifest, fingerprint, utc_now
+from gateway.pipeline.manifest import Manifest, fingerprint, utc_now
 from gateway.pipeline.options import JobOptions
 from gateway.pipeline.stage_clients import StageClients
+from gateway.pipeline.states import ClipState, EventKind, EventState, JobState, Stage, StageState
 
 
 @dataclass(frozen=True)
@@ -71,17 +72,17 @@ class Orchestrator:
             await self._run(job, manifest)
         except (JobCancelledError, asyncio.CancelledError):
             if self._interrupted:
-                await manifest.finish(INTERRUPTED)
+                await manifest.finish(JobState.INTERRUPTED)
             else:
-                await manifest.finish("cancelled", "cancelled by the user")
+                await manifest.finish(JobState.CANCELLED, "cancelled by the user")
             raise
         except MvgenError as exc:
-            await manifest.finish("failed", str(exc))
+            await manifest.finish(JobState.FAILED, str(exc))
             raise
         except BaseException as exc:
-            await manifest.finish("failed", f"internal error: {exc!r}")
+            await manifest.finish(JobState.FAILED, f"internal error: {exc!r}")
             raise
-        await manifest.finish("succeeded")
+        await manifest.finish(JobState.SUCCEEDED)
         return manifest
 
     async def _run(self, job: JobSpec, manifest: Manifest) -> None:
@@ -89,13 +90,15 @@ class Orchestrator:
         song_fp = job.song["sha256"]
 
         seg_fp = fingerprint("segmentation", song_fp, opts.segmenter)
-        await self._stage(manifest, "segmentation", seg_fp, opts.segmenter.segmenter, lambda: self.stages.segment(
-            SegmentRequest(job.song_key, opts.segmenter, layout.segments, layout.segments_text)))
+        await self._stage(manifest, Stage.SEGMENTATION, seg_fp, opts.segmenter.segmenter, lambda: self.stages.segment(
+            SegmentRequest(song_key=job.song_key, params=opts.segmenter, segments_key=layout.segments,
+                           segments_text_key=layout.segments_text)))
         segmentation = artifacts.Segmentation.from_dict(await self._read_json(layout.segments))
 
         # The scripting stage reports each part it writes (the plan, then each section of the song).
         def script_progress(done: int, total: int, what: str) -> None:
-            self.on_event(JobEvent("stage", "scripting", "progress", fraction=done / total if total else 0.0,
+            self.on_event(JobEvent(EventKind.STAGE, Stage.SCRIPTING, EventState.PROGRESS,
+                                   fraction=done / total if total else 0.0,
                                    detail={"done": done, "total": total, "what": what}))
 
         journal = dict(response_key=layout.response, reasoning_key=layout.reasoning, plan_key=layout.plan,
@@ -104,25 +107,25 @@ class Orchestrator:
         lyrics_key = layout.lyrics if labels_fp and opts.wants_lyrics else ""
         if opts.pipeline == "lalm":
             if labels_fp is None:
-                await self._skip(manifest, "analysis", "the LALM pipeline hears the song itself")
+                await self._skip(manifest, Stage.ANALYSIS, "the LALM pipeline hears the song itself")
             script_fp = fingerprint("scripting", "lalm", labels_fp or seg_fp, opts.storyteller, opts.scene_writer,
-                                    opts.script_inputs, opts.seed, await self.stages.backend_config("scripting"))
+                                    opts.script_inputs, opts.seed, await self.stages.backend_config(Stage.SCRIPTING))
             request: TellStoryRequest | WriteScriptRequest = TellStoryRequest(
                 song_key=job.song_key, segments_key=layout.segments, storyteller=opts.storyteller,
                 prompt_key=layout.prompt, story_key=layout.story, scenes_prompt_key=layout.scenes_prompt,
                 script_key=layout.script, script_text_key=layout.script_text, inputs=opts.script_inputs,
                 seed=opts.seed, scene_writer=opts.writer, labels_key=layout.labels if labels_fp else "",
                 lyrics_key=lyrics_key, **journal)
-            await self._stage(manifest, "scripting", script_fp, opts.storyteller, lambda: self.stages.tell_story(
+            await self._stage(manifest, Stage.SCRIPTING, script_fp, opts.storyteller, lambda: self.stages.tell_story(
                 request, script_progress, self._cancelled.is_set), edited=self._plan_edited(layout))
         else:
             script_fp = fingerprint("scripting", labels_fp, opts.writer, opts.fallback_writer, opts.script_inputs,
-                                    opts.seed, await self.stages.backend_config("scripting"))
+                                    opts.seed, await self.stages.backend_config(Stage.SCRIPTING))
             request = WriteScriptRequest(
                 labels_key=layout.labels, segments_key=layout.segments, writer=opts.writer, prompt_key=layout.prompt,
                 script_key=layout.script, script_text_key=layout.script_text, inputs=opts.script_inputs,
                 seed=opts.seed, fallback_writer=opts.fallback_writer, lyrics_key=lyrics_key, **journal)
-            await self._stage(manifest, "scripting", script_fp, opts.writer, lambda: self.stages.write_script(
+            await self._stage(manifest, Stage.SCRIPTING, script_fp, opts.writer, lambda: self.stages.write_script(
                 request, script_progress, self._cancelled.is_set), edited=self._plan_edited(layout))
         # Read back, not taken from the stage's answer: a person may have edited script.json.
         script = artifacts.Script.from_dict(await self._read_json(layout.script))
@@ -130,9 +133,10 @@ class Orchestrator:
         clips = await self._clips(job, manifest, segmentation, script)
 
         final_fp = fingerprint("assembly", song_fp, [fp for _, fp in clips], opts.fps)
-        await self._stage(manifest, "assembly", final_fp, "ffmpeg", lambda: self.stages.assemble(
-            AssembleRequest(job.song_key, [req.clip_key for req, _ in clips], [req.frame_count for req, _ in clips],
-                            opts.fps, opts.width, opts.height, layout.final)))
+        await self._stage(manifest, Stage.ASSEMBLY, final_fp, "ffmpeg", lambda: self.stages.assemble(
+            AssembleRequest(song_key=job.song_key, clip_keys=[req.clip_key for req, _ in clips],
+                            frame_counts=[req.frame_count for req, _ in clips], fps=opts.fps, width=opts.width,
+                            height=opts.height, video_key=layout.final)))
 
     async def _analysis(self, job: JobSpec, manifest: Manifest, seg_fp: str) -> str:
         """Labels, and the lyrics when the job wants them (transcribed, or the person's aligned); their fingerprint."""
@@ -141,17 +145,17 @@ class Orchestrator:
             await asyncio.to_thread(self.store.put_text, layout.lyrics_source, opts.lyrics)
         lyrics = (opts.transcriber, hashlib.sha256(opts.lyrics.encode()).hexdigest() if opts.lyrics else "")
         labels_fp = fingerprint("analysis", seg_fp, opts.analyzer, opts.top_k, *(lyrics if opts.wants_lyrics else ()),
-                                await self.stages.backend_config("analysis"))
+                                await self.stages.backend_config(Stage.ANALYSIS))
         wanted = opts.wants_lyrics
-        request = AnalyzeRequest(job.song_key, layout.segments, opts.analyzer, layout.labels, opts.top_k,
-                                 transcriber=opts.transcriber,
+        request = AnalyzeRequest(song_key=job.song_key, segments_key=layout.segments, analyzer=opts.analyzer,
+                                 labels_key=layout.labels, top_k=opts.top_k, transcriber=opts.transcriber,
                                  lyrics_source_key=layout.lyrics_source if opts.lyrics else "",
                                  lyrics_key=layout.lyrics if wanted else "",
                                  lyrics_text_key=layout.lyrics_text if wanted else "")
-        await self._stage(manifest, "analysis", labels_fp, opts.analyzer, lambda: self.stages.analyze(request))
+        await self._stage(manifest, Stage.ANALYSIS, labels_fp, opts.analyzer, lambda: self.stages.analyze(request))
         return labels_fp
 
-    async def _stage(self, manifest: Manifest, name: str, fp: str, backend: str,
+    async def _stage(self, manifest: Manifest, name: Stage, fp: str, backend: str,
                      call: Callable[[], Awaitable[StageResult]],
                      edited: Callable[[dict[str, Any]], Awaitable[bool]] | None = None) -> None:
         """Run a stage unless its outputs are fresh; `edited(record)`: whether a person has since edited an
@@ -159,23 +163,23 @@ class Orchestrator:
         record = manifest.stage(name)
         fresh = await manifest.is_fresh(record, fp) and not (edited and await edited(record))
         if fresh or await self._reuse(manifest, record, fp):
-            self.on_event(JobEvent("stage", name, "cached", detail=record.get("info")))
+            self.on_event(JobEvent(EventKind.STAGE, name, EventState.CACHED, detail=record.get("info")))
             return
         self._check_cancelled()
         started = time.monotonic()
         _forget(record, "reused_from", "ended_at")  # a reuse of an earlier configuration's output
-        await manifest.mark(record, "running", backend=backend, fingerprint=fp, started_at=utc_now())
-        self.on_event(JobEvent("stage", name, "running"))
+        await manifest.mark(record, StageState.RUNNING, backend=backend, fingerprint=fp, started_at=utc_now())
+        self.on_event(JobEvent(EventKind.STAGE, name, EventState.RUNNING))
         try:
             result = await call()
         except BaseException as exc:
-            await manifest.mark(record, "failed", error=str(exc), seconds=round(time.monotonic() - started, 3))
-            self.on_event(JobEvent("stage", name, "failed", detail={"error": str(exc)}))
+            await manifest.mark(record, StageState.FAILED, error=str(exc), seconds=round(time.monotonic() - started, 3))
+            self.on_event(JobEvent(EventKind.STAGE, name, EventState.FAILED, detail={"error": str(exc)}))
             raise
-        await manifest.mark(record, "succeeded", outputs=result.keys, info=result.info,
-                      seconds=round(time.monotonic() - started, 3))
+        await manifest.mark(record, StageState.SUCCEEDED, outputs=result.keys, info=result.info,
+                            seconds=round(time.monotonic() - started, 3))
         await self._publish(manifest, fp, result)
-        self.on_event(JobEvent("stage", name, "succeeded", detail=result.info))
+        self.on_event(JobEvent(EventKind.STAGE, name, EventState.SUCCEEDED, detail=result.info))
 
     def _plan_edited(self, layout: JobLayout) -> Callable[[dict[str, Any]], Awaitable[bool]]:
         """Whether plan.json differs from the plan the scripting stage last wrote the scenes from (a person
@@ -191,29 +195,31 @@ class Orchestrator:
             return hashlib.sha256(plan).hexdigest() != written
         return edited
 
-    async def _skip(self, manifest: Manifest, name: str, reason: str) -> None:
+    async def _skip(self, manifest: Manifest, name: Stage, reason: str) -> None:
         record = manifest.stage(name)
-        if record.get("state") != "skipped":
-            await manifest.mark(record, "skipped", info={"reason": reason})
-        self.on_event(JobEvent("stage", name, "skipped", detail={"reason": reason}))
+        if record.get("state") != StageState.SKIPPED:
+            await manifest.mark(record, StageState.SKIPPED, info={"reason": reason})
+        self.on_event(JobEvent(EventKind.STAGE, name, EventState.SKIPPED, detail={"reason": reason}))
 
     async def _clips(self, job: JobSpec, manifest: Manifest, segmentation: artifacts.Segmentation,
                      script: artifacts.Script) -> list[tuple[GenerateClipRequest, str]]:
         """Generate every clip not already made; returns each clip's request and fingerprint, in order."""
         opts, layout = job.options, job.layout
-        stage = manifest.stage("video")
+        stage = manifest.stage(Stage.VIDEO)
         if len(script.scenes) != len(segmentation.segments):
             raise MvgenError(f"the script has {len(script.scenes)} scenes for {len(segmentation.segments)} segments")
         if {scene.index for scene in script.scenes} != {segment.index for segment in segmentation.segments}:
             raise MvgenError("the script's scenes are not numbered as the segments are: each segment needs its own scene")
         scenes = {scene.index: scene for scene in script.scenes}
-        video_config = await self.stages.backend_config("video")
+        video_config = await self.stages.backend_config(Stage.VIDEO)
         requests: list[tuple[GenerateClipRequest, str]] = []
         for segment in segmentation.segments:
             frames = timing.frame_count(segment.start, segment.end, opts.fps)
             seed = int(fingerprint("clip-seed", opts.seed, segment.index), 16) % 2**31
-            req = GenerateClipRequest(segment.index, job.song_key, layout.script, segment.start, segment.end, frames,
-                              opts.fps, opts.width, opts.height, opts.generator, layout.clip(segment.index), seed)
+            req = GenerateClipRequest(
+                index=segment.index, song_key=job.song_key, script_key=layout.script, start=segment.start,
+                end=segment.end, frame_count=frames, fps=opts.fps, width=opts.width, height=opts.height,
+                generator=opts.generator, clip_key=layout.clip(segment.index), seed=seed)
             # The clip depends on its own scene and the shared style, not on the rest of the script,
             # nor on where this job keeps its files.
             clip_fp = fingerprint("video", job.song["sha256"], scenes[segment.index].text, script.style,
@@ -221,8 +227,9 @@ class Orchestrator:
                                   video_config)
             requests.append((req, clip_fp))
 
-        await manifest.mark(stage, "running", backend=opts.generator, started_at=stage.get("started_at") or utc_now())
-        self.on_event(JobEvent("stage", "video", "running", detail={"clips": len(requests)}))
+        await manifest.mark(stage, StageState.RUNNING, backend=opts.generator,
+                            started_at=stage.get("started_at") or utc_now())
+        self.on_event(JobEvent(EventKind.STAGE, Stage.VIDEO, EventState.RUNNING, detail={"clips": len(requests)}))
         started = time.monotonic()
         limit = ClipLimit(self.stages.clip_concurrency)
         generated: list[int] = []
@@ -230,7 +237,8 @@ class Orchestrator:
         async def one(req: GenerateClipRequest, clip_fp: str) -> None:
             record = manifest.clip(req.index)
             if await manifest.is_fresh(record, clip_fp) or await self._reuse(manifest, record, clip_fp):
-                self.on_event(JobEvent("clip", "video", "cached", req.index, 1.0, {"frames": req.frame_count}))
+                self.on_event(JobEvent(EventKind.CLIP, Stage.VIDEO, EventState.CACHED, req.index, 1.0,
+                                       {"frames": req.frame_count}))
                 return
             async with limit:
                 self._check_cancelled()
@@ -239,29 +247,30 @@ class Orchestrator:
                 # attempt of this fingerprint, one lost with a crashed process included.
                 tried = record.get("attempts", 0) if record.get("fingerprint") == clip_fp else 0
                 _forget(record, "reused_from", "ended_at")
-                await manifest.mark(record, "running", fingerprint=clip_fp, frames=req.frame_count,
+                await manifest.mark(record, ClipState.RUNNING, fingerprint=clip_fp, frames=req.frame_count,
                                     attempts=tried + 1, started_at=utc_now())
-                self.on_event(JobEvent("clip", "video", "running", req.index, 0.0,
+                self.on_event(JobEvent(EventKind.CLIP, Stage.VIDEO, EventState.RUNNING, req.index, 0.0,
                                        {"frames": req.frame_count, "attempt": record["attempts"]}))
 
                 def progress(fraction: float) -> None:
-                    self.on_event(JobEvent("clip", "video", "progress", req.index, fraction))
+                    self.on_event(JobEvent(EventKind.CLIP, Stage.VIDEO, EventState.PROGRESS, req.index, fraction))
 
                 def retrying(reason: str) -> None:
                     record.update(attempts=record["attempts"] + 1, started_at=utc_now())  # saved with the outcome
-                    self.on_event(JobEvent("clip", "video", "retrying", req.index, 0.0,
+                    self.on_event(JobEvent(EventKind.CLIP, Stage.VIDEO, EventState.RETRYING, req.index, 0.0,
                                            {"reason": reason, "attempt": record["attempts"]}))
 
                 try:
                     result = await self.stages.generate_clip(req, progress, self._cancelled.is_set, retrying)
                 except BaseException as exc:
-                    await manifest.mark(record, "failed", error=str(exc), ended_at=utc_now())
+                    await manifest.mark(record, ClipState.FAILED, error=str(exc), ended_at=utc_now())
                     raise
-                await manifest.mark(record, "succeeded", outputs=result.keys,
+                await manifest.mark(record, ClipState.SUCCEEDED, outputs=result.keys,
                                     seconds=round(time.monotonic() - clip_started, 3), ended_at=utc_now())
                 await self._publish(manifest, clip_fp, result)
                 generated.append(req.index)
-                self.on_event(JobEvent("clip", "video", "succeeded", req.index, 1.0, {"frames": req.frame_count}))
+                self.on_event(JobEvent(EventKind.CLIP, Stage.VIDEO, EventState.SUCCEEDED, req.index, 1.0,
+                                       {"frames": req.frame_count}))
 
         tasks = [asyncio.ensure_future(one(req, fp)) for req, fp in requests]
         try:
@@ -270,11 +279,12 @@ class Orchestrator:
             # One clip failed or the job was cancelled: stop the others, keep what finished.
             self._cancelled.set()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await manifest.mark(stage, "failed", error=str(exc))
+            await manifest.mark(stage, StageState.FAILED, error=str(exc))
             raise
         info = {"clips": len(requests), "generated": len(generated)}
-        await manifest.mark(stage, "succeeded", seconds=round(time.monotonic() - started, 3), info=info)
-        self.on_event(JobEvent("stage", "video", "succeeded" if generated else "cached", detail=info))
+        await manifest.mark(stage, StageState.SUCCEEDED, seconds=round(time.monotonic() - started, 3), info=info)
+        self.on_event(JobEvent(EventKind.STAGE, Stage.VIDEO, EventState.SUCCEEDED if generated else EventState.CACHED,
+                               detail=info))
         return requests
 
     async def _publish(self, manifest: Manifest, fp: str, result: StageResult) -> None:
@@ -291,8 +301,8 @@ class Orchestrator:
             return False
         outputs, info, source = found
         _forget(record, "attempts", "started_at", "seconds", "error")  # of an earlier run; this output was copied
-        await manifest.mark(record, "succeeded", fingerprint=fp, outputs=outputs, info=info, reused_from=source,
-                            ended_at=utc_now())
+        await manifest.mark(record, StageState.SUCCEEDED, fingerprint=fp, outputs=outputs, info=info,
+                            reused_from=source, ended_at=utc_now())
         return True
 
     def _copy_shared_outputs(self, layout: JobLayout,

@@ -1,6 +1,7 @@
 """The Python form of the stage contract (proto/mvgen/v1): what the orchestrator asks of each stage.
 
-Requests name their inputs and outputs by store key; media bytes never travel in a request.
+Requests name their inputs and outputs by store key; media bytes never travel in a request. They are
+built with keywords only (many fields share a type: a key in the wrong place would go unnoticed).
 The in-process adapter passes these objects straight to the stage logic; the gRPC adapter
 converts them to and from the protobuf messages of the same names.
 """
@@ -18,7 +19,7 @@ from services.common.untrusted import quoted
 SEGMENTERS = ("rules", "random")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SegmenterParams:
     """Parameters of both segmentation algorithms; defaults are the ones documented in README."""
 
@@ -73,7 +74,7 @@ class SegmenterParams:
             "novelty_window_seconds", "snap_tolerance_seconds")}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SegmentRequest:
     song_key: str
     params: SegmenterParams
@@ -81,7 +82,7 @@ class SegmentRequest:
     segments_text_key: str  # segments.txt
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AnalyzeRequest:
     song_key: str
     segments_key: str
@@ -96,7 +97,7 @@ class AnalyzeRequest:
     lyrics_text_key: str = ""  # lyrics.txt
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ScriptInputs:
     """What a person may add to the script prompt. Passed to writers as delimited data."""
 
@@ -105,7 +106,7 @@ class ScriptInputs:
     style: str = ""  # stylistic wishes (palette, atmosphere)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class WriteScriptRequest:
     labels_key: str
     segments_key: str
@@ -129,7 +130,7 @@ class WriteScriptRequest:
 LISTENING_STORYTELLERS = ("cascade",)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TellStoryRequest:
     song_key: str
     segments_key: str
@@ -151,7 +152,7 @@ class TellStoryRequest:
     sections_key: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class GenerateClipRequest:
     index: int
     song_key: str
@@ -167,7 +168,7 @@ class GenerateClipRequest:
     seed: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AssembleRequest:
     song_key: str
     clip_keys: list[str]

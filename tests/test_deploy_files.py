@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from services.common.backend_config import NEUTRAL_ENV_SUFFIXES, STAGE_ENV_PREFIXES
+from services.common import envs
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -214,11 +214,11 @@ def test_video_reserves_an_nvidia_gpu(resolved):
 
 
 def test_each_model_setting_reaches_the_service_whose_backends_read_it(resolved):
-    """Every model setting .env.example offers is passed to its stage's service (the prefixes the
-    stage's configuration digest covers), and to no other."""
+    """Every model setting .env.example offers is passed to its stage's service (the variables the
+    stage's configuration digest covers: services/common/envs.py), and to no other."""
     assigned = re.findall(r"^(MVGEN_[A-Z0-9_]+)=", ENV_EXAMPLE.read_text(), re.MULTILINE)
-    for stage, prefixes in STAGE_ENV_PREFIXES.items():
-        offered = {v for v in assigned if v.startswith(prefixes) and not v.endswith(NEUTRAL_ENV_SUFFIXES)}
+    for stage in envs.DIGEST_STAGES:
+        offered = set(assigned) & envs.output_variables(stage)
         assert offered, f"no {stage} model setting in .env.example"
         for name, service in resolved["services"].items():
             passed = offered & set(service.get("environment", {}))

@@ -15,9 +15,11 @@ import shutil
 import tempfile
 import time
 import traceback
+from collections import ChainMap
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 
-from services.common import audio
+from services.common import audio, envs
 from services.common.errors import InvalidInputError, JobCancelledError, MvgenError
 from services.common.stage_api import LISTENING_STORYTELLERS, ScriptInputs, SegmenterParams
 from services.common.store import LocalArtifactStore
@@ -30,17 +32,25 @@ from services.common.timing import clock
 from gateway.cli.supervisor import note_run_folder
 
 
+# The flags that stand for a backend setting (services/common/envs.py), as a stage service's environment gives it.
 BACKEND_FLAGS = {"clap_weights": "MVGEN_CLAP_WEIGHTS", "llm_url": "MVGEN_LLM_URL", "llm_model": "MVGEN_LLM_MODEL",
                  "llm_gguf": "MVGEN_LLAMACPP_MODEL", "lalm_url": "MVGEN_LALM_URL", "lalm_model": "MVGEN_LALM_MODEL"}
+
+
+def backend_settings(args: argparse.Namespace, environ: MutableMapping[str, str] = os.environ) -> Mapping[str, str]:
+    """The settings the in-process stages read: the flags given, over this process's environment. Passed
+    down to the backends and to the configuration digest; the environment itself is never written."""
+    flags = {variable: getattr(args, flag) for flag, variable in BACKEND_FLAGS.items() if getattr(args, flag)}
+    return ChainMap(flags, environ)
 
 
 def _writer(args: argparse.Namespace) -> str:
     if args.writer:
         return args.writer
-    return "" if args.pipeline == "lalm" else os.environ.get("MVGEN_WRITER", "llamacpp")
+    return "" if args.pipeline == "lalm" else envs.get("MVGEN_WRITER")
 
 
-def _transcriber(args: argparse.Namespace) -> str:
+def _transcriber(args: argparse.Namespace, settings: Mapping[str, str]) -> str:
     """The lyrics transcriber asked for, or by default whisper where it is installed and analysis runs."""
     if args.transcriber:
         return "" if args.transcriber == "none" else args.transcriber
@@ -49,7 +59,7 @@ def _transcriber(args: argparse.Namespace) -> str:
         return ""
     from services.analysis.lyrics import whisper_available  # only asks whether its package and files are there
 
-    return "whisper" if whisper_available() else ""
+    return "whisper" if whisper_available(settings) else ""
 
 
 def generate(args: argparse.Namespace) -> int:
@@ -60,20 +70,17 @@ def generate(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace, scratch: Path) -> int:
     song_path = Path(args.song)
     width, height = _parse_size(args.size)
+    settings = backend_settings(args)
     options = JobOptions(
         segmenter=SegmenterParams(
             segmenter=args.segmenter, seed=args.seed, random_min_seconds=args.random_min,
             random_max_seconds=args.random_max, min_seconds=args.min_segment, max_seconds=args.max_segment,
             beats_per_cut=args.beats_per_cut, novelty_threshold=args.novelty_threshold),
         pipeline=args.pipeline, analyzer=args.analysis, writer=_writer(args), storyteller=args.storyteller,
-        transcriber=_transcriber(args), lyrics=read_lyrics_file(args.lyrics) if args.lyrics else "",
+        transcriber=_transcriber(args, settings), lyrics=read_lyrics_file(args.lyrics) if args.lyrics else "",
         fallback_writer=args.fallback_writer, generator=args.generator,
         script_inputs=ScriptInputs(story=args.story, characters=args.characters, style=args.style),
         seed=args.seed, top_k=args.top_k, fps=args.fps, width=width, height=height)
-    # Read by the backends when they load, as the stage services read their environment.
-    for flag, variable in BACKEND_FLAGS.items():
-        if getattr(args, flag):
-            os.environ[variable] = getattr(args, flag)
     _check_options(options, args)
 
     readable, info = audio.ingest(song_path, scratch, max_seconds=args.max_duration)  # before anything is written
@@ -92,7 +99,7 @@ def _generate(args: argparse.Namespace, scratch: Path) -> int:
     if options.pipeline == "lalm":
         scripting.append(options.storyteller)
     stages = InProcessStages(store, analyzer=options.analyzer, transcriber=options.transcriber, scripting=scripting,
-                             generator=options.generator, clip_workers=args.clip_workers)
+                             generator=options.generator, clip_workers=args.clip_workers, environ=settings)
     display = ProgressDisplay(enabled=not args.quiet)
     orchestrator = Orchestrator(store, stages, on_event=display.on_event)
     job = JobSpec(job_id=run_dir.name, layout=layout, song_key=song_key, song=song, options=options)

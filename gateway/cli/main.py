@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
+from services.common import envs
 from services.common.errors import InvalidInputError, JobCancelledError, MvgenError
 from services.common.stage_api import SegmenterParams
 from gateway.cli.remote import COMMANDS as CLIENT_COMMANDS, add_client_commands, run_client_command
@@ -137,9 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if os.environ.get(WORKER_ENV) != "1":
+    if envs.get(WORKER_ENV) != "1":
         return supervise(sys.argv[1:] if argv is None else list(argv))
-    report_fatal_signals(os.environ.get(CRASH_REPORT_ENV))
+    report_fatal_signals(envs.get(CRASH_REPORT_ENV))
     args = build_parser().parse_args(argv)
     if args.command in CLIENT_COMMANDS:
         return run_client_command(args)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import mimetypes
-import os
 import re
 import sys
 import time
@@ -25,6 +24,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from services.common import envs
 from services.common.errors import InvalidInputError
 from services.common.pb import job_pb2, stage_pb2
 from services.common.pb import music_video_service_pb2 as api_pb2
@@ -52,12 +52,12 @@ class UsageError(Exception):
 
 def add_client_commands(commands: argparse._SubParsersAction, formatter: type[argparse.HelpFormatter]) -> None:
     connection = argparse.ArgumentParser(add_help=False)
-    connection.add_argument("--server", default=os.environ.get("MVGEN_SERVER", "localhost:50050"),
+    connection.add_argument("--server", default=envs.get("MVGEN_SERVER"),
                             metavar="HOST:PORT",
                             help="the gateway ($MVGEN_SERVER sets the default); the token is read from $MVGEN_TOKEN")
     connection.add_argument("--tls", action="store_true",
                             help="connect over TLS, trusting the system's certificate authorities")
-    connection.add_argument("--tls-ca", default=os.environ.get("MVGEN_TLS_CA_FILE") or None, metavar="PEM",
+    connection.add_argument("--tls-ca", default=envs.get("MVGEN_TLS_CA_FILE") or None, metavar="PEM",
                             help="connect over TLS, trusting this CA certificate file (e.g. a self-signed "
                                  "gateway's own certificate; $MVGEN_TLS_CA_FILE sets the default)")
 
@@ -118,7 +118,7 @@ def add_client_commands(commands: argparse._SubParsersAction, formatter: type[ar
 
 def run_client_command(args: argparse.Namespace) -> int:
     try:
-        token = os.environ.get("MVGEN_TOKEN", "").strip()
+        token = envs.get("MVGEN_TOKEN")
         if not token:
             raise UsageError("set MVGEN_TOKEN to your gateway token")
         with open_channel(args.server, tls=args.tls, ca_file=args.tls_ca) as channel:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -20,6 +20,7 @@ import grpc
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common import envs
 from services.common.errors import JobCancelledError, StageFailedError, TransientError
 from services.common.pb import (
     analysis_service_pb2,
@@ -33,7 +34,6 @@ from services.common.pb import (
     stage_info_service_pb2,
     stage_info_service_pb2_grpc,
 )
-from services.common.settings import env_float, env_str
 from services.common.stage_api import (
     AnalyzeRequest,
     AssembleRequest,
@@ -94,41 +94,44 @@ STAGE_INFO = _stage_rpc(stage_info_service_pb2, stage_info_service_pb2_grpc,
 class GrpcStagesSettings:
     """Where the stage services are and how long to wait for them; `from_env()` reads the environment."""
 
-    segmentation_address: str = "localhost:50051"  # MVGEN_SEGMENTATION_ADDR
-    analysis_address: str = "localhost:50052"  # MVGEN_ANALYSIS_ADDR
-    scripting_address: str = "localhost:50053"  # MVGEN_SCRIPTING_ADDR
+    # Each field's variable and default are in services/common/envs.py.
+    segmentation_address: str = envs.default("MVGEN_SEGMENTATION_ADDR")
+    analysis_address: str = envs.default("MVGEN_ANALYSIS_ADDR")
+    scripting_address: str = envs.default("MVGEN_SCRIPTING_ADDR")
     # MVGEN_VIDEO_ADDR: host:port, a comma-separated list of replicas, or dns:///name:port (re-resolved)
-    video_address: str = "localhost:50054"
-    assembly_address: str = "localhost:50055"  # MVGEN_ASSEMBLY_ADDR
-    stage_timeout_seconds: float = 600.0  # MVGEN_STAGE_TIMEOUT_SECONDS: deadline of one unary stage call
+    video_address: str = envs.default("MVGEN_VIDEO_ADDR")
+    assembly_address: str = envs.default("MVGEN_ASSEMBLY_ADDR")
+    stage_timeout_seconds: float = envs.default("MVGEN_STAGE_TIMEOUT_SECONDS")  # one unary stage call
     # MVGEN_SCRIPT_TIMEOUT_SECONDS: deadline of writing one script (a 7-minute song on a CPU takes minutes)
-    script_timeout_seconds: float = 3600.0
-    clip_timeout_seconds: float = 1800.0  # MVGEN_CLIP_TIMEOUT_SECONDS: deadline of one clip's generation
+    script_timeout_seconds: float = envs.default("MVGEN_SCRIPT_TIMEOUT_SECONDS")
+    clip_timeout_seconds: float = envs.default("MVGEN_CLIP_TIMEOUT_SECONDS")  # one clip's generation
     # MVGEN_RETRY_SECONDS: how long a call keeps retrying an unavailable or busy stage, and how long a
     # clip keeps trying after a replica refused or lost it, or while no video replica serves
-    retry_seconds: float = 300.0
-    ready_timeout_seconds: float = 300.0  # MVGEN_READY_TIMEOUT_SECONDS: how long wait_ready() waits
-    video_resolve_seconds: float = 10.0  # MVGEN_VIDEO_RESOLVE_SECONDS: how often dns:/// is re-resolved
+    retry_seconds: float = envs.default("MVGEN_RETRY_SECONDS")
+    ready_timeout_seconds: float = envs.default("MVGEN_READY_TIMEOUT_SECONDS")  # how long wait_ready() waits
+    video_resolve_seconds: float = envs.default("MVGEN_VIDEO_RESOLVE_SECONDS")  # how often dns:/// is re-resolved
     # MVGEN_STAGE_SECRET: sent with every stage call (services/common/transport/auth.py); None with
     # MVGEN_STAGE_AUTH=none
     stage_secret: str | None = field(default=None, repr=False)
 
     @classmethod
-    def from_env(cls) -> GrpcStagesSettings:
-        d = cls()
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> GrpcStagesSettings:
+        def get(name: str) -> Any:
+            return envs.get(name, environ)
+
         return cls(
-            segmentation_address=env_str("MVGEN_SEGMENTATION_ADDR", d.segmentation_address),
-            analysis_address=env_str("MVGEN_ANALYSIS_ADDR", d.analysis_address),
-            scripting_address=env_str("MVGEN_SCRIPTING_ADDR", d.scripting_address),
-            video_address=env_str("MVGEN_VIDEO_ADDR", d.video_address),
-            assembly_address=env_str("MVGEN_ASSEMBLY_ADDR", d.assembly_address),
-            stage_timeout_seconds=env_float("MVGEN_STAGE_TIMEOUT_SECONDS", d.stage_timeout_seconds),
-            script_timeout_seconds=env_float("MVGEN_SCRIPT_TIMEOUT_SECONDS", d.script_timeout_seconds),
-            clip_timeout_seconds=env_float("MVGEN_CLIP_TIMEOUT_SECONDS", d.clip_timeout_seconds),
-            retry_seconds=env_float("MVGEN_RETRY_SECONDS", d.retry_seconds),
-            ready_timeout_seconds=env_float("MVGEN_READY_TIMEOUT_SECONDS", d.ready_timeout_seconds),
-            video_resolve_seconds=env_float("MVGEN_VIDEO_RESOLVE_SECONDS", d.video_resolve_seconds),
-            stage_secret=stage_secret_from_env(),
+            segmentation_address=get("MVGEN_SEGMENTATION_ADDR"),
+            analysis_address=get("MVGEN_ANALYSIS_ADDR"),
+            scripting_address=get("MVGEN_SCRIPTING_ADDR"),
+            video_address=get("MVGEN_VIDEO_ADDR"),
+            assembly_address=get("MVGEN_ASSEMBLY_ADDR"),
+            stage_timeout_seconds=get("MVGEN_STAGE_TIMEOUT_SECONDS"),
+            script_timeout_seconds=get("MVGEN_SCRIPT_TIMEOUT_SECONDS"),
+            clip_timeout_seconds=get("MVGEN_CLIP_TIMEOUT_SECONDS"),
+            retry_seconds=get("MVGEN_RETRY_SECONDS"),
+            ready_timeout_seconds=get("MVGEN_READY_TIMEOUT_SECONDS"),
+            video_resolve_seconds=get("MVGEN_VIDEO_RESOLVE_SECONDS"),
+            stage_secret=stage_secret_from_env(environ),
         )
 
     def address(self, stage: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from services.common.backend_config import backend_config_digest
@@ -31,11 +31,14 @@ from gateway.pipeline.stage_clients import CancelCheck, PartsCallback, ProgressC
 
 class InProcessStages:
     def __init__(self, store: ArtifactStore, *, analyzer: str, scripting: Sequence[str], generator: str,
-                 transcriber: str = "", clip_workers: int | None = None):
+                 transcriber: str = "", clip_workers: int | None = None, environ: Mapping[str, str] | None = None):
         """`scripting`: every scripting backend the job may use (writer, fallback, storyteller);
-        `transcriber`: the lyrics backend the analysis stage loads beside the analyser ('' = none)."""
+        `transcriber`: the lyrics backend the analysis stage loads beside the analyser ('' = none);
+        `environ`: the settings the backends read (services/common/envs.py), as a stage service reads
+        its environment; None: this process's (the CLI gives its flags over it)."""
         lease_numba_cache("inprocess")  # before the stage packages import numba
         self.store = store
+        self.environ = environ
         self._backends = {"analysis": (analyzer, transcriber) if transcriber else (analyzer,),
                           "scripting": tuple(dict.fromkeys(scripting)),
                           "video": (generator,)}
@@ -52,8 +55,9 @@ class InProcessStages:
             await asyncio.to_thread(self._stage, name)
 
     async def backend_config(self, stage: str) -> str:
-        # This process's environment, as the backends read it when they load (the CLI's flags included).
-        return await asyncio.to_thread(backend_config_digest, stage, PROMPTS_DIR, os.environ)
+        # The settings the backends read when they load (the CLI's flags included).
+        environ = os.environ if self.environ is None else self.environ
+        return await asyncio.to_thread(backend_config_digest, stage, PROMPTS_DIR, environ)
 
     async def segment(self, req: SegmentRequest) -> StageResult:
         return await self._call("segmentation", req)
@@ -98,15 +102,15 @@ class InProcessStages:
         if name == "analysis":
             from services.analysis.stage import AnalysisStage
 
-            return AnalysisStage(self.store, enabled=self._backends["analysis"])
+            return AnalysisStage(self.store, enabled=self._backends["analysis"], environ=self.environ)
         if name == "scripting":
             from services.scripting.stage import ScriptingStage
 
-            return ScriptingStage(self.store, enabled=self._backends["scripting"])
+            return ScriptingStage(self.store, enabled=self._backends["scripting"], environ=self.environ)
         if name == "video":
             from services.video.stage import VideoStage
 
-            return VideoStage(self.store, enabled=self._backends["video"])
+            return VideoStage(self.store, enabled=self._backends["video"], environ=self.environ)
         from services.assembly.stage import AssemblyStage
 
         return AssemblyStage(self.store)

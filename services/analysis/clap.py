@@ -30,8 +30,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import pickle
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,7 @@ from services.analysis.msclap_compat import (
 )
 from services.common.artifacts import Labels, LabelGroup, LabelScore, Segmentation, SegmentLabels
 from services.common.errors import InvalidInputError, StageFailedError
-from services.common.settings import env_int, env_str
+from services.common import envs
 from services.common.vocabulary import LABELS_DIR, LabelSet, groups_in_scope, load_vocabulary
 
 log = logging.getLogger(__name__)
@@ -79,9 +79,10 @@ class ClapSettings:
     batch_size: int  # audio windows per forward pass
 
     @classmethod
-    def from_env(cls) -> ClapSettings:
-        return cls.resolve(env_str("MVGEN_CLAP_WEIGHTS", DEFAULT_WEIGHTS), os.environ.get("MVGEN_CLAP_CONFIG", ""),
-                           env_str("MVGEN_CLAP_DEVICE", "auto"), env_int("MVGEN_CLAP_BATCH", DEFAULT_BATCH))
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ClapSettings:
+        return cls.resolve(envs.get("MVGEN_CLAP_WEIGHTS", environ, default=DEFAULT_WEIGHTS),
+                           envs.get("MVGEN_CLAP_CONFIG", environ), envs.get("MVGEN_CLAP_DEVICE", environ),
+                           envs.get("MVGEN_CLAP_BATCH", environ, default=DEFAULT_BATCH))
 
     @classmethod
     def resolve(cls, weights: str, config: str = "", device: str = "auto", batch_size: int = DEFAULT_BATCH,
@@ -134,9 +135,10 @@ class ClapAnalyzer(Analyzer):
     name = "clap"
     sample_rate = 44100  # the rate the stage decodes at for this analyser: msclap 2022 and 2023 both hear 44.1 kHz
 
-    def __init__(self, settings: ClapSettings | None = None, labels_dir: Path = LABELS_DIR) -> None:
-        super().__init__()
-        self.settings = settings or ClapSettings.from_env()
+    def __init__(self, settings: ClapSettings | None = None, labels_dir: Path = LABELS_DIR,
+                 environ: Mapping[str, str] | None = None) -> None:
+        super().__init__(environ)
+        self.settings = settings or ClapSettings.from_env(environ)
         self.labels_dir = labels_dir
         self.vocabulary: dict[str, LabelSet] = {}
         self.model: _Model | None = None

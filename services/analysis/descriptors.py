@@ -12,7 +12,7 @@ separate clearly different passages well and say little about subtle ones. Genre
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,8 +110,8 @@ class _Frames:
 class DescriptorAnalyzer(Analyzer):
     name = "descriptors"
 
-    def __init__(self, labels_dir: Path = LABELS_DIR) -> None:
-        super().__init__()
+    def __init__(self, labels_dir: Path = LABELS_DIR, environ: Mapping[str, str] | None = None) -> None:
+        super().__init__(environ)
         self.labels_dir = labels_dir
         self.vocabulary: dict[str, LabelSet] = {}
 

@@ -9,7 +9,7 @@ Transcribers (lyrics/) are a second set of backends, enabled through the same li
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from services.analysis.analyzer import Analyzer
 from services.analysis.descriptors import DescriptorAnalyzer
@@ -24,27 +24,31 @@ from services.common.store import ArtifactStore
 from services.common.untrusted import quoted
 
 
-def _clap_analyzer() -> Analyzer:
+def _clap_analyzer(environ: Mapping[str, str] | None = None) -> Analyzer:
     from services.analysis.clap import ClapAnalyzer  # torch and msclap are imported only where clap is enabled
 
-    return ClapAnalyzer()
+    return ClapAnalyzer(environ=environ)
 
 
-def _musicnn_analyzer() -> Analyzer:
+def _musicnn_analyzer(environ: Mapping[str, str] | None = None) -> Analyzer:
     from services.analysis.musicnn.analyzer import MusicnnAnalyzer  # torch is imported only where musicnn is enabled
 
-    return MusicnnAnalyzer()
+    return MusicnnAnalyzer(environ=environ)
 
 
-ANALYZERS: dict[str, Callable[[], Analyzer]] = {"descriptors": DescriptorAnalyzer, "clap": _clap_analyzer,
+ANALYZERS: dict[str, Callable[..., Analyzer]] = {"descriptors": DescriptorAnalyzer, "clap": _clap_analyzer,
                                                 "musicnn": _musicnn_analyzer}
 
 
 class AnalysisStage:
-    def __init__(self, store: ArtifactStore, enabled: Sequence[str] = ("descriptors",)):
+    def __init__(self, store: ArtifactStore, enabled: Sequence[str] = ("descriptors",),
+                 environ: Mapping[str, str] | None = None):
+        """`environ`: the settings the backends read (envs.py); None: this process's environment."""
         self.store = store
-        self.analyzers = BackendSet("analysis", ANALYZERS, [name for name in enabled if name not in TRANSCRIBERS])
-        self.transcribers = BackendSet("lyrics", TRANSCRIBERS, [name for name in enabled if name in TRANSCRIBERS])
+        self.analyzers = BackendSet("analysis", ANALYZERS, [name for name in enabled if name not in TRANSCRIBERS],
+                                    environ)
+        self.transcribers = BackendSet("lyrics", TRANSCRIBERS, [name for name in enabled if name in TRANSCRIBERS],
+                                       environ)
 
     def load(self) -> None:
         self.analyzers.load()

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from collections.abc import Sequence
 
+from services.common import envs
 from services.common.errors import StageFailedError
 
 
 def binary(name: str) -> str:
     """Path of `ffmpeg` or `ffprobe`; MVGEN_FFMPEG / MVGEN_FFPROBE override the PATH lookup."""
-    override = os.environ.get(f"MVGEN_{name.upper()}")
+    override = envs.get(f"MVGEN_{name.upper()}")
     found = override or shutil.which(name)
     if not found:
         raise StageFailedError(f"{name} was not found on PATH (install ffmpeg, or set MVGEN_{name.upper()})")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 import threading
 from abc import ABC
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Generic, TypeVar
 
 from services.common.errors import InvalidInputError
@@ -27,7 +27,9 @@ class Backend(ABC):
 
     name: str = "backend"
 
-    def __init__(self) -> None:
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        """`environ`: the settings it reads (envs.py) when it loads; None: this process's environment."""
+        self.environ = environ
         self.state = BackendState.UNLOADED
         self.load_error: str | None = None
         self._load_lock = threading.Lock()
@@ -56,21 +58,27 @@ class Backend(ABC):
 B = TypeVar("B", bound=Backend)
 
 
-def _pick(kind: str, name: str, registry: Mapping[str, type[B]]) -> type[B]:
+def _pick(kind: str, name: str, registry: Mapping[str, Callable[..., B]]) -> Callable[..., B]:
     if name not in registry:
         raise InvalidInputError(f"unknown {kind} backend {quoted(name)}; "
                                 f"choose one of: {', '.join(sorted(registry))}")
     return registry[name]
 
 
+def _build(factory: Callable[..., B], environ: Mapping[str, str] | None) -> B:
+    return factory() if environ is None else factory(environ=environ)
+
+
 class BackendSet(Generic[B]):
     """The backends one stage serves: built from its registry by name, loaded together, chosen per request.
 
-    A deployment enables a few (MVGEN_BACKENDS); a request naming another is refused with the list."""
+    A deployment enables a few (MVGEN_BACKENDS); a request naming another is refused with the list.
+    `environ`: the settings the backends read, given to each (None: this process's environment)."""
 
-    def __init__(self, kind: str, registry: Mapping[str, type[B]], enabled: Sequence[str]):
+    def __init__(self, kind: str, registry: Mapping[str, Callable[..., B]], enabled: Sequence[str],
+                 environ: Mapping[str, str] | None = None):
         self.kind = kind
-        self.backends: dict[str, B] = {name: _pick(kind, name, registry)() for name in enabled}
+        self.backends: dict[str, B] = {name: _build(_pick(kind, name, registry), environ) for name in enabled}
 
     def load(self) -> None:
         for backend in self.backends.values():

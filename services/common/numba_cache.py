@@ -31,6 +31,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from services.common import envs
+
 log = logging.getLogger(__name__)
 
 ROOT_ENV = "MVGEN_NUMBA_CACHE_ROOT"
@@ -53,7 +55,7 @@ def lease_numba_cache(owner: str) -> Path | None:
     if _slot is not None:
         return _slot
     try:
-        slot = _take_slot(Path(os.environ.get(ROOT_ENV) or default_root()), owner)
+        slot = _take_slot(Path(envs.get(ROOT_ENV) or default_root()), owner)
     except OSError as exc:
         try:
             slot = Path(tempfile.mkdtemp(prefix=f"mvgen-numba-{owner}-"))

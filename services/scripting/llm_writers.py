@@ -14,9 +14,10 @@ and repaired up to MVGEN_LLM_MAX_REPAIRS times (conversation.py).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 
-from services.common.settings import env_int
+from services.common import envs
 from services.scripting.llm.chat import ChatModel, ChatSettings, OpenAIChat
 from services.scripting.llm.local import LlamaCppServer, LlamaCppSettings, VllmChat, VllmSettings
 from services.scripting.scene_rules import load_scene_rules
@@ -34,16 +35,16 @@ SMALL_MODEL_FREQUENCY_PENALTY = 0.6
 SMALL_MODEL_DRY_MULTIPLIER = 0.8
 
 
-def max_repairs() -> int:
+def max_repairs(environ: Mapping[str, str] | None = None) -> int:
     """MVGEN_LLM_MAX_REPAIRS: repair turns after the first reply (0: none)."""
-    return max(0, env_int("MVGEN_LLM_MAX_REPAIRS", 6))
+    return max(0, envs.get("MVGEN_LLM_MAX_REPAIRS", environ))
 
 
 class LLMScriptWriter(ScriptWriter):
     chat: ChatModel
 
     def write(self, task: ScriptTask) -> Script:
-        return write_sectioned(self.chat, task.sectioned, writer=self.name, max_repairs=max_repairs(),
+        return write_sectioned(self.chat, task.sectioned, writer=self.name, max_repairs=max_repairs(self.environ),
                                rules=load_scene_rules(), journal=task.journal, transcript=task.transcript,
                                on_progress=task.on_progress, is_cancelled=task.is_cancelled)
 
@@ -52,18 +53,18 @@ class OpenAIWriter(LLMScriptWriter):
     name = "openai"
 
     def _load(self) -> None:
-        self.chat = OpenAIChat(ChatSettings.from_env("MVGEN_LLM", default_model=REASONING_MODEL))
+        self.chat = OpenAIChat(ChatSettings.from_env("MVGEN_LLM", default_model=REASONING_MODEL, environ=self.environ))
 
 
 class LlamaCppWriter(LLMScriptWriter):
     name = "llamacpp"
 
     def _load(self) -> None:
-        self.server = LlamaCppServer(LlamaCppSettings.from_env())
+        self.server = LlamaCppServer(LlamaCppSettings.from_env(self.environ))
         # Sampling settings (MVGEN_LLM_TEMPERATURE, ...) as for a remote server; the address is ours.
         settings = ChatSettings.from_env("MVGEN_LLM", default_model=self.server.model, default_url=self.server.base_url,
                                          default_frequency_penalty=SMALL_MODEL_FREQUENCY_PENALTY,
-                                         default_dry_multiplier=SMALL_MODEL_DRY_MULTIPLIER)
+                                         default_dry_multiplier=SMALL_MODEL_DRY_MULTIPLIER, environ=self.environ)
         # Sections in flight: as many as the server has slots. The context is asked of the server.
         self.chat = OpenAIChat(replace(settings, base_url=self.server.base_url, model=self.server.model,
                                        parallel=self.server.slots, context_tokens=0))
@@ -73,7 +74,7 @@ class VllmWriter(LLMScriptWriter):
     name = "vllm"
 
     def _load(self) -> None:
-        self.chat = VllmChat(VllmSettings.from_env())
+        self.chat = VllmChat(VllmSettings.from_env(self.environ))
 
 
 LLM_WRITERS: dict[str, type[LLMScriptWriter]] = {"openai": OpenAIWriter, "llamacpp": LlamaCppWriter,

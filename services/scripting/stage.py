@@ -16,14 +16,14 @@ each section as it is written; `is_cancelled()` stops an LLM writer before its n
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from services.common import artifacts
 from services.common.artifacts import Labels, Lyrics, Script, Segmentation
 from services.common.errors import InvalidInputError
 from services.common.lifecycle import Backend, BackendSet
-from services.common.settings import env_int
+from services.common import envs
 from services.common.stage_api import StageResult, TellStoryRequest, WriteScriptRequest
 from services.common.store import ArtifactStore
 from services.common.untrusted import quoted
@@ -62,18 +62,22 @@ def _never() -> bool:
     return False
 
 
-def section_segments() -> int:
+def section_segments(environ: Mapping[str, str] | None = None) -> int:
     """MVGEN_SCRIPT_SECTION_SEGMENTS: the most segments one section call writes."""
-    return max(2, env_int("MVGEN_SCRIPT_SECTION_SEGMENTS", MAX_SEGMENTS))
+    return max(2, envs.get("MVGEN_SCRIPT_SECTION_SEGMENTS", environ, default=MAX_SEGMENTS))
 
 
 class ScriptingStage:
-    def __init__(self, store: ArtifactStore, enabled: Sequence[str] = ("template",)):
+    def __init__(self, store: ArtifactStore, enabled: Sequence[str] = ("template",),
+                 environ: Mapping[str, str] | None = None):
+        """`environ`: the settings the backends read (envs.py); None: this process's environment."""
         self.store = store
+        self.environ = environ
         # The cascade storyteller tells with an LLM writer this stage also serves, when it serves one: one
         # model in memory, not two.
-        registry = {**BACKENDS, "cascade": lambda: CascadeStoryteller(serving=self._served_llm)}
-        self.backends = BackendSet("scripting", registry, enabled)
+        registry: dict[str, Callable[..., Backend]] = {
+            **BACKENDS, "cascade": lambda environ=None: CascadeStoryteller(serving=self._served_llm, environ=environ)}
+        self.backends = BackendSet("scripting", registry, enabled, environ)
 
     def _served_llm(self, name: str) -> LLMScriptWriter | None:
         backend = self.backends.backends.get(name)
@@ -93,7 +97,7 @@ class ScriptingStage:
         labels = _read(self.store, req.labels_key, Labels.from_dict)
         segmentation = _read(self.store, req.segments_key, Segmentation.from_dict)
         lyrics = _read_lyrics(self.store, req.lyrics_key) if req.lyrics_key else None
-        sections = group_sections(segmentation, segment_roles(labels), section_segments())
+        sections = group_sections(segmentation, segment_roles(labels), section_segments(self.environ))
         plan_prompt = render_plan_prompt(labels, segmentation, sections, req.inputs, lyrics=lyrics)
         journal = StoreJournal(self.store, _journal_keys(req, req.prompt_key), plan_prompt)
         if not isinstance(writer, LLMScriptWriter):
@@ -128,7 +132,8 @@ class ScriptingStage:
         segmentation = _read(self.store, req.segments_key, Segmentation.from_dict)
         labels = _read(self.store, req.labels_key, Labels.from_dict) if req.labels_key else None
         lyrics = _read_lyrics(self.store, req.lyrics_key) if req.lyrics_key else None
-        sections = group_sections(segmentation, segment_roles(labels) if labels else None, section_segments())
+        sections = group_sections(segmentation, segment_roles(labels) if labels else None,
+                                  section_segments(self.environ))
         if storyteller.hears_audio:
             prompt = render_story_prompt(segmentation, req.inputs)
         elif labels is None:
@@ -143,9 +148,9 @@ class ScriptingStage:
         task = SectionedTask(sections, plan_prompt, SectionPrompts(segmentation, labels, story=story, lyrics=lyrics),
                              req.seed, lyric_lines(lyrics))
         try:
-            script = write_sectioned(scene_writer.chat, task, writer=scene_writer.name, max_repairs=max_repairs(),
-                                     rules=load_scene_rules(), journal=journal, transcript=journal.transcript,
-                                     on_progress=on_progress, is_cancelled=is_cancelled)
+            script = write_sectioned(scene_writer.chat, task, writer=scene_writer.name,
+                                     max_repairs=max_repairs(self.environ), rules=load_scene_rules(), journal=journal,
+                                     transcript=journal.transcript, on_progress=on_progress, is_cancelled=is_cancelled)
         finally:
             journal.save_transcript(journal.transcript)
         keys = self._save_script(script, len(segmentation.segments), req.script_key, req.script_text_key)

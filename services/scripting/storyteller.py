@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import base64
 from abc import abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.common import ffmpeg
+from services.common import envs, ffmpeg
 from services.common.errors import InvalidInputError, StageFailedError
 from services.common.lifecycle import Backend
-from services.common.settings import env_int, env_str
 from services.scripting.llm.chat import ChatModel, ChatReply, ChatRequest, ChatSettings, OpenAIChat
 from services.scripting.llm_writers import LLM_WRITERS, LLMScriptWriter
 
@@ -49,9 +48,9 @@ class AudioSettings:
     max_bytes: int  # MVGEN_LALM_AUDIO_MAX_BYTES: the compressed song, before base64 (+33 %)
 
     @classmethod
-    def from_env(cls) -> AudioSettings:
-        settings = cls(env_str("MVGEN_LALM_AUDIO_PART", "input_audio"), env_int("MVGEN_LALM_AUDIO_RATE", 16000),
-                       env_int("MVGEN_LALM_AUDIO_MAX_BYTES", 8 * 1024 * 1024))
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> AudioSettings:
+        settings = cls(envs.get("MVGEN_LALM_AUDIO_PART", environ), envs.get("MVGEN_LALM_AUDIO_RATE", environ),
+                       envs.get("MVGEN_LALM_AUDIO_MAX_BYTES", environ))
         if settings.part not in AUDIO_PARTS:
             raise InvalidInputError(f"MVGEN_LALM_AUDIO_PART must be one of {', '.join(AUDIO_PARTS)}, not {settings.part!r}")
         return settings
@@ -113,8 +112,8 @@ class AudioStoryteller(Storyteller):
     hears_audio = True
 
     def _load(self) -> None:
-        self.audio = AudioSettings.from_env()
-        self.chat = OpenAIChat(ChatSettings.from_env("MVGEN_LALM", default_model=AUDIO_MODEL))
+        self.audio = AudioSettings.from_env(self.environ)
+        self.chat = OpenAIChat(ChatSettings.from_env("MVGEN_LALM", default_model=AUDIO_MODEL, environ=self.environ))
 
     def tell(self, prompt: str, seed: int, song: Path | None = None) -> ToldStory:
         if song is None:
@@ -131,16 +130,17 @@ class CascadeStoryteller(Storyteller):
     name = "cascade"
     hears_audio = False
 
-    def __init__(self, serving: Callable[[str], LLMScriptWriter | None] = lambda name: None):
+    def __init__(self, serving: Callable[[str], LLMScriptWriter | None] = lambda name: None,
+                 environ: Mapping[str, str] | None = None):
         """`serving(name)`: the LLM writer of that name the stage already serves, if any, to tell with."""
-        super().__init__()
+        super().__init__(environ)
         self.serving = serving
 
     def _load(self) -> None:
-        name = env_str("MVGEN_CASCADE_LLM", "llamacpp")
+        name = envs.get("MVGEN_CASCADE_LLM", self.environ)
         if name not in LLM_WRITERS:
             raise InvalidInputError(f"MVGEN_CASCADE_LLM must be one of {', '.join(LLM_WRITERS)}, not {name!r}")
-        self.llm = self.serving(name) or LLM_WRITERS[name]()
+        self.llm = self.serving(name) or LLM_WRITERS[name](environ=self.environ)
         self.llm.load()  # a no-op when the stage has loaded it already
         self.chat = self.llm.chat
 

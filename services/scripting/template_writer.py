@@ -15,7 +15,7 @@ does not use the lyrics: turning words into pictures of one's own needs a writer
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,8 +102,8 @@ FALLBACK_IDS = {
 class TemplateWriter(ScriptWriter):
     name = "template"
 
-    def __init__(self, prompts_dir: Path = PROMPTS_DIR):
-        super().__init__()
+    def __init__(self, prompts_dir: Path = PROMPTS_DIR, environ: Mapping[str, str] | None = None):
+        super().__init__(environ)
         self.prompts_dir = prompts_dir
         self.label_sets: LabelSets | None = None
 

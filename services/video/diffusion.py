@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import threading
 import time
 from abc import abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from services.common import encoding
+from services.common import encoding, envs
 from services.common.artifacts import Character, Script, StyleBible
 from services.common.errors import (
     InvalidInputError,
@@ -42,7 +41,6 @@ from services.common.errors import (
     StageFailedError,
 )
 from services.common.lifecycle import BackendState
-from services.common.settings import env_bool
 from services.common.stage_api import GenerateClipRequest
 from services.video.generator import CancelledFn, ClipGenerator, ProgressFn
 from services.video.timing_policy import POLICIES, ClipPlan, NativeFormat, plan_clip
@@ -98,50 +96,59 @@ class DiffusionSettings:
     flow_shift: float | None  # Wan's scheduler shift (3 at 480p, 5 at 720p); None keeps the checkpoint's
 
     @classmethod
-    def from_env(cls, family: type[DiffusionClipGenerator]) -> DiffusionSettings:
-        """Read the MVGEN_* variables, with `family`'s defaults; a bad value raises InvalidInputError naming it."""
-        resolution = _env("MVGEN_VIDEO_RESOLUTION", "480p")
+    def from_env(cls, family: type[DiffusionClipGenerator],
+                 environ: Mapping[str, str] | None = None) -> DiffusionSettings:
+        """Read the MVGEN_* variables (of `environ`, else this process's environment), with `family`'s
+        defaults; a bad value raises InvalidInputError naming it."""
+        def get(name: str, **default: Any) -> Any:
+            return envs.get(name, environ, **default)
+
+        def choice(name: str, choices: Iterable[str]) -> str:
+            return _choice(name, get(name), tuple(choices))
+
+        resolution = get("MVGEN_VIDEO_RESOLUTION")
         width, height = family.native_size(resolution)
-        device = _env("MVGEN_VIDEO_DEVICE", "cuda")
-        offload = _choice("MVGEN_VIDEO_OFFLOAD", "none", OFFLOADS)
+        device = get("MVGEN_VIDEO_DEVICE")
+        offload = choice("MVGEN_VIDEO_OFFLOAD", OFFLOADS)
         if offload != "none" and not device.startswith("cuda"):
             raise InvalidInputError(f"MVGEN_VIDEO_OFFLOAD={offload} moves weights between the CPU and a GPU: "
                                     f"it needs MVGEN_VIDEO_DEVICE=cuda (got {device!r})")
-        policy = _choice("MVGEN_LONG_SEGMENT_POLICY", "retime", POLICIES)
+        policy = choice("MVGEN_LONG_SEGMENT_POLICY", POLICIES)
         if policy == "continue" and not family.continuation_model_env:
             raise InvalidInputError(f"MVGEN_LONG_SEGMENT_POLICY=continue needs an image-to-video model, which "
                                     f"{family.name} does not have; use retime")
-        max_frames = _optional_int("MVGEN_VIDEO_MAX_FRAMES") or family.native.max_frames
+        max_frames = get("MVGEN_VIDEO_MAX_FRAMES") or family.native.max_frames
         if not (family.native.allowed(max_frames) and 1 < max_frames <= family.native.max_frames):
             raise InvalidInputError(
                 f"MVGEN_VIDEO_MAX_FRAMES must be {family.native.frame_step}·k + 1 frames, between "
                 f"{family.native.frame_step + 1} and {family.native.max_frames} for {family.name} (got {max_frames})")
-        steps = _optional_int("MVGEN_VIDEO_STEPS") or family.default_steps
+        steps = get("MVGEN_VIDEO_STEPS") or family.default_steps
         if steps < 1:
             raise InvalidInputError(f"MVGEN_VIDEO_STEPS must be at least 1 (got {steps})")
-        guidance = _optional_float("MVGEN_VIDEO_GUIDANCE")
+        guidance = get("MVGEN_VIDEO_GUIDANCE")
         continuation = ""
         if policy == "continue":
             name = family.continuation_model_env
-            continuation = _model_source(name, _env(name, family.default_continuation_model(resolution)))
-        flow_shift = _optional_float(family.flow_shift_env) if family.flow_shift_env else None
+            continuation = _model_source(name, get(name, default=family.default_continuation_model(resolution)))
+        flow_shift = get(family.flow_shift_env) if family.flow_shift_env else None
         return cls(
-            model=_model_source(family.model_env, _env(family.model_env, family.default_model)),
+            model=_model_source(family.model_env, get(family.model_env, default=family.default_model)),
             continuation_model=continuation,
             device=device,
-            dtype=_choice("MVGEN_VIDEO_DTYPE", "bfloat16", DTYPES),
+            dtype=choice("MVGEN_VIDEO_DTYPE", DTYPES),
             offload=offload,
-            vae_tiling=env_bool("MVGEN_VIDEO_VAE_TILING", family.default_vae_tiling),
-            vae_slicing=env_bool("MVGEN_VIDEO_VAE_SLICING", False),
-            attention=os.environ.get("MVGEN_VIDEO_ATTENTION", "").strip(),
-            cache=_cache_settings(),
-            compile=_choice("MVGEN_VIDEO_COMPILE", "off", COMPILES),
+            vae_tiling=get("MVGEN_VIDEO_VAE_TILING", default=family.default_vae_tiling),
+            vae_slicing=get("MVGEN_VIDEO_VAE_SLICING"),
+            attention=get("MVGEN_VIDEO_ATTENTION"),
+            cache=_cache_settings(choice("MVGEN_VIDEO_CACHE", ("none", *CACHE_CONFIGS)),
+                                  get("MVGEN_VIDEO_CACHE_OPTIONS")),
+            compile=choice("MVGEN_VIDEO_COMPILE", COMPILES),
             steps=steps,
             guidance=family.default_guidance if guidance is None else guidance,
             width=width,
             height=height,
             resolution=resolution,
-            negative_prompt=os.environ.get("MVGEN_VIDEO_NEGATIVE_PROMPT", family.default_negative_prompt),
+            negative_prompt=get("MVGEN_VIDEO_NEGATIVE_PROMPT", default=family.default_negative_prompt),
             long_segment_policy=policy,
             max_frames=max_frames,
             flow_shift=flow_shift if flow_shift is not None else family.default_flow_shift(resolution),
@@ -184,9 +191,9 @@ class DiffusionClipGenerator(ClipGenerator):
     default_negative_prompt: ClassVar[str]
     default_vae_tiling: ClassVar[bool] = False
 
-    def __init__(self, settings: DiffusionSettings | None = None):
-        super().__init__()
-        self.settings = settings or DiffusionSettings.from_env(type(self))
+    def __init__(self, settings: DiffusionSettings | None = None, environ: Mapping[str, str] | None = None):
+        super().__init__(environ)
+        self.settings = settings or DiffusionSettings.from_env(type(self), environ)
         self.native_format = NativeFormat(self.native.fps, self.native.frame_step, self.settings.max_frames)
         self.pipeline: DiffusionPipeline | None = None
         self.continuation: DiffusionPipeline | None = None
@@ -583,36 +590,15 @@ def _first_line(exc: BaseException) -> str:
 
 # ---- environment
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name, "").strip() or default
-
-
-def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
-    value = _env(name, default).lower()
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    value = value.lower()
     if value not in choices:
         raise InvalidInputError(f"{name} must be one of {', '.join(choices)} (got {value!r})")
     return value
 
 
-def _optional_int(name: str) -> int | None:
-    raw = os.environ.get(name, "").strip()
-    try:
-        return int(raw) if raw else None
-    except ValueError:
-        raise InvalidInputError(f"{name} must be an integer, not {raw!r}") from None
-
-
-def _optional_float(name: str) -> float | None:
-    raw = os.environ.get(name, "").strip()
-    try:
-        return float(raw) if raw else None
-    except ValueError:
-        raise InvalidInputError(f"{name} must be a number, not {raw!r}") from None
-
-
-def _cache_settings() -> CacheSettings:
-    kind = _choice("MVGEN_VIDEO_CACHE", "none", ("none", *CACHE_CONFIGS))
-    raw = os.environ.get("MVGEN_VIDEO_CACHE_OPTIONS", "").strip()
+def _cache_settings(kind: str, raw: str) -> CacheSettings:
+    """MVGEN_VIDEO_CACHE (`kind`, checked) and MVGEN_VIDEO_CACHE_OPTIONS (`raw`, JSON)."""
     if not raw:
         return CacheSettings(kind)
     if kind == "none":

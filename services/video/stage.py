@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -30,9 +30,11 @@ def clip_meta_key(clip_key: str) -> str:
 
 
 class VideoStage:
-    def __init__(self, store: ArtifactStore, enabled: Sequence[str] = ("animatic",)):
+    def __init__(self, store: ArtifactStore, enabled: Sequence[str] = ("animatic",),
+                 environ: Mapping[str, str] | None = None):
+        """`environ`: the settings the backends read (envs.py); None: this process's environment."""
         self.store = store
-        self.generators = BackendSet("video", GENERATORS, enabled)
+        self.generators = BackendSet("video", GENERATORS, enabled, environ)
 
     def load(self) -> None:
         self.generators.load()

@@ -14,13 +14,13 @@ word. An instrumental song thus gets no vocal segment, no words and no language.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from services.analysis.lyrics.transcriber import HeardPhrase, Transcription
+from services.common import envs
 from services.common.artifacts import Lyrics, LyricWord, Segment, Segmentation, SegmentLyrics
 from services.common.errors import InvalidInputError
-from services.common.settings import env_float
 
 # Measured (bench/LISTENING.md) on 12 instrumental songs and 6 with a voice: every phrase Whisper wrote
 # over music alone had a no-speech probability of 0.60 or more (29 of 29), every one over a voice 0.40 or
@@ -49,10 +49,10 @@ class GatherThresholds:
     word_probability_min: float = WORD_PROBABILITY_MIN  # MVGEN_LYRICS_WORD_PROBABILITY_MIN
 
     @classmethod
-    def from_env(cls) -> GatherThresholds:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> GatherThresholds:
         """The defaults were measured on speech over synthesized music; real singing may need others."""
-        thresholds = cls(env_float("MVGEN_LYRICS_NO_SPEECH_MAX", NO_SPEECH_MAX),
-                         env_float("MVGEN_LYRICS_WORD_PROBABILITY_MIN", WORD_PROBABILITY_MIN))
+        thresholds = cls(envs.get("MVGEN_LYRICS_NO_SPEECH_MAX", environ, default=NO_SPEECH_MAX),
+                         envs.get("MVGEN_LYRICS_WORD_PROBABILITY_MIN", environ, default=WORD_PROBABILITY_MIN))
         if not (0 <= thresholds.no_speech_max <= 1 and 0 <= thresholds.word_probability_min <= 1):
             raise InvalidInputError("MVGEN_LYRICS_NO_SPEECH_MAX and MVGEN_LYRICS_WORD_PROBABILITY_MIN are "
                                     "probabilities, from 0 to 1")

@@ -12,7 +12,7 @@ enabled through the same list as the analysers (MVGEN_BACKENDS=descriptors,whisp
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from services.analysis.lyrics.gather import GatherThresholds, lyrics_from_transcription
@@ -28,13 +28,13 @@ from services.common.store import ArtifactStore
 from services.common.untrusted import quoted
 
 
-def _whisper() -> Transcriber:
+def _whisper(environ: Mapping[str, str] | None = None) -> Transcriber:
     from services.analysis.lyrics.whisper import WhisperTranscriber
 
-    return WhisperTranscriber()
+    return WhisperTranscriber(environ=environ)
 
 
-TRANSCRIBERS: dict[str, Callable[[], Transcriber]] = {"whisper": _whisper}
+TRANSCRIBERS: dict[str, Callable[..., Transcriber]] = {"whisper": _whisper}
 
 
 def check_lyrics_request(req: AnalyzeRequest, transcribers: BackendSet[Transcriber]) -> Transcriber | None:
@@ -82,6 +82,6 @@ def _transcribed(store: ArtifactStore, req: AnalyzeRequest, segmentation: Segmen
             samples = decode(path, sample_rate=transcriber.sample_rate)
     except KeyError as exc:
         raise InvalidInputError(f"no song at {quoted(req.song_key)}") from exc
-    thresholds = GatherThresholds.from_env()
+    thresholds = GatherThresholds.from_env(transcriber.environ)
     heard = transcriber.transcribe(samples, skip_no_speech_above=thresholds.no_speech_max)
     return lyrics_from_transcription(heard, segmentation, thresholds)

@@ -16,14 +16,15 @@ would drop whole are skipped here unread when the caller says so.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from services.analysis.lyrics.transcriber import HeardPhrase, HeardWord, Transcriber, Transcription
+from services.common import envs
 from services.common.errors import InvalidInputError, StageFailedError
-from services.common.settings import env_int, env_str
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[3] / "models" / "whisper-base"
 MODEL_FILES = ("model.bin", "config.json", "tokenizer.json", "vocabulary.txt")
@@ -53,22 +54,22 @@ class WhisperSettings:
     fallback_language: str = FALLBACK_LANGUAGE  # MVGEN_WHISPER_FALLBACK_LANGUAGE: read as this when unsure
 
     @classmethod
-    def from_env(cls) -> WhisperSettings:
-        threads = env_int("MVGEN_WHISPER_THREADS", 0)
-        beam_size = env_int("MVGEN_WHISPER_BEAM_SIZE", 1)
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> WhisperSettings:
+        threads = envs.get("MVGEN_WHISPER_THREADS", environ)
+        beam_size = envs.get("MVGEN_WHISPER_BEAM_SIZE", environ)
         if threads < 0 or beam_size < 1:
             raise InvalidInputError("MVGEN_WHISPER_THREADS must be >= 0 and MVGEN_WHISPER_BEAM_SIZE >= 1")
         return cls(
-            model_dir=model_dir_from_env(),
+            model_dir=model_dir_from_env(environ),
             threads=threads or len(os.sched_getaffinity(0)),
             beam_size=beam_size,
-            language=os.environ.get("MVGEN_WHISPER_LANGUAGE", "").strip().lower(),
-            fallback_language=env_str("MVGEN_WHISPER_FALLBACK_LANGUAGE", FALLBACK_LANGUAGE).lower(),
+            language=envs.get("MVGEN_WHISPER_LANGUAGE", environ).lower(),
+            fallback_language=envs.get("MVGEN_WHISPER_FALLBACK_LANGUAGE", environ, default=FALLBACK_LANGUAGE).lower(),
         )
 
 
-def model_dir_from_env() -> Path:
-    return Path(env_str("MVGEN_WHISPER_MODEL_DIR", str(DEFAULT_MODEL_DIR)))
+def model_dir_from_env(environ: Mapping[str, str] | None = None) -> Path:
+    return Path(envs.get("MVGEN_WHISPER_MODEL_DIR", environ, default=str(DEFAULT_MODEL_DIR)))
 
 
 def missing_model_files(model_dir: Path) -> list[str]:
@@ -79,13 +80,13 @@ class WhisperTranscriber(Transcriber):
     name = "whisper"
     sample_rate = 16000
 
-    def __init__(self, settings: WhisperSettings | None = None):
-        super().__init__()
+    def __init__(self, settings: WhisperSettings | None = None, environ: Mapping[str, str] | None = None):
+        super().__init__(environ)
         self.settings = settings
         self.model = None
 
     def _load(self) -> None:
-        settings = self.settings = self.settings or WhisperSettings.from_env()
+        settings = self.settings = self.settings or WhisperSettings.from_env(self.environ)
         missing = missing_model_files(settings.model_dir)
         if missing:
             raise StageFailedError(f"no Whisper model in {settings.model_dir} (lacks {', '.join(missing)}): "

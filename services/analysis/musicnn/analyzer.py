@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import ast
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +46,7 @@ from services.analysis.musicnn.weights import MODELS, checkpoint_prefix, missing
 from services.common.artifacts import Labels, LabelGroup, LabelScore, Segmentation, SegmentLabels
 from services.common.errors import InvalidInputError, StageFailedError
 from services.common.musicnn_tags import TAGGERS
-from services.common.settings import env_int
+from services.common import envs
 from services.common.vocabulary import LABELS_DIR, MUSICNN_KEY, LabelSet, groups_in_scope, load_vocabulary
 
 # Patches per forward pass. A patch's activations take ~15 MB: on 2 cores 1-2 patches a pass took
@@ -80,11 +81,14 @@ class SongTags:
 class MusicnnAnalyzer(Analyzer):
     name = "musicnn"
 
-    def __init__(self, labels_dir: Path = LABELS_DIR, weights: Path | None = None, batch_size: int | None = None):
-        super().__init__()
+    def __init__(self, labels_dir: Path = LABELS_DIR, weights: Path | None = None, batch_size: int | None = None,
+                 environ: Mapping[str, str] | None = None):
+        super().__init__(environ)
         self.labels_dir = labels_dir
         self.weights = weights  # None: MVGEN_MUSICNN_DIR or the installed package, found at load
-        self.batch_size = batch_size if batch_size is not None else env_int("MVGEN_MUSICNN_BATCH", DEFAULT_BATCH)
+        if batch_size is None:
+            batch_size = envs.get("MVGEN_MUSICNN_BATCH", environ, default=DEFAULT_BATCH)
+        self.batch_size = batch_size
         if self.batch_size < 1:
             raise InvalidInputError(f"MVGEN_MUSICNN_BATCH must be at least 1, not {self.batch_size}")
         self.descriptors = DescriptorAnalyzer(labels_dir)
@@ -98,7 +102,7 @@ class MusicnnAnalyzer(Analyzer):
         moods = set(vocabulary[MOOD_GROUP].ids())
         if any(style.data.get("mood") not in moods for style in vocabulary[STYLE_GROUP].labels):
             raise StageFailedError("every visual style needs the mood it belongs to (one of the mood label ids)")
-        folder = self.weights if self.weights is not None else weights_folder()
+        folder = self.weights if self.weights is not None else weights_folder(self.environ)
         missing = missing_files(folder)
         if missing:
             raise StageFailedError(f"{folder}: not a musicnn weights folder: it lacks {', '.join(map(str, missing))} "

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
+from services.common import envs
 from services.common.errors import StageFailedError
 
 DIR_ENV = "MVGEN_MUSICNN_DIR"
@@ -26,10 +28,10 @@ def checkpoint_prefix(folder: Path, model: str) -> str:
     return f"{folder / model}{os.sep}"
 
 
-def weights_folder() -> Path:
+def weights_folder(environ: Mapping[str, str] | None = None) -> Path:
     """The folder holding one subfolder per model: MVGEN_MUSICNN_DIR, else the installed musicnn package.
     Raises StageFailedError saying how to get them when neither is there."""
-    configured = os.environ.get(DIR_ENV, "").strip()
+    configured = envs.get(DIR_ENV, environ)
     if configured:
         folder = Path(configured).expanduser()
         if not folder.is_dir():

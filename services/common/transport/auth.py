@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import hmac
 import logging
-import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
 
+from services.common import envs
 from services.common.errors import InvalidInputError
-from services.common.settings import env_str
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +38,14 @@ EXEMPT_PREFIX = "/grpc.health.v1.Health/"
 MAKE_ONE = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
-def stage_secret_from_env() -> str | None:
+def stage_secret_from_env(environ: Mapping[str, str] | None = None) -> str | None:
     """The stage secret, or None where MVGEN_STAGE_AUTH=none; InvalidInputError naming what to set."""
-    mode = env_str(MODE_ENV, "secret")
+    mode = envs.get(MODE_ENV, environ)
     if mode == "none":
         return None
     if mode != "secret":
         raise InvalidInputError(f"{MODE_ENV} must be 'secret' or 'none', not {mode!r}")
-    secret = os.environ.get(SECRET_ENV, "").strip()
+    secret = envs.get(SECRET_ENV, environ)
     if not secret:
         raise InvalidInputError(
             f"{SECRET_ENV} is not set: the gateway and the stage services authenticate their calls with this "

@@ -9,12 +9,13 @@ asked for where the server supports it; every reply is validated either way.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from services.common import envs
 from services.common.errors import InvalidInputError, ResourceExhaustedError, StageFailedError, TransientError
-from services.common.settings import env_float, env_int, env_str
 from services.scripting.llm.context import ContextWindow
 from services.scripting.llm.reasoning import split_reasoning
 
@@ -92,20 +93,23 @@ class ChatSettings:
     @classmethod
     def from_env(cls, prefix: str, *, default_model: str, default_url: str = "",
                  default_frequency_penalty: float = 0.0, default_dry_multiplier: float = 0.0,
-                 default_parallel: int = 4) -> ChatSettings:
+                 environ: Mapping[str, str] | None = None) -> ChatSettings:
+        def get(suffix: str, **default: Any) -> Any:
+            return envs.get(f"{prefix}_{suffix}", environ, **default)
+
         settings = cls(
-            base_url=env_str(f"{prefix}_URL", default_url).rstrip("/"),
-            model=env_str(f"{prefix}_MODEL", default_model),
-            api_key=env_str(f"{prefix}_API_KEY", "not-needed"),
-            timeout_seconds=env_float(f"{prefix}_TIMEOUT_SECONDS", 600.0),
-            max_retries=env_int(f"{prefix}_MAX_RETRIES", 3),
-            structured_output=env_str(f"{prefix}_STRUCTURED_OUTPUT", "json_schema"),
-            temperature=env_float(f"{prefix}_TEMPERATURE", 0.6),
-            max_tokens=env_int(f"{prefix}_MAX_TOKENS", 8192),
-            frequency_penalty=env_float(f"{prefix}_FREQUENCY_PENALTY", default_frequency_penalty),
-            dry_multiplier=env_float(f"{prefix}_DRY_MULTIPLIER", default_dry_multiplier),
-            context_tokens=max(0, env_int(f"{prefix}_CONTEXT_TOKENS", 0)),
-            parallel=max(1, env_int(f"{prefix}_PARALLEL", default_parallel)),
+            base_url=get("URL", default=default_url).rstrip("/"),
+            model=get("MODEL", default=default_model),
+            api_key=get("API_KEY"),
+            timeout_seconds=get("TIMEOUT_SECONDS"),
+            max_retries=get("MAX_RETRIES"),
+            structured_output=get("STRUCTURED_OUTPUT"),
+            temperature=get("TEMPERATURE"),
+            max_tokens=get("MAX_TOKENS"),
+            frequency_penalty=get("FREQUENCY_PENALTY", default=default_frequency_penalty),
+            dry_multiplier=get("DRY_MULTIPLIER", default=default_dry_multiplier),
+            context_tokens=max(0, get("CONTEXT_TOKENS")),
+            parallel=max(1, get("PARALLEL")),
         )
         if settings.structured_output not in STRUCTURED_OUTPUT_MODES:
             raise InvalidInputError(f"{prefix}_STRUCTURED_OUTPUT must be one of {', '.join(STRUCTURED_OUTPUT_MODES)}, "

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from services.common import envs
 from services.common.errors import InvalidInputError, StageFailedError
-from services.common.settings import env_float, env_int, env_str
 from services.scripting.llm.chat import ChatReply, ChatRequest
 from services.scripting.llm.context import PromptTooLongError
 from services.scripting.llm.reasoning import split_reasoning
@@ -33,13 +34,14 @@ class LlamaCppSettings:
     slots: int = 1  # MVGEN_LLAMACPP_SLOTS: requests served at once (sections written in parallel)
 
     @classmethod
-    def from_env(cls) -> LlamaCppSettings:
-        path = Path(env_str("MVGEN_LLAMACPP_MODEL", str(DEFAULT_GGUF))).expanduser()
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> LlamaCppSettings:
+        path = Path(envs.get("MVGEN_LLAMACPP_MODEL", environ, default=str(DEFAULT_GGUF))).expanduser()
         if not path.is_file():
             raise InvalidInputError(f"MVGEN_LLAMACPP_MODEL: no GGUF model at {path} "
                                     "(`make llm-model` fetches the default one)")
-        return cls(path, env_int("MVGEN_LLAMACPP_CONTEXT", 8192), env_int("MVGEN_LLAMACPP_THREADS", os.cpu_count() or 2),
-                   max(1, env_int("MVGEN_LLAMACPP_SLOTS", 1)))
+        return cls(path, envs.get("MVGEN_LLAMACPP_CONTEXT", environ),
+                   envs.get("MVGEN_LLAMACPP_THREADS", environ, default=os.cpu_count() or 2),
+                   max(1, envs.get("MVGEN_LLAMACPP_SLOTS", environ)))
 
 
 class LlamaCppServer:
@@ -77,10 +79,12 @@ class VllmSettings:
     max_tokens: int  # MVGEN_LLM_MAX_TOKENS
 
     @classmethod
-    def from_env(cls) -> VllmSettings:
-        return cls(env_str("MVGEN_VLLM_MODEL", "deepseek-ai/DeepSeek-R1-Distill-Llama-8B"),
-                   env_float("MVGEN_VLLM_GPU_MEMORY_UTILIZATION", 0.85), env_int("MVGEN_VLLM_MAX_MODEL_LEN", 32768),
-                   env_float("MVGEN_LLM_TEMPERATURE", 0.6), env_int("MVGEN_LLM_MAX_TOKENS", 8192))
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> VllmSettings:
+        def get(name: str) -> Any:
+            return envs.get(name, environ)
+
+        return cls(get("MVGEN_VLLM_MODEL"), get("MVGEN_VLLM_GPU_MEMORY_UTILIZATION"), get("MVGEN_VLLM_MAX_MODEL_LEN"),
+                   get("MVGEN_LLM_TEMPERATURE"), get("MVGEN_LLM_MAX_TOKENS"))
 
 
 class VllmChat:

@@ -7,11 +7,12 @@ PB_DIR := services/common/pb
 PROTOS := $(wildcard proto/mvgen/v1/*.proto)
 DEMO_DIR := demo
 
-.PHONY: help setup proto lint test demo bench clean llm-model whisper-model
+.PHONY: help setup proto lint check test demo bench clean llm-model whisper-model
 
 help:
 	@echo "make demo   set everything up, synthesize a song and make its music video"
 	@echo "make test   run the test suite (sets itself up)"
+	@echo "make check  the fast tier of the tests, for the inner loop (no real LLM, no process stack, nothing slow)"
 	@echo "make bench  measure speed (table printed, results in bench/RESULTS.md)"
 	@echo "make proto  regenerate the gRPC stubs; make lint  buf lint"
 
@@ -46,6 +47,10 @@ lint: $(VENV)/.installed
 
 test: setup llm-model whisper-model
 	$(PY) -m pytest -q
+
+# The inner loop: every test without a tier mark (pyproject.toml lists them: real_llm, system, slow).
+check: setup whisper-model
+	$(PY) -m pytest -q -m "not real_llm and not system and not slow"
 
 # The demo's script is written by a real LLM on this CPU (llamacpp backend, the model below); should it
 # give no valid script after its repairs, the template writer does, and the summary says so.

@@ -152,6 +152,7 @@ def test_clips_that_do_not_fit_are_conformed_alone(store: LocalArtifactStore, an
     assert np.abs(frames[last - 10:last] - frames[last - 1]).max() <= 3, "the last frame is held"
 
 
+@pytest.mark.slow
 def test_many_short_segments_do_not_drift(tmp_path: Path) -> None:
     seconds, clip_count, size = 60.0, 150, 32
     rng = np.random.default_rng(3)

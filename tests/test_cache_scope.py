@@ -32,6 +32,8 @@ from tests.test_gateway import RunningGateway
 from tools.dev_stack import DevStack
 from tools.synth_song import render_song
 
+pytestmark = pytest.mark.system  # the dev stack's processes (make check leaves it out)
+
 TOKENS = {"A": "token-of-client-a", "B": "token-of-client-b"}
 OPTIONS = job_pb2.JobOptions(segmenter=stage_pb2.SegmenterParams(segmenter="random", seed=5), fps=12, width=160,
                              height=90)

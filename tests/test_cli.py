@@ -15,6 +15,8 @@ from services.common import timing
 from tests.media import audio_stream, counted_frames, probe_streams, tone, video_stream
 from tools.synth_song import render_song
 
+pytestmark = pytest.mark.slow  # each test makes a video through the whole pipeline (make check leaves it out)
+
 MVGEN = str(Path(sys.executable).parent / "mvgen")
 RUN_ARTIFACTS = ("segments.json", "segments.txt", "labels.json", "prompt.txt", "script.json", "script.txt",
                  "final.mp4", "manifest.json")

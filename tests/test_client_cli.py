@@ -20,6 +20,8 @@ from tests.media import audio_stream, probe_streams, tone, video_stream
 from tests.servers import REPO_ROOT, free_port
 from tools import processes
 
+pytestmark = pytest.mark.system  # python -m gateway.server in a process of its own (make check leaves it out)
+
 MVGEN = str(Path(sys.executable).parent / "mvgen")
 TOKEN = "token-of-the-cli-test"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import grpc
+import pytest
 
 from services.common.pb import job_pb2, music_video_service_pb2 as api_pb2, music_video_service_pb2_grpc as api_grpc
 from services.common.pb import stage_pb2
@@ -18,6 +19,8 @@ from tests.media import tone
 from tests.servers import FAST_RECONNECT
 from tests.test_client_cli import GatewayProcess
 from tests.test_gateway import watch_until
+
+pytestmark = pytest.mark.system  # python -m gateway.server in a process of its own (make check leaves it out)
 
 TOKEN = "token-of-the-clip-history-test"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)

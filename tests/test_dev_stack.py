@@ -26,6 +26,8 @@ from tests.servers import stage_channel
 from tools.dev_stack import STAGES, DevStack, DevStackError
 from tools.processes import check_health, is_running
 
+pytestmark = pytest.mark.system  # the dev stack's processes (make check leaves it out)
+
 REPO = Path(__file__).resolve().parents[1]
 GRPC_PROCESSES = [*STAGES, "gateway"]
 

@@ -20,6 +20,8 @@ from tests.servers import dev_stack_store
 from tests.test_dev_stack import dev_stack_cli
 from tools.dev_stack import DevStack
 
+pytestmark = pytest.mark.system  # the dev stack's processes, through its command line (make check leaves it out)
+
 MVGEN = str(Path(sys.executable).parent / "mvgen")
 
 
@@ -41,6 +43,7 @@ def base_dir(tmp_path):
     DevStack(base).stop(grace_seconds=5)  # whatever happened, nothing is left running
 
 
+@pytest.mark.real_llm
 def test_a_finished_job_outlives_dev_down_and_dev_up(base_dir, tmp_path):
     _, state = up(base_dir)
     tone(tmp_path / "song.wav", 8.0)

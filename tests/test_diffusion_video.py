@@ -254,6 +254,7 @@ def test_long_segment_continues_from_the_last_frame(stage_with, store, models) -
     assert len(progress) == 3 * (2 + 1) + 1  # per clip: each step and the decode; then the finished file
 
 
+@pytest.mark.slow
 def test_same_seed_same_clip_other_seed_other_clip(stage_with, store) -> None:
     stage = stage_with("wan")
     clips = {}
@@ -359,6 +360,7 @@ def grpc_request(key: str, end: float) -> video_pb.GenerateClipRequest:
                                         generator="wan", clip_key=key, seed=9)
 
 
+@pytest.mark.system
 def test_service_streams_progress_and_can_be_cancelled(models, store, tmp_path) -> None:
     env = {**local_store_env(store.root), **tiny_env(models, MVGEN_VIDEO_STEPS="40"), "MVGEN_BACKENDS": "wan"}
     server = stage_server("video", tmp_path, env)

@@ -62,6 +62,8 @@ from tools.dev_stack import DevStack
 from tools.processes import free_ports
 from tools.synth_song import SongTruth, render_song
 
+pytestmark = pytest.mark.system  # the dev stack's processes (make check leaves it out)
+
 # The store's own retries absorb about this long an outage (backoff 0.2, 0.4, 0.8, 1.6 s, jittered);
 # a stage call or clip is retried by the gateway for RETRY_SECONDS more. Short, so that "past the
 # limit" is reached in seconds.

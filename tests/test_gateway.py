@@ -132,6 +132,7 @@ def clips_done(job: job_pb2.Job) -> int:
     return sum(c.state == job_pb2.CLIP_STATE_SUCCEEDED for c in job.clips)
 
 
+@pytest.mark.slow
 def test_a_whole_job_through_the_gateway(gateway, songs, local_store):
     song = upload(gateway.stub, songs / "short.wav")
     assert song.sha256 and song.duration_seconds == pytest.approx(12.0, abs=0.01)
@@ -176,6 +177,7 @@ def test_a_whole_job_through_the_gateway(gateway, songs, local_store):
     assert 'mvgen_stage_duration_seconds_count{stage="video"} 1.0' in metrics
 
 
+@pytest.mark.slow
 def test_cancel_stops_a_running_job_and_keeps_finished_clips(gateway, songs, local_store):
     song = upload(gateway.stub, songs / "long.wav")
     created = create(gateway.stub, song.song_id)
@@ -291,6 +293,7 @@ def test_an_oversized_upload_is_refused_while_streaming(local_store, songs):
         running.stop()
 
 
+@pytest.mark.slow
 def test_a_restarted_gateway_resumes_the_job_without_redoing_finished_clips(local_store, songs):
     first = RunningGateway(local_store)
     song = upload(first.stub, songs / "long.wav")
@@ -334,6 +337,7 @@ def s3_store(tmp_path) -> Iterator[ArtifactStore]:
     server.stop()
 
 
+@pytest.mark.slow
 def test_presigned_upload_and_download_with_s3(s3_store, songs, tmp_path):
     running = RunningGateway(s3_store)
     try:
@@ -366,6 +370,7 @@ def test_presigned_upload_and_download_with_s3(s3_store, songs, tmp_path):
         running.stop()
 
 
+@pytest.mark.slow
 def test_watching_a_job_shows_its_script_written_section_by_section(local_store, monkeypatch, tmp_path):
     model = RecordingProxy(answer=canned_answer)
     monkeypatch.setenv("MVGEN_LLM_URL", model.base_url)
@@ -393,6 +398,7 @@ def test_watching_a_job_shows_its_script_written_section_by_section(local_store,
     assert set(finished.artifact_keys) >= {"plan", "plan_text", "sections", "response"}
 
 
+@pytest.mark.slow
 def test_a_job_with_the_persons_own_lyrics_keeps_them_aligned_and_shows_them_to_the_writer(local_store, songs):
     """Lyrics given with the job (LRC) are kept with it, aligned to its segments in lyrics.json and
     lyrics.txt, listed among its artifacts, and reach the writer's prompt as data."""

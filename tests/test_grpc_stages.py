@@ -47,6 +47,8 @@ from tests.test_sectioned_writing import ROLES as SECTIONED_ROLES
 from tests.test_scripting import make_labels, make_segmentation
 from tools.synth_song import render_song
 
+pytestmark = pytest.mark.system  # stage servers in processes of their own (make check leaves it out)
+
 OPTIONS = JobOptions(segmenter=SegmenterParams(segmenter="random", seed=1), fps=12, width=160, height=90)
 SONG_KEY = "songs/song.wav"
 UNARY = ("segmentation", "analysis", "scripting", "assembly")

@@ -30,6 +30,8 @@ from tests.servers import FAST_RECONNECT
 from tests.test_client_cli import GatewayProcess
 from tools.processes import check_health
 
+pytestmark = pytest.mark.system  # python -m gateway.server in a process of its own (make check leaves it out)
+
 TOKEN = "hostile-input-test-token"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)
 MIB = 1 << 20

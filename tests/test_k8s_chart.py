@@ -572,6 +572,7 @@ def test_rendered_manifests_validate_strictly(value_set):
     assert problems == [], f"kubernetes-validate --strict (k8s {', '.join(KUBE_VERSIONS)}) and CRD schemas"
 
 
+@pytest.mark.slow
 def test_k8s_check_passes_on_every_value_set(capsys):
     """What `make k8s-check` runs before these tests (helm lint --strict, kubernetes-validate --strict
     on every value set, yamllint), so that `make test` covers all of it."""

@@ -201,6 +201,7 @@ def test_the_song_is_compressed_to_fit_the_audio_models_limit(tmp_path):
 
 # --- real models ------------------------------------------------------------------------------------------
 
+@pytest.mark.real_llm
 def test_a_broken_first_answer_is_sent_back_and_the_real_model_repairs_it(qwen, job_store, monkeypatch):
     """The first section's reply loses its last scene on the wire; the writer sends it back with the
     problem and the real model's next reply is valid."""
@@ -230,6 +231,7 @@ def test_a_broken_first_answer_is_sent_back_and_the_real_model_repairs_it(qwen, 
     assert result.info["model"] and result.info["tokens_per_second"] > 0
 
 
+@pytest.mark.real_llm
 def test_the_fallback_writer_is_used_and_recorded_and_without_it_the_stage_fails(smol, job_store, monkeypatch):
     """Every section comes back with all its scenes alike: after the repairs the stage fails with the
     reason, keeping the prompts and replies, or, when asked, the template writer writes the script."""
@@ -260,6 +262,7 @@ def test_the_fallback_writer_is_used_and_recorded_and_without_it_the_stage_fails
     assert script_problems(stored_script(job_store), N_SCENES) == []
 
 
+@pytest.mark.real_llm
 def test_lalm_sends_the_song_once_as_vllm_documents_and_the_llm_breaks_the_story_into_scenes(
         qwen, job_store, monkeypatch):
     recorder = RecordingProxy(answer=lambda request: STORY if has_audio(request) else None)
@@ -303,6 +306,7 @@ def test_lalm_sends_the_song_once_as_vllm_documents_and_the_llm_breaks_the_story
 SUNG = "the river carries paper boats toward the harbour lights"
 
 
+@pytest.mark.real_llm
 def test_the_cascade_storyteller_tells_the_story_from_the_labels_and_the_words_and_says_so(qwen, job_store,
                                                                                           monkeypatch):
     """No model hears the song: the local LLM is told what the analysis heard, section by section, with the
@@ -423,6 +427,7 @@ def mvgen(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([MVGEN, *args], cwd=cwd, capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.real_llm
 def test_mvgen_generate_writes_the_script_with_the_local_llm_by_default(tmp_path):
     render_song(tmp_path / "song.wav", seconds=14, seed=5)
     done = mvgen("generate", "song.wav", "--run-dir", "run", "--size", "160x90", "-q", cwd=tmp_path)
@@ -447,6 +452,7 @@ def test_the_lalm_pipeline_refuses_the_template_writer_in_one_line(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.real_llm
 def test_when_only_some_scenes_are_wrong_the_model_rewrites_just_those(qwen, job_store, monkeypatch):
     """Scene 2 comes back as a copy of scene 0: the repair asks for scene 2 alone, under a schema
     for that one scene, and keeps scenes 0 and 1 as the model first wrote them."""
@@ -477,6 +483,7 @@ def test_when_only_some_scenes_are_wrong_the_model_rewrites_just_those(qwen, job
 
 # --- the context window -----------------------------------------------------------------------------------
 
+@pytest.mark.real_llm
 def test_the_context_and_the_prompts_length_come_from_the_server_and_max_tokens_fits_what_is_left(smol):
     settings = ChatSettings(smol.base_url, smol.model, "k", timeout_seconds=60, max_retries=0,
                             structured_output="json_schema", temperature=0.6, max_tokens=100_000)
@@ -490,6 +497,7 @@ def test_the_context_and_the_prompts_length_come_from_the_server_and_max_tokens_
     assert chat.context.max_tokens(messages, 100_000, 16, "the prompt") == 4096 - size.tokens - 16
 
 
+@pytest.mark.real_llm
 def test_a_prompt_that_cannot_fit_fails_before_it_is_sent_naming_the_context(tmp_path, monkeypatch, job_store):
     tiny = start_llama_server(SMOLLM2_GGUF, context_tokens=512)
     proxy = RecordingProxy(tiny.base_url)
@@ -512,6 +520,7 @@ LONG_SONG = ([("soft", "melodic", "steady", "intro")] * 6 + [("moderate", "percu
              + [("soft", "melodic", "fading", "outro")] * 6)
 
 
+@pytest.mark.real_llm
 def test_a_75_segment_song_is_scripted_section_by_section_by_the_real_model_within_a_4k_context(
         tmp_path, monkeypatch):
     """The length of a 5-minute song, against an OpenAI-compatible server whose context holds 4096 tokens

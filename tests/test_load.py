@@ -34,6 +34,8 @@ from tests.test_system import Client, System, describe
 from tools.dev_stack import DevStack
 from tools.synth_song import render_song
 
+pytestmark = pytest.mark.system  # the dev stack's processes (make check leaves it out)
+
 JOBS = int(os.environ.get("MVGEN_LOAD_JOBS", "4"))
 SONG_SECONDS = 10 if JOBS <= 4 else 12  # the synthesizer needs 5 bars: 10 s at 120 BPM
 FPS = 12

@@ -199,6 +199,7 @@ print("loaded", backend.state.value, heard.model)
     assert "loaded ready whisper-base" in done.stdout
 
 
+@pytest.mark.slow
 def test_an_analysis_process_without_whisper_never_imports_it(tmp_path):
     code = f"""
 import sys

@@ -79,6 +79,7 @@ def test_a_slot_whose_process_died_before_its_cache_proved_sound_is_emptied_for_
     assert sorted(p.name for p in slot.iterdir()) == [LOCK_FILE]  # emptied, then proven by its orderly exit
 
 
+@pytest.mark.system
 def test_the_stack_starts_every_time_on_an_empty_numba_cache(tmp_path):
     """The issue's case: `make dev-up` on a fresh clone, where segmentation, analysis and video compile
     librosa's kernels at once. Each start gets an empty cache root; every one must come up without a
@@ -136,6 +137,7 @@ def _parent_pid(stat: Path) -> int | None:
     (signal.SIGSEGV, 139, "crashed with SIGSEGV"),
     (signal.SIGKILL, 137, "killed by SIGKILL (the out-of-memory killer, or kill -9)"),
 ])
+@pytest.mark.slow
 def test_a_worker_that_dies_of_a_signal_ends_mvgen_with_one_line_and_an_exit_code(tmp_path, song, sig, code, words):
     run_dir = tmp_path / "run"
     mvgen = generate(song, run_dir)
@@ -152,6 +154,7 @@ def test_a_worker_that_dies_of_a_signal_ends_mvgen_with_one_line_and_an_exit_cod
         assert f"finished artifacts are kept in {run_dir.resolve()}" in lines[0]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the worker through /proc")
 def test_sigterm_to_mvgen_cancels_the_run_as_ctrl_c_does(tmp_path, song):
     run_dir = tmp_path / "run"

@@ -33,6 +33,7 @@ def make_job(tmp_path, options: JobOptions = OPTIONS):
     return store, stages, job
 
 
+@pytest.mark.slow
 def test_cancel_keeps_finished_clips_and_a_rerun_resumes(tmp_path):
     store, stages, job = make_job(tmp_path)
     events = []
@@ -65,6 +66,7 @@ def test_cancel_keeps_finished_clips_and_a_rerun_resumes(tmp_path):
     assert store.exists("final.mp4")
 
 
+@pytest.mark.slow
 def test_changed_settings_rerun_the_stages_they_touch(tmp_path):
     store, stages, job = make_job(tmp_path)
     asyncio.run(Orchestrator(store, stages).run(job))
@@ -83,6 +85,7 @@ def test_changed_settings_rerun_the_stages_they_touch(tmp_path):
     ("MVGEN_CLAP_WEIGHTS", ["analysis", "scripting"]),
     ("MVGEN_LLM_MODEL", ["scripting"]),
 ])
+@pytest.mark.slow
 def test_a_changed_backend_setting_reruns_its_stage_and_what_follows_from_it(tmp_path, monkeypatch, variable, rerun):
     store, stages, job = make_job(tmp_path)
     asyncio.run(Orchestrator(store, stages).run(job))
@@ -140,6 +143,7 @@ def test_resolved_lalm_options_name_the_storyteller_and_leave_the_scenes_to_it()
             resolve_options(refused, choices)
 
 
+@pytest.mark.slow
 def test_an_edited_plan_rewrites_the_scenes_and_the_clips_they_change_and_nothing_upstream(tmp_path, monkeypatch):
     model = RecordingProxy(answer=canned_answer)
     monkeypatch.setenv("MVGEN_LLM_URL", model.base_url)

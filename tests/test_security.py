@@ -71,6 +71,7 @@ def mvgen(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 # --- TLS --------------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_the_gateway_serves_tls_and_the_client_verifies_it(local_store, certificate, songs, tmp_path):
     cert, key = certificate
     running = RunningGateway(local_store, tls_cert_file=str(cert), tls_key_file=str(key))

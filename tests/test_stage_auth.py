@@ -32,6 +32,8 @@ from services.common.store import LocalArtifactStore
 from tests.media import tone
 from tests.servers import REPO_ROOT, STAGE_SECRET, free_port, local_store_env, serving, stage_channel, stage_server
 
+pytestmark = pytest.mark.system  # stage servers in processes of their own (make check leaves it out)
+
 OTHER_SECRET = "another-secret-of-enough-length-0123456789"
 
 

@@ -27,6 +27,8 @@ from services.common.store import LocalArtifactStore
 from tests.media import tone
 from tests.servers import local_store_env, serving, stage_channel, stage_server
 
+pytestmark = pytest.mark.system  # stage servers in processes of their own (make check leaves it out)
+
 SCRIPT = Script("template", "t", StyleBible(["#112233", "#445566"], "look", "light", "camera", "calm"), [],
                 [Scene(0, "A long, slow shot of the sea.")])
 

@@ -43,6 +43,8 @@ from tools.dev_stack import DevStack
 from tools.processes import log_tail
 from tools.synth_song import SongTruth, render_song
 
+pytestmark = pytest.mark.system  # the dev stack's processes (make check leaves it out)
+
 MVGEN = str(Path(sys.executable).parent / "mvgen")
 FPS = 24
 # Clips of the fault tests: large enough frames that one renders for a while (~1-3 s), so a kill

@@ -23,6 +23,8 @@ from gateway.server.auth import token_digest
 from tests.servers import FAST_RECONNECT
 from tests.test_client_cli import GatewayProcess
 
+pytestmark = pytest.mark.system  # python -m gateway.server in a process of its own (make check leaves it out)
+
 TOKEN = "token-of-the-untrusted-text-test"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)
 SIZES = (10_000, 16_384, 1 << 20)

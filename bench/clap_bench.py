@@ -16,12 +16,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.songs import Row, run_alone, segmented_song
-from bench.timing import best_of
 from services.analysis.stage import AnalysisStage
 from services.common import audio
 from services.common.stage_api import AnalyzeRequest
 from services.common.store import LocalArtifactStore
+from bench.songs import Row, run_alone, segmented_song
+from bench.timing import best_of
 from tools.tiny_clap import build_tiny_clap
 
 CLAP_SAMPLE_RATE = 44100

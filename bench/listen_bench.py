@@ -12,12 +12,11 @@ import json
 import tempfile
 from pathlib import Path
 
-from bench.songs import Row, run_alone, segmented_song
-from bench.timing import best_of
 from services.analysis.stage import AnalysisStage
 from services.common.stage_api import AnalyzeRequest
 from services.common.store import LocalArtifactStore
-
+from bench.songs import Row, run_alone, segmented_song
+from bench.timing import best_of
 
 
 def musicnn_rows(song_path: Path, minutes: float) -> list[Row]:

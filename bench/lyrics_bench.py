@@ -17,13 +17,13 @@ from pathlib import Path
 
 import soundfile
 
-from bench.songs import Row, run_alone, segmented_song
-from bench.timing import best_of
 from services.analysis.lyrics.listening import write_lyrics
 from services.analysis.stage import AnalysisStage
 from services.common.artifacts import Segmentation
 from services.common.stage_api import AnalyzeRequest
 from services.common.store import LocalArtifactStore
+from bench.songs import Row, run_alone, segmented_song
+from bench.timing import best_of
 from tools.sung_song import LINES, sung_song
 from tools.synth_song import RING_OUT_SECONDS
 

@@ -21,14 +21,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from services.common import audio
+from services.common.stage_api import AnalyzeRequest, SegmenterParams, SegmentRequest
+from services.common.store import LocalArtifactStore
 from bench.clap_bench import clap_rows
 from bench.listen_bench import musicnn_rows
 from bench.llm_bench import llm_rows
 from bench.lyrics_bench import lyrics_rows
 from bench.timing import best_of
-from services.common import audio
-from services.common.stage_api import AnalyzeRequest, SegmenterParams, SegmentRequest
-from services.common.store import LocalArtifactStore
 from tools.synth_song import render_song
 
 RESULTS = Path(__file__).with_name("RESULTS.md")

@@ -11,13 +11,13 @@ import soundfile
 
 from services.analysis.descriptors import DescriptorAnalyzer
 from services.analysis.stage import AnalysisStage
-from services.common.vocabulary import LABELS_DIR, SEGMENT_GROUPS, TRACK_GROUPS, load_vocabulary
 from services.common import artifacts
 from services.common.artifacts import Labels, Segment, Segmentation
 from services.common.errors import InvalidInputError, StageFailedError
 from services.common.lifecycle import BackendState
 from services.common.stage_api import AnalyzeRequest
 from services.common.store import LocalArtifactStore
+from services.common.vocabulary import LABELS_DIR, SEGMENT_GROUPS, TRACK_GROUPS, load_vocabulary
 
 SR = 22050
 A_MAJOR_TRIAD = (220.0, 277.18, 329.63)

@@ -17,9 +17,9 @@ from services.common.artifacts import Scene, Script, StyleBible, dumps
 from services.common.errors import InvalidInputError
 from services.common.stage_api import AssembleRequest, GenerateClipRequest
 from services.common.store import LocalArtifactStore
-from tests.media import decode_frames, top_level_boxes
 from services.common.timing import frame_at, frame_count
 from services.video.stage import VideoStage
+from tests.media import decode_frames, top_level_boxes
 
 FPS = 24
 WIDTH, HEIGHT = 160, 90

@@ -23,8 +23,9 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
-from services.common.pb import job_pb2, music_video_service_pb2 as api_pb2, music_video_service_pb2_grpc as api_grpc
-from services.common.pb import stage_pb2
+from services.common.pb import job_pb2, stage_pb2
+from services.common.pb import music_video_service_pb2 as api_pb2
+from services.common.pb import music_video_service_pb2_grpc as api_grpc
 from services.common.store import LocalArtifactStore
 from gateway.server.auth import CLIENT_ID_HEX_DIGITS, token_digest
 from tests.servers import FAST_RECONNECT, REPO_ROOT

@@ -12,8 +12,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from services.common.pb import job_pb2, music_video_service_pb2 as api_pb2, music_video_service_pb2_grpc as api_grpc
-from services.common.pb import stage_pb2
+from services.common.pb import job_pb2, stage_pb2
+from services.common.pb import music_video_service_pb2 as api_pb2
+from services.common.pb import music_video_service_pb2_grpc as api_grpc
 from gateway.server.auth import token_digest
 from tests.media import tone
 from tests.servers import FAST_RECONNECT

@@ -18,14 +18,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from services.common import artifacts
-from services.common.pb import job_pb2, music_video_service_pb2 as api_pb2, music_video_service_pb2_grpc as api_grpc
-from services.common.pb import stage_pb2
+from services.common.pb import job_pb2, stage_pb2
+from services.common.pb import music_video_service_pb2 as api_pb2
+from services.common.pb import music_video_service_pb2_grpc as api_grpc
 from services.common.settings import StoreSettings
 from services.common.store import ArtifactStore, LocalArtifactStore
-from gateway.server.auth import token_digest
 from gateway.pipeline.inprocess import InProcessStages
-from gateway.server.options import BackendChoices
 from gateway.server.app import GatewayServer
+from gateway.server.auth import token_digest
+from gateway.server.options import BackendChoices
 from gateway.server.settings import GatewaySettings
 from tests.llm_servers import RecordingProxy, canned_answer
 from tests.media import probe_streams, tone, video_stream

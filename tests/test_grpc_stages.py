@@ -18,11 +18,11 @@ import pytest
 
 from services.analysis.lyrics.listening import TRANSCRIBERS
 from services.analysis.server import default_backends
-
 from services.common import artifacts
-from services.common.errors import InvalidInputError, JobCancelledError, TransientError
 from services.common.backend_config import backend_config_digest
+from services.common.errors import InvalidInputError, JobCancelledError, TransientError
 from services.common.pb import analysis_service_pb2_grpc, video_service_pb2, video_service_pb2_grpc
+from services.common.settings import PROMPTS_DIR
 from services.common.stage_api import (
     AnalyzeRequest,
     GenerateClipRequest,
@@ -30,21 +30,20 @@ from services.common.stage_api import (
     StageResult,
     WriteScriptRequest,
 )
-from services.common.settings import PROMPTS_DIR
 from services.common.store import LocalArtifactStore
 from services.common.timing import frame_at, frame_count
+from services.common.transport.channel import open_channel
 from services.common.transport.convert import to_message
 from gateway.pipeline.grpc_stages import GrpcStageClients, GrpcStagesSettings
 from gateway.pipeline.layout import JobLayout
 from gateway.pipeline.options import JobOptions
 from gateway.pipeline.orchestrator import JobEvent, JobSpec, Orchestrator
 from gateway.pipeline.video_pool import VideoPool
-from services.common.transport.channel import open_channel
 from tests.llm_servers import RecordingProxy, canned_answer
 from tests.media import counted_frames
 from tests.servers import STAGE_SECRET, StageServer, free_port, local_store_env, serving, stage_server
-from tests.test_sectioned_writing import ROLES as SECTIONED_ROLES
 from tests.test_scripting import make_labels, make_segmentation
+from tests.test_sectioned_writing import ROLES as SECTIONED_ROLES
 from tools.synth_song import render_song
 
 pytestmark = pytest.mark.system  # stage servers in processes of their own (make check leaves it out)

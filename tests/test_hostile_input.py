@@ -23,9 +23,9 @@ import pytest
 from services.common.pb import job_pb2, stage_pb2
 from services.common.pb import music_video_service_pb2 as api_pb2
 from services.common.pb import music_video_service_pb2_grpc as api_grpc
+from gateway.server.auth import token_digest
 from tests.corpus.make_corpus import CORPUS, MAX_SONG_SECONDS, make_corpus
 from tests.media import counted_frames
-from gateway.server.auth import token_digest
 from tests.servers import FAST_RECONNECT
 from tests.test_client_cli import GatewayProcess
 from tools.processes import check_health

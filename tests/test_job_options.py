@@ -9,8 +9,8 @@ import grpc
 import pytest
 
 from services.common.errors import InvalidInputError
-
-from services.common.pb import job_pb2, music_video_service_pb2 as api_pb2
+from services.common.pb import job_pb2
+from services.common.pb import music_video_service_pb2 as api_pb2
 from services.common.store import LocalArtifactStore
 from tests.test_gateway import AUTH, RunningGateway, songs, upload  # noqa: F401 (songs is a fixture)
 

@@ -35,10 +35,22 @@ from services.scripting.prompt import SectionPrompts, render_story_plan_prompt, 
 from services.scripting.scene_rules import load_scene_rules
 from services.scripting.sections import group_sections
 from services.scripting.stage import ScriptingStage
-from services.scripting.storyteller import MIN_STORY_WORDS, AudioSettings, AudioStoryteller, CascadeStoryteller, encode_song
+from services.scripting.storyteller import (
+    MIN_STORY_WORDS,
+    AudioSettings,
+    AudioStoryteller,
+    CascadeStoryteller,
+    encode_song,
+)
 from services.scripting.validation import script_problems
 from tests.llm_servers import (
-    QWEN_GGUF, SMOLLM2_GGUF, RecordingProxy, canned_answer, change_content, has_audio, start_llama_server,
+    QWEN_GGUF,
+    SMOLLM2_GGUF,
+    RecordingProxy,
+    canned_answer,
+    change_content,
+    has_audio,
+    start_llama_server,
 )
 from tests.media import probe_streams, tone
 from tests.test_scripting import INJECTION, SEGMENT_PLAN, make_labels, make_segmentation, tag_content

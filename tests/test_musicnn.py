@@ -13,13 +13,12 @@ import pytest
 import soundfile
 import torch
 
-from gateway.cli.main import build_parser
+from services.analysis.lyrics import whisper_available
 from services.analysis.musicnn.analyzer import MusicnnAnalyzer, patch_starts, segment_frames
 from services.analysis.musicnn.checkpoint import read_checkpoint
 from services.analysis.musicnn.frontend import LOG_GAIN, PATCH_FRAMES, SAMPLE_RATE, log_mel
 from services.analysis.musicnn.network import _to_torch_layout, checkpoint_names, is_optimizer_state
 from services.analysis.musicnn.weights import DIR_ENV, MODELS, checkpoint_prefix, weights_folder
-from services.analysis.lyrics import whisper_available
 from services.analysis.server import default_backends
 from services.analysis.stage import AnalysisStage
 from services.common import artifacts
@@ -29,6 +28,7 @@ from services.common.lifecycle import BackendState
 from services.common.stage_api import AnalyzeRequest
 from services.common.store import LocalArtifactStore
 from services.common.vocabulary import LABELS_DIR, LabelSetError, load_vocabulary, parse_label_set
+from gateway.cli.main import build_parser
 from tools.musicnn_reference import REFERENCE, reference_patches, upstream_frontend_audio
 from tools.synth_song import render_midi
 

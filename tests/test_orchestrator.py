@@ -122,9 +122,9 @@ def test_a_second_job_with_the_same_song_and_settings_reuses_every_output(tmp_pa
 
 
 def test_resolved_lalm_options_name_the_storyteller_and_leave_the_scenes_to_it():
-    from gateway.server.options import BackendChoices, job_options, resolve_options
     from services.common.errors import InvalidInputError
     from services.common.pb import job_pb2
+    from gateway.server.options import BackendChoices, job_options, resolve_options
 
     choices = BackendChoices(("descriptors",), ("template", "openai"), ("animatic",), ("openai-audio",))
     resolved = resolve_options(job_pb2.JobOptions(pipeline=job_pb2.PIPELINE_LALM), choices)

@@ -63,10 +63,9 @@ def test_bytes_files_listing_and_copies(store, tmp_path):
 
 
 def test_a_failed_write_stores_nothing(store):
-    with pytest.raises(RuntimeError):
-        with store.writing("jobs/c/final.mp4") as out:
-            out.write_bytes(b"half a video")
-            raise RuntimeError("the encoder died")
+    with pytest.raises(RuntimeError), store.writing("jobs/c/final.mp4") as out:
+        out.write_bytes(b"half a video")
+        raise RuntimeError("the encoder died")
     assert not store.exists("jobs/c/final.mp4")
 
 

@@ -14,7 +14,16 @@ import yaml
 
 from services.common import artifacts
 from services.common.artifacts import (
-    Character, LabelGroup, Labels, LabelScore, Scene, Script, Segment, Segmentation, SegmentLabels, StyleBible,
+    Character,
+    LabelGroup,
+    Labels,
+    LabelScore,
+    Scene,
+    Script,
+    Segment,
+    Segmentation,
+    SegmentLabels,
+    StyleBible,
 )
 from services.common.errors import InvalidInputError, StageFailedError
 from services.common.settings import PROMPTS_DIR
@@ -23,7 +32,11 @@ from services.common.store import LocalArtifactStore
 from services.scripting.journal import JournalKeys, StoreJournal
 from services.scripting.plan import Plan, PlannedSection
 from services.scripting.prompt import (
-    TRUNCATION_MARK, USER_TEXT_LIMITS, SectionPrompts, render_plan_prompt, segment_roles,
+    TRUNCATION_MARK,
+    USER_TEXT_LIMITS,
+    SectionPrompts,
+    render_plan_prompt,
+    segment_roles,
 )
 from services.scripting.sectioned import SectionedTask
 from services.scripting.sections import group_sections

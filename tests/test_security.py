@@ -34,6 +34,7 @@ from gateway.server.settings import MIB, GatewaySettings
 from gateway.server.songs import UploadAllowance
 from tests.media import tone
 from tests.servers import REPO_ROOT
+
 # local_store and s3_store are fixtures: imported, pytest finds them here.
 from tests.test_gateway import AUTH, TOKEN, RunningGateway, create, local_store, s3_store, upload  # noqa: F401
 from tests.tls import self_signed_certificate

@@ -21,7 +21,8 @@ from services.segmentation.cuts import Cut, segments_from_cuts
 from services.segmentation.random_segmenter import segment_random
 from services.segmentation.rules_segmenter import RulesResult, place_cuts, segment_rules
 from services.segmentation.stage import SegmentationStage, segment_samples
-from tools.synth_song import SongTruth, click_track, main as synth_main, render_song
+from tools.synth_song import SongTruth, click_track, render_song
+from tools.synth_song import main as synth_main
 
 TEMPO = 120.0
 # The novelty settings measured best on synthesized and real songs (see the report to the lead).

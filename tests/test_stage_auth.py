@@ -19,7 +19,6 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from gateway.pipeline.grpc_stages import GrpcStageClients, GrpcStagesSettings
 from services.common.errors import InvalidInputError, MvgenError, StageFailedError
 from services.common.pb import segmentation_service_pb2 as seg_pb
 from services.common.pb import segmentation_service_pb2_grpc as seg_grpc
@@ -29,6 +28,7 @@ from services.common.pb import video_service_pb2 as video_pb
 from services.common.pb import video_service_pb2_grpc as video_grpc
 from services.common.stage_api import GenerateClipRequest, SegmenterParams, SegmentRequest
 from services.common.store import LocalArtifactStore
+from gateway.pipeline.grpc_stages import GrpcStageClients, GrpcStagesSettings
 from tests.media import tone
 from tests.servers import REPO_ROOT, STAGE_SECRET, free_port, local_store_env, serving, stage_channel, stage_server
 

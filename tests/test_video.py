@@ -16,10 +16,10 @@ from services.common.artifacts import Scene, Script, StyleBible, dumps
 from services.common.errors import InvalidInputError, JobCancelledError
 from services.common.stage_api import GenerateClipRequest
 from services.common.store import LocalArtifactStore
-from tests.media import decode_frames, top_level_boxes
 from services.common.timing import frame_count
 from services.video.animatic import parse_palette
 from services.video.stage import VideoStage, clip_meta_key
+from tests.media import decode_frames, top_level_boxes
 
 SAMPLE_RATE = 22050
 SILENT = (0.0, 2.5)  # the synthesized song: silence ...

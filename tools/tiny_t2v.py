@@ -41,8 +41,13 @@ def build_tokenizer():
 
 def build_wan(image_to_video: bool):
     import torch
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanPipeline, \
-        WanTransformer3DModel
+    from diffusers import (
+        AutoencoderKLWan,
+        UniPCMultistepScheduler,
+        WanImageToVideoPipeline,
+        WanPipeline,
+        WanTransformer3DModel,
+    )
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
     torch.manual_seed(0)
@@ -77,8 +82,7 @@ def build_wan(image_to_video: bool):
 
 def build_mochi():
     import torch
-    from diffusers import AutoencoderKLMochi, FlowMatchEulerDiscreteScheduler, MochiPipeline, \
-        MochiTransformer3DModel
+    from diffusers import AutoencoderKLMochi, FlowMatchEulerDiscreteScheduler, MochiPipeline, MochiTransformer3DModel
     from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(0)

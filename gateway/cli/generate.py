@@ -23,14 +23,12 @@ from services.common import audio, envs
 from services.common.errors import InvalidInputError, JobCancelledError, MvgenError
 from services.common.stage_api import LISTENING_STORYTELLERS, ScriptInputs, SegmenterParams
 from services.common.store import LocalArtifactStore
+from services.common.timing import clock
+from gateway.cli.progress import ProgressDisplay
+from gateway.cli.supervisor import note_run_folder
 from gateway.pipeline.layout import JobLayout
 from gateway.pipeline.options import JobOptions, read_lyrics_file
 from gateway.pipeline.orchestrator import JobSpec, Orchestrator
-from gateway.cli.progress import ProgressDisplay
-
-from services.common.timing import clock
-from gateway.cli.supervisor import note_run_folder
-
 
 # The flags that stand for a backend setting (services/common/envs.py), as a stage service's environment gives it.
 BACKEND_FLAGS = {"clap_weights": "MVGEN_CLAP_WEIGHTS", "llm_url": "MVGEN_LLM_URL", "llm_model": "MVGEN_LLM_MODEL",

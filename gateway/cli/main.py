@@ -16,12 +16,12 @@ import sys
 from services.common import envs
 from services.common.errors import InvalidInputError, JobCancelledError, MvgenError
 from services.common.stage_api import SegmenterParams
-from gateway.cli.remote import COMMANDS as CLIENT_COMMANDS, add_client_commands, run_client_command
-from gateway.pipeline.options import PIPELINES, JobOptions
-
-from gateway.cli.supervisor import report_fatal_signals, supervise, WORKER_ENV, CRASH_REPORT_ENV
-from gateway.cli.output import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, fail
 from gateway.cli.generate import generate
+from gateway.cli.output import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, fail
+from gateway.cli.remote import COMMANDS as CLIENT_COMMANDS
+from gateway.cli.remote import add_client_commands, run_client_command
+from gateway.cli.supervisor import CRASH_REPORT_ENV, WORKER_ENV, report_fatal_signals, supervise
+from gateway.pipeline.options import PIPELINES, JobOptions
 
 DEFAULTS = SegmenterParams()
 

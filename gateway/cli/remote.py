@@ -29,8 +29,8 @@ from services.common.errors import InvalidInputError
 from services.common.pb import job_pb2, stage_pb2
 from services.common.pb import music_video_service_pb2 as api_pb2
 from services.common.pb import music_video_service_pb2_grpc as api_grpc
-from services.common.transport.convert import info_from_struct
 from services.common.timing import clock
+from services.common.transport.convert import info_from_struct
 from gateway.cli.output import fail
 from gateway.cli.progress import ProgressDisplay
 from gateway.pipeline.events import JobEvent

@@ -17,7 +17,6 @@ import tempfile
 from pathlib import Path
 from typing import TextIO
 
-
 from gateway.cli.output import fail
 
 # Set in the child that runs the command; CRASH_REPORT_ENV names the file its fatal-signal stack goes to.

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
@@ -44,11 +44,11 @@ from services.common.stage_api import (
     WriteScriptRequest,
 )
 from services.common.transport.auth import stage_secret_from_env
+from services.common.transport.channel import backoff_seconds, open_channel
 from services.common.transport.convert import result_from_message, to_message
 from services.common.transport.errors import error_for_status
 from gateway.pipeline.stage_clients import CancelCheck, PartsCallback, ProgressCallback, RetryCallback, StageClients
 from gateway.pipeline.video_pool import CANCEL_POLL_SECONDS, VideoPool
-from services.common.transport.channel import backoff_seconds, open_channel
 
 log = logging.getLogger(__name__)
 

@@ -14,19 +14,19 @@ from typing import Any
 
 from services.common.backend_config import backend_config_digest
 from services.common.numba_cache import lease_numba_cache
+from services.common.settings import PROMPTS_DIR
 from services.common.stage_api import (
     AnalyzeRequest,
     AssembleRequest,
     GenerateClipRequest,
-    WriteScriptRequest,
     SegmentRequest,
-    TellStoryRequest,
     StageResult,
+    TellStoryRequest,
+    WriteScriptRequest,
 )
-from services.common.settings import PROMPTS_DIR
 from services.common.store import ArtifactStore
-from gateway.pipeline.states import STAGES as STAGE_NAMES
 from gateway.pipeline.stage_clients import CancelCheck, PartsCallback, ProgressCallback, RetryCallback
+from gateway.pipeline.states import STAGES as STAGE_NAMES
 
 
 class InProcessStages:

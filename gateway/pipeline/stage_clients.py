@@ -13,10 +13,10 @@ from services.common.stage_api import (
     AnalyzeRequest,
     AssembleRequest,
     GenerateClipRequest,
-    WriteScriptRequest,
     SegmentRequest,
-    TellStoryRequest,
     StageResult,
+    TellStoryRequest,
+    WriteScriptRequest,
 )
 
 ProgressCallback = Callable[[float], None]

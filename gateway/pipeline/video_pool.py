@@ -28,10 +28,10 @@ from services.common.pb import stage_info_service_pb2_grpc as info_grpc
 from services.common.pb import video_service_pb2 as video_pb
 from services.common.pb import video_service_pb2_grpc as video_grpc
 from services.common.stage_api import GenerateClipRequest, StageResult
+from services.common.transport.channel import backoff_seconds, open_channel
 from services.common.transport.convert import result_from_message, to_message
 from services.common.transport.errors import error_for_status
 from gateway.pipeline.stage_clients import CancelCheck, ProgressCallback, RetryCallback
-from services.common.transport.channel import backoff_seconds, open_channel
 
 log = logging.getLogger(__name__)
 

@@ -16,22 +16,20 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-
 from services.common.errors import InvalidInputError, MvgenError
 from services.common.pb import music_video_service_pb2_grpc as api_grpc
 from services.common.s3_store import S3ArtifactStore
 from services.common.store import ArtifactStore, open_store
 from services.common.transport.errors import ErrorMappingInterceptor
 from services.common.transport.server import HealthServer, configure_logging
-from gateway.server.auth import AuthInterceptor, Authenticator
+from gateway.pipeline.stage_clients import StageClients
+from gateway.server.auth import Authenticator, AuthInterceptor
 from gateway.server.errors import STATUS_BY_GATEWAY_ERROR
+from gateway.server.metrics import GatewayMetrics, MetricsInterceptor
 from gateway.server.registry import JobRegistry
+from gateway.server.servicer import SERVICE_NAME, MusicVideoServicer
 from gateway.server.settings import GatewaySettings
 from gateway.server.songs import SongLibrary, UploadAllowance
-from gateway.server.servicer import MusicVideoServicer, SERVICE_NAME
-from gateway.server.metrics import GatewayMetrics, MetricsInterceptor
-from gateway.pipeline.stage_clients import StageClients
-
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +100,8 @@ async def stage_clients(settings: GatewaySettings, store: ArtifactStore) -> Asyn
         async with GrpcStageClients.from_env() as stages:
             yield stages
     elif settings.stages == "inprocess":
-        from gateway.pipeline.inprocess import InProcessStages  # stage logic: development only, never in the gateway image
+        # Stage logic: development only, never in the gateway image.
+        from gateway.pipeline.inprocess import InProcessStages
 
         backends = settings.backends
         yield InProcessStages(store, analyzer=backends.analyzers[0], transcriber=next(iter(backends.transcribers), ""),

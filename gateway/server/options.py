@@ -6,14 +6,12 @@ import logging
 from dataclasses import dataclass
 from typing import TypeVar
 
-
 from services.common.errors import InvalidInputError
 from services.common.pb import job_pb2, stage_pb2
 from services.common.stage_api import LISTENING_STORYTELLERS, ScriptInputs, SegmenterParams
 from services.common.transport.convert import from_message, to_message
 from services.common.untrusted import quoted
 from gateway.pipeline.options import JobOptions
-
 
 log = logging.getLogger(__name__)
 T = TypeVar('T')

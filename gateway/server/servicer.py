@@ -28,7 +28,6 @@ from gateway.server.registry import JobRegistry
 from gateway.server.settings import GatewaySettings
 from gateway.server.songs import SongLibrary
 
-
 log = logging.getLogger(__name__)
 SERVICE_NAME = api_pb2.DESCRIPTOR.services_by_name["MusicVideoService"].full_name
 UPLOAD_HEADERS = {"Content-Type": "application/octet-stream"}

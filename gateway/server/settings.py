@@ -10,12 +10,11 @@ from typing import Any
 
 import grpc
 
-from services.common.errors import InvalidInputError
 from services.common import envs
+from services.common.errors import InvalidInputError
 from services.common.settings import StoreSettings
 from gateway.server.auth import load_token_digests
 from gateway.server.options import BackendChoices
-
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,12 @@ from google.protobuf import json_format
 
 from services.common import audio
 from services.common.errors import InvalidInputError, ResourceExhaustedError
-from services.common.pb import song_pb2
 from services.common.pb import music_video_service_pb2 as api_pb2
+from services.common.pb import song_pb2
 from services.common.store import ArtifactStore
 from services.common.untrusted import printable, quoted
 from gateway.server.errors import NotFoundError, PreconditionError
 from gateway.server.settings import MIB
-
 
 log = logging.getLogger(__name__)
 # ffprobe's format name -> (extension of the stored copy, MIME type).

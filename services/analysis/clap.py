@@ -51,9 +51,9 @@ from services.analysis.msclap_compat import (
     offline_clap_class,
     packaged_config,
 )
-from services.common.artifacts import Labels, LabelGroup, LabelScore, Segmentation, SegmentLabels
-from services.common.errors import InvalidInputError, StageFailedError
 from services.common import envs
+from services.common.artifacts import LabelGroup, Labels, LabelScore, Segmentation, SegmentLabels
+from services.common.errors import InvalidInputError, StageFailedError
 from services.common.vocabulary import LABELS_DIR, LabelSet, groups_in_scope, load_vocabulary
 
 log = logging.getLogger(__name__)

@@ -21,9 +21,9 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from services.analysis.analyzer import Analyzer
-from services.common.vocabulary import LABELS_DIR, SEGMENT_GROUPS, TRACK_GROUPS, LabelSet, load_vocabulary
-from services.common.artifacts import Labels, LabelGroup, LabelScore, Segmentation, SegmentLabels
+from services.common.artifacts import LabelGroup, Labels, LabelScore, Segmentation, SegmentLabels
 from services.common.errors import InvalidInputError, StageFailedError
+from services.common.vocabulary import LABELS_DIR, SEGMENT_GROUPS, TRACK_GROUPS, LabelSet, load_vocabulary
 
 N_FFT = 2048
 HOP = 512  # ~23 ms at 22050 Hz: the frame rate of every descriptor

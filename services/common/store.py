@@ -19,7 +19,6 @@ from services.common.errors import InvalidInputError
 from services.common.settings import StoreSettings
 from services.common.untrusted import quoted
 
-
 MAX_KEY_CHARS = 1024  # S3's limit on an object key (in UTF-8 bytes; our keys are ASCII)
 
 

@@ -18,11 +18,11 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from services.common import envs
+from services.common.artifacts import Script
 from services.scripting.llm.chat import ChatModel, ChatSettings, OpenAIChat
 from services.scripting.llm.local import LlamaCppServer, LlamaCppSettings, VllmChat, VllmSettings
 from services.scripting.scene_rules import load_scene_rules
 from services.scripting.sectioned import write_sectioned
-from services.common.artifacts import Script
 from services.scripting.writer import ScriptTask, ScriptWriter
 
 REASONING_MODEL = "deepseek-ai/DeepSeek-R1-Distill-Llama-8B"  # the paper's script writer

@@ -18,8 +18,8 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Sequence
-from functools import lru_cache
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +27,10 @@ import jinja2
 import yaml
 
 from services.common.artifacts import LabelGroup, Labels, Lyrics, Segment, Segmentation
-from services.common.timing import clock
 from services.common.errors import InvalidInputError, StageFailedError
 from services.common.settings import PROMPTS_DIR
 from services.common.stage_api import ScriptInputs
+from services.common.timing import clock
 from services.scripting.label_sets import LabelSets
 from services.scripting.plan import SECTIONS_PER_PLAN_REPLY, Plan
 from services.scripting.sections import SongSection

@@ -16,7 +16,6 @@ from services.segmentation.random_segmenter import segment_random
 from services.segmentation.rules_segmenter import segment_rules
 
 
-
 class SegmentationStage(Backend):
     """Both segmenters run on the CPU and hold no model; `load()` only warms up the beat tracker."""
 

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 
 from services.analysis.lyrics.gather import segment_at
 from services.common.artifacts import Lyrics, LyricWord, Segmentation, SegmentLyrics
-from services.common.timing import clock
 from services.common.errors import InvalidInputError
+from services.common.timing import clock
 from services.common.untrusted import quoted
 
 LRC_SOURCE = "file:lrc"

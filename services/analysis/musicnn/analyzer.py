@@ -43,10 +43,10 @@ from services.analysis.musicnn.checkpoint import CheckpointError, read_checkpoin
 from services.analysis.musicnn.frontend import HOP, N_MELS, PATCH_FRAMES, SAMPLE_RATE, log_mel, repeat_pad
 from services.analysis.musicnn.network import MusicnnNetwork, load_network
 from services.analysis.musicnn.weights import MODELS, checkpoint_prefix, missing_files, weights_folder
-from services.common.artifacts import Labels, LabelGroup, LabelScore, Segmentation, SegmentLabels
+from services.common import envs
+from services.common.artifacts import LabelGroup, Labels, LabelScore, Segmentation, SegmentLabels
 from services.common.errors import InvalidInputError, StageFailedError
 from services.common.musicnn_tags import TAGGERS
-from services.common import envs
 from services.common.vocabulary import LABELS_DIR, MUSICNN_KEY, LabelSet, groups_in_scope, load_vocabulary
 
 # Patches per forward pass. A patch's activations take ~15 MB: on 2 cores 1-2 patches a pass took

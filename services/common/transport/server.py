@@ -26,7 +26,8 @@ from services.common.settings import ServiceSettings
 from services.common.transport.auth import MODE_ENV, StageAuthInterceptor, stage_secret_from_env
 from services.common.transport.errors import ErrorMappingInterceptor
 from services.common.transport.options import SERVER_OPTIONS
-from services.common.transport.stage_info import SERVICE_NAME as STAGE_INFO_SERVICE, StageInfoServicer
+from services.common.transport.stage_info import SERVICE_NAME as STAGE_INFO_SERVICE
+from services.common.transport.stage_info import StageInfoServicer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -25,8 +25,14 @@ from services.common.settings import PROMPTS_DIR
 from services.scripting.llm.chat import ChatModel, ChatReply, ChatRequest, Message
 from services.scripting.llm.reasoning import parse_json_answer
 from services.scripting.llm.schema import (
-    mended_plan, plan_parts_from_json, plan_parts_schema, plan_schema, scene_key, scene_texts_from_json,
-    scenes_schema, section_key,
+    mended_plan,
+    plan_parts_from_json,
+    plan_parts_schema,
+    plan_schema,
+    scene_key,
+    scene_texts_from_json,
+    scenes_schema,
+    section_key,
 )
 from services.scripting.llm.transcript import Attempt, Transcript
 from services.scripting.plan import SECTIONS_PER_PLAN_REPLY

@@ -60,7 +60,8 @@ def llm_rows(work: Path, log=print) -> list[Row]:
     raw_call, raw_decode = raw_generation_rate(writer.server.base_url, writer.server.model)
     rows: list[Row] = [("llamacpp model load (GGUF, mmap), s", load_s, "-", 0.0),
                        ("llama.cpp raw generation, plain completion, tokens/s (whole call)", raw_call, "-", 0.0),
-                       ("llama.cpp raw generation, plain completion, tokens/s (generation alone)", raw_decode, "-", 0.0)]
+                       ("llama.cpp raw generation, plain completion, tokens/s (generation alone)", raw_decode, "-",
+                        0.0)]
     fallbacks = repairs = 0
     for minutes, seed, tempo, structure in SONGS:
         name = f"{minutes}min"

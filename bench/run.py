@@ -1,8 +1,9 @@
 """`make bench`: how fast the pipeline is on this machine, against baselines measured in the same run.
 
 Baselines: decoding the song (the floor of any stage that reads audio) for segmentation and
-analysis; the descriptors analyser for the trained listeners (musicnn, Whisper's lyrics); for the LLM script writer (bench/llm_bench.py: songs of 1 to 7 minutes), each song's own
-duration and llama.cpp's raw generation rate; for `generate`, the song's own duration (real-time factor) and a plain ffmpeg encode of
+analysis; the descriptors analyser for the trained listeners (musicnn, Whisper's lyrics); for the LLM
+script writer (bench/llm_bench.py: songs of 1 to 7 minutes), each song's own duration and llama.cpp's
+raw generation rate; for `generate`, the song's own duration (real-time factor) and a plain ffmpeg encode of
 a blank video of the same length with the song's audio (the floor of making any video at all).
 System rows (bench/system_bench.py; --skip-system leaves them out): the same song through
 `mvgen submit` against the gateway and services on loopback, against `generate` in-process; the
@@ -12,6 +13,7 @@ video stage with 1 and 2 video replicas.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import re
@@ -65,7 +67,7 @@ def main() -> None:
         for name in ("rules", "random"):
             req = SegmentRequest(song_key="song.wav", params=SegmenterParams(segmenter=name),
                                  segments_key=f"{name}.json", segments_text_key=f"{name}.txt")
-            seconds = best_of(3, lambda: segmentation.run(req))
+            seconds = best_of(3, functools.partial(segmentation.run, req))
             rows.append((f"segmentation ({name}), s per min of audio", seconds / minutes,
                          "decode", decode_s / minutes))
 

@@ -90,8 +90,8 @@ def system_rows(song: Path, song_seconds: float, generate_seconds: float, genera
     ]
     inprocess = read_manifest(generate_run_dir / "manifest.json") if generate_run_dir else None
     if inprocess:
-        rows.append(("five stages' seconds summed (manifest), services, 2 video replicas, s", stages_seconds(two["manifest"]),
-                     "in-process", stages_seconds(inprocess)))
+        rows.append(("five stages' seconds summed (manifest), services, 2 video replicas, s",
+                     stages_seconds(two["manifest"]), "in-process", stages_seconds(inprocess)))
         rows.append((f"video stage, {clips} clips: 2 replicas (gRPC + S3), s", two["video_seconds"],
                      "in-process, 2 clip workers", stage_seconds(inprocess, "video")))
     rows.append(("dev stack start (moto + 5 services + gateway, until all SERVING), s", start_seconds, "-", 0.0))

@@ -147,7 +147,8 @@ def canned_sentence(index: int) -> str:
 
 
 def canned_answer(body: dict[str, Any]) -> str:
-    """A valid answer to a plan, scenes or plan-repair request (read from its JSON schema), as a model would write it."""
+    """A valid answer to a plan, scenes or plan-repair request (read from its JSON schema), as a model would
+    write it."""
     properties = body["response_format"]["json_schema"]["schema"]["properties"]
     if all(key.startswith("scene ") for key in properties):
         return json.dumps({key: canned_sentence(int(key.split()[1])) for key in properties})

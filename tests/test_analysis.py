@@ -236,7 +236,8 @@ def test_stage_refuses_analyzers_it_does_not_run(tmp_path):
     store = LocalArtifactStore(tmp_path)
     stage = AnalysisStage(store)
     stage.load()
-    with pytest.raises(InvalidInputError, match="analysis backend 'clap' is not enabled here; choose one of: descriptors"):
+    with pytest.raises(InvalidInputError,
+                       match="analysis backend 'clap' is not enabled here; choose one of: descriptors"):
         stage.run(AnalyzeRequest(song_key="song.wav", segments_key="segments.json", analyzer="clap",
                                  labels_key="labels.json"))
     with pytest.raises(InvalidInputError, match="choose one of: clap, descriptors"):

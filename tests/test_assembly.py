@@ -78,8 +78,8 @@ def probe(path: Path) -> dict:
 
 def video_packet_hashes(path: Path) -> list[str]:
     """md5 of every video packet, as stored (no decoding): equal lists mean the bytes were copied."""
-    out = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-map", "0:v:0", "-c", "copy", "-f", "framemd5", "-"],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-map", "0:v:0", "-c", "copy", "-f", "framemd5",
+                          "-"], check=True, capture_output=True, text=True).stdout
     return [line.rsplit(",", 1)[1].strip() for line in out.splitlines() if line and not line.startswith("#")]
 
 
@@ -167,7 +167,8 @@ def test_many_short_segments_do_not_drift(tmp_path: Path) -> None:
     (tmp_path / "clips").mkdir()
     args = ["ffmpeg", "-nostdin", "-v", "error"]
     for (r, g, b), n in zip(colours, counts):
-        args += ["-f", "lavfi", "-i", f"color=c=0x{r:02x}{g:02x}{b:02x}:size={size}x{size}:rate={FPS}:d={(n + 0.5) / FPS}"]
+        args += ["-f", "lavfi", "-i",
+                 f"color=c=0x{r:02x}{g:02x}{b:02x}:size={size}x{size}:rate={FPS}:d={(n + 0.5) / FPS}"]
     for i, n in enumerate(counts):
         args += ["-map", f"{i}:v", "-frames:v", str(n), "-vf", encoding.RGB_TO_YUV_FILTER,
                  *encoding.h264_encoder_args(FPS), *encoding.mp4_muxer_args(FPS), str(tmp_path / f"clips/{i:04d}.mp4")]

@@ -54,7 +54,8 @@ def test_a_video_without_audio_is_refused(tmp_path):
     import subprocess
 
     path = tmp_path / "clip.mp4"
-    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=duration=2:size=64x64", str(path)], check=True)
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=duration=2:size=64x64", str(path)],
+                   check=True)
     with pytest.raises(InvalidInputError, match="no audio stream"):
         audio.probe(path, max_seconds=60)
 

@@ -420,7 +420,8 @@ def test_dockerfile_structure(name):
     sources = builder_copies(name)
     assert sources <= {"proto", req, own_requirements} | model_tools | requirements_arg, sources
     if "${REQUIREMENTS}" in sources:
-        defaults = [a for b in builders for i, a in chain_instructions(b) if i == "ARG" and a.startswith("REQUIREMENTS=")]
+        defaults = [a for b in builders for i, a in chain_instructions(b)
+                    if i == "ARG" and a.startswith("REQUIREMENTS=")]
         assert defaults == [f"REQUIREMENTS={req}"], defaults
 
 

@@ -13,6 +13,7 @@ mid-job and restarted, the only video replica killed and restarted, a cancel whi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
@@ -139,10 +140,8 @@ class PausableProxy:
 
 
 def _close(sock: socket.socket) -> None:
-    try:
+    with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
     sock.close()
 
 
@@ -195,10 +194,10 @@ class _FakeVideo(video_service_pb2_grpc.VideoServiceServicer):
             self.fake.store.put_bytes(request.clip_key, b"this is not a video\n" * 64)
         else:
             frames = max(1, request.frame_count // 2)
-            with self.fake.store.writing(request.clip_key) as path:
-                with encoding.RawVideoEncoder(path, request.width, request.height, request.fps) as encoder:
-                    for i in range(frames):
-                        encoder.write(np.full((request.height, request.width, 3), 40 + i % 200, np.uint8))
+            with (self.fake.store.writing(request.clip_key) as path,
+                  encoding.RawVideoEncoder(path, request.width, request.height, request.fps) as encoder):
+                for i in range(frames):
+                    encoder.write(np.full((request.height, request.width, 3), 40 + i % 200, np.uint8))
         yield video_service_pb2.GenerateClipResponse(result=stage_pb2.StageResult(keys={"clip": request.clip_key}))
 
 
@@ -219,7 +218,8 @@ class _FakeScripting(scripting_service_pb2_grpc.ScriptingServiceServicer):
                   "characters": [], "scenes": [{"index": s["index"], "text": f"Scene {s['index']}."} for s in segments]}
         self.fake.store.put_bytes(request.script_key, json.dumps(script).encode())
         yield scripting_service_pb2.WriteScriptResponse(progress=stage_pb2.StageProgress(done=1, total=1, fraction=1.0))
-        yield scripting_service_pb2.WriteScriptResponse(result=stage_pb2.StageResult(keys={"script": request.script_key}))
+        yield scripting_service_pb2.WriteScriptResponse(
+            result=stage_pb2.StageResult(keys={"script": request.script_key}))
 
 
 class _StalledSegmentation(segmentation_service_pb2_grpc.SegmentationServiceServicer):
@@ -357,7 +357,8 @@ def test_a_video_replica_killed_mid_clip_has_the_clip_made_on_the_other_each_cli
     clip = next(c for c in ended.clips if c.index == lost[0])
     assert clip.state == SUCCEEDED and clip.end_time.ToNanoseconds() / 1e9 > killed_at, describe(ended)
     print(f"figure: video-2 killed mid-clip; clip {lost[0]} made again on video, done "
-          f"{clip.end_time.ToNanoseconds() / 1e9 - killed_at:.1f} s after the kill; {len(ended.clips)} clips, each once")
+          f"{clip.end_time.ToNanoseconds() / 1e9 - killed_at:.1f} s after the kill; {len(ended.clips)} clips, "
+          "each once")
     assert all(c.state == SUCCEEDED and not c.cached for c in ended.clips), describe(ended)
     assert_complete_video(faults, job.job_id, truth, FPS, tmp_path)
     assert_each_clip_once(faults, job.job_id, tmp_path)
@@ -503,7 +504,8 @@ def test_stalled_stages_fail_the_job_at_their_deadline(faults, songs, fake):
     assert seconds < 60  # neither job hung: both failed within their deadlines plus the real stages' work
     print(f"figure: stalled segmentation and stalled clip, deadline {STAGE_DEADLINE_SECONDS} s: both jobs failed "
           f"within {seconds:.1f} s")
-    assert "segment stall" in fake.calls and any(call.endswith("stall") and call.startswith("video") for call in fake.calls)
+    assert "segment stall" in fake.calls
+    assert any(call.endswith("stall") and call.startswith("video") for call in fake.calls)
 
 
 def test_no_secret_appears_in_any_log(faults):

@@ -41,8 +41,8 @@ TERMINAL = (job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_S
 class RunningGateway:
     """A GatewayServer serving on loopback from its own event loop and thread, as in a deployment."""
 
-    def __init__(self, store: ArtifactStore, *, tokens: tuple[str, ...] = (TOKEN,), writers: tuple[str, ...] = ("template",),
-                 **settings: object):
+    def __init__(self, store: ArtifactStore, *, tokens: tuple[str, ...] = (TOKEN,),
+                 writers: tuple[str, ...] = ("template",), **settings: object):
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()

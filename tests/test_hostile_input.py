@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -127,7 +128,7 @@ def test_every_broken_file_is_refused_and_every_odd_one_makes_a_video(gateway, c
             accepted[entry.name] = gateway.stub.UploadSong(upload_messages(entry.name, data), metadata=AUTH,
                                                            timeout=60).song
             continue
-        error = refusal(lambda: gateway.stub.UploadSong(upload_messages(entry.name, data), metadata=AUTH, timeout=60))
+        error = refusal(partial(gateway.stub.UploadSong, upload_messages(entry.name, data), metadata=AUTH, timeout=60))
         assert_readable(error, grpc.StatusCode.INVALID_ARGUMENT, entry.says)
         assert error.details().startswith(f"{entry.name}: "), error.details()  # names the client's file
 
@@ -175,7 +176,7 @@ def test_broken_upload_streams_are_refused(gateway, corpus):
             (metadata_twice, "only the first UploadSong message may carry metadata"),
             (lambda: upload_messages("a.wav", data, size_bytes=len(data) + 1), "not the"),
             (lambda: upload_messages("a.wav", data, sha256="0" * 64), "corrupted")):
-        error = refusal(lambda: gateway.stub.UploadSong(messages(), metadata=AUTH, timeout=30))
+        error = refusal(partial(gateway.stub.UploadSong, messages(), metadata=AUTH, timeout=30))
         assert_readable(error, grpc.StatusCode.INVALID_ARGUMENT, says)
 
 
@@ -227,11 +228,11 @@ def test_broken_job_lookups_are_invalid_arguments(gateway):
     for request, says in ((api_pb2.ListJobsRequest(state=99), "unknown job state 99"),
                           (api_pb2.ListJobsRequest(page_size=-5), "page_size must not be negative"),
                           (api_pb2.ListJobsRequest(page_token="../../etc"), "page_token is not one")):
-        error = refusal(lambda: gateway.stub.ListJobs(request, metadata=AUTH, timeout=10))
+        error = refusal(partial(gateway.stub.ListJobs, request, metadata=AUTH, timeout=10))
         assert_readable(error, grpc.StatusCode.INVALID_ARGUMENT, says)
     # Ids that are paths are not ids: refused for their format before any lookup.
     for job_id in ("../../etc/passwd", "jobs/x/../y", "\x00"):
-        error = refusal(lambda: gateway.stub.GetJob(api_pb2.GetJobRequest(job_id=job_id), metadata=AUTH, timeout=10))
+        error = refusal(partial(gateway.stub.GetJob, api_pb2.GetJobRequest(job_id=job_id), metadata=AUTH, timeout=10))
         assert_readable(error, grpc.StatusCode.INVALID_ARGUMENT, "job_id must be the 32 hexadecimal digits")
     error = refusal(lambda: gateway.stub.CreateJob(api_pb2.CreateJobRequest(song_id="../songs/x"), metadata=AUTH,
                                                    timeout=10))

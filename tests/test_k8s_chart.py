@@ -253,8 +253,9 @@ def test_the_gateway_reaches_every_replica_through_headless_services(value_set):
     # analysers and its lyrics transcribers.
     video = deployment_container(docs, f"{RELEASE}-video")
     assert env_value(gateway, "MVGEN_GENERATORS") == env_value(video, "MVGEN_BACKENDS")
-    for stage, (main, apart), kinds in (("scripting", ("MVGEN_WRITERS", "MVGEN_STORYTELLERS"), {"openai-audio", "cascade"}),
-                                        ("analysis", ("MVGEN_ANALYZERS", "MVGEN_TRANSCRIBERS"), {"whisper"})):
+    for stage, (main, apart), kinds in (
+            ("scripting", ("MVGEN_WRITERS", "MVGEN_STORYTELLERS"), {"openai-audio", "cascade"}),
+            ("analysis", ("MVGEN_ANALYZERS", "MVGEN_TRANSCRIBERS"), {"whisper"})):
         loaded = env_value(deployment_container(docs, f"{RELEASE}-{stage}"), "MVGEN_BACKENDS").split(",")
         offered_apart = env_of(gateway).get(apart, {"value": ""})["value"]
         assert env_value(gateway, main).split(",") == [b for b in loaded if b not in kinds]
@@ -555,10 +556,9 @@ def test_tls_without_a_certificate_stops_even_a_render_without_the_schema(tmp_pa
     # `helm install --skip-schema-validation`: the chart's own check still names what is missing.
     unchecked = tmp_path / "mvgen"
     shutil.copytree(CHART, unchecked, ignore=shutil.ignore_patterns("values.schema.json"))
-    with helm.Chart.load(unchecked) as chart:
-        with pytest.raises(helm.HelmError, match="gateway.tls.enabled needs gateway.tls.secretName"):
-            chart.render({"gateway": {"tls": {"enabled": True}}}, name=RELEASE, namespace=NAMESPACE,
-                         is_install=True)
+    with (helm.Chart.load(unchecked) as chart,
+          pytest.raises(helm.HelmError, match="gateway.tls.enabled needs gateway.tls.secretName")):
+        chart.render({"gateway": {"tls": {"enabled": True}}}, name=RELEASE, namespace=NAMESPACE, is_install=True)
 
 
 def test_the_default_values_pass_the_schema():

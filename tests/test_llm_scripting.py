@@ -353,7 +353,9 @@ def test_the_cascade_storyteller_tells_the_story_from_the_labels_and_the_words_a
     assert "mood: " + make_labels().track["mood"].top() in prompt  # the track as the analyser heard it
     assert "<system>" not in prompt and "Output only" in tag_content(prompt, "user_story")  # data, defanged
     story = job_store.get_text("job/story.txt").strip()
-    assert len(story.split()) >= MIN_STORY_WORDS and tag_content(job_store.get_text("job/scenes_prompt.txt").split("\n===== section")[0], "story") == story
+    assert len(story.split()) >= MIN_STORY_WORDS
+    scenes_prompt = job_store.get_text("job/scenes_prompt.txt").split("\n===== section")[0]
+    assert tag_content(scenes_prompt, "story") == story
     assert_structurally_sound(stored_script(job_store), N_SCENES)
     assert result.info["storyteller"] == "cascade" and result.info["writer"] == "cascade"
     assert result.info["story_from"] == "descriptors labels, file:lrc lyrics"
@@ -528,7 +530,8 @@ def test_a_prompt_that_cannot_fit_fails_before_it_is_sent_naming_the_context(tmp
 LONG_SONG = ([("soft", "melodic", "steady", "intro")] * 6 + [("moderate", "percussive", "steady", "groove")] * 16
              + [("moderate", "bass", "building", "transition")] + [("moderate", "percussive", "steady", "groove")] * 10
              + [("intense", "bright", "steady", "climax")] * 12 + [("soft", "melodic", "dropping", "breakdown")] * 8
-             + [("moderate", "percussive", "steady", "groove")] * 10 + [("intense", "percussive", "burst", "climax")] * 6
+             + [("moderate", "percussive", "steady", "groove")] * 10
+             + [("intense", "percussive", "burst", "climax")] * 6
              + [("soft", "melodic", "fading", "outro")] * 6)
 
 

@@ -193,8 +193,8 @@ backend.load()
 heard = backend.transcribe(np.zeros(16000 * 2, np.float32))
 print("loaded", backend.state.value, heard.model)
 """
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
-                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          check=False, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "loaded ready whisper-base" in done.stdout
 

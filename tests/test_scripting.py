@@ -359,9 +359,11 @@ def test_stage_refuses_writers_it_does_not_run(tmp_path):
     store = _store_with_inputs(tmp_path, make_labels(), make_segmentation())
     stage = ScriptingStage(store)
     stage.load()
-    with pytest.raises(InvalidInputError, match="scripting backend 'vllm' is not enabled here; choose one of: template"):
+    with pytest.raises(InvalidInputError,
+                       match="scripting backend 'vllm' is not enabled here; choose one of: template"):
         stage.run(_request(writer="vllm"))
-    with pytest.raises(InvalidInputError, match="choose one of: cascade, llamacpp, openai, openai-audio, template, vllm"):
+    with pytest.raises(InvalidInputError,
+                       match="choose one of: cascade, llamacpp, openai, openai-audio, template, vllm"):
         ScriptingStage(store, enabled=("gpt",))
 
 

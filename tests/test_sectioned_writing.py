@@ -300,7 +300,8 @@ def test_a_plan_with_repeated_sections_or_a_style_that_sounds_is_mended_part_by_
     assert "style: it uses 'music': a camera cannot film sound" in mend.messages[2]["content"]
     assert json.loads(mend.messages[1]["content"])["sections"]["section 3"]  # its own plan, sent back
     plan = json.loads(song.store.get_text("plan.json"))
-    assert plan["style"]["look"] != "grainy film that pulses with the music" and script.style.look == plan["style"]["look"]
+    assert plan["style"]["look"] != "grainy film that pulses with the music"
+    assert script.style.look == plan["style"]["look"]
     assert len({s["action"] for s in plan["sections"]}) == 4
 
 
@@ -348,7 +349,8 @@ def test_a_scene_still_wrong_after_its_repairs_is_cut_to_the_clauses_that_break_
     script = song.write(ScriptedChat(answer), max_repairs=1)
     assert script.scenes[1].text == "As Mara runs along the harbour wall at dusk."
     response = song.store.get_text("response.txt")
-    assert "===== section 0 (scenes 0-3): the writer\nscene 1 cut to the clauses that break no rule: As Mara" in response
+    assert ("===== section 0 (scenes 0-3): the writer\nscene 1 cut to the clauses that break no rule: As Mara"
+            in response)
 
 
 def test_a_scene_whose_rewrites_keep_the_mistake_is_asked_for_afresh_without_it(tmp_path):

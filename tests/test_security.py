@@ -17,6 +17,7 @@ import time
 import urllib.parse
 import uuid
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -73,7 +74,7 @@ def mvgen(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 # --- TLS --------------------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_the_gateway_serves_tls_and_the_client_verifies_it(local_store, certificate, songs, tmp_path):
+def test_the_gateway_serves_tls_and_the_client_verifies_it(local_store, certificate, songs, tmp_path):  # noqa: F811
     cert, key = certificate
     running = RunningGateway(local_store, tls_cert_file=str(cert), tls_key_file=str(key))
     address = f"127.0.0.1:{running.gateway.port}"
@@ -123,7 +124,7 @@ def test_tls_needs_both_the_certificate_and_the_key(certificate):
 
 # --- per-client limits ------------------------------------------------------------------------------------------
 
-def test_a_client_may_have_only_so_many_jobs_at_once(local_store, songs):
+def test_a_client_may_have_only_so_many_jobs_at_once(local_store, songs):  # noqa: F811
     running = RunningGateway(local_store, tokens=(TOKEN, OTHER_TOKEN), max_active_jobs=1, max_jobs_per_client=2)
     try:
         song_id = upload(running.stub, songs / "long.wav").song_id
@@ -147,7 +148,7 @@ def test_a_client_may_have_only_so_many_jobs_at_once(local_store, songs):
         running.stop()
 
 
-def test_a_client_may_upload_only_so_much_per_hour(local_store, songs):
+def test_a_client_may_upload_only_so_much_per_hour(local_store, songs):  # noqa: F811
     running = RunningGateway(local_store, tokens=(TOKEN, OTHER_TOKEN), upload_bytes_per_hour=3 * MIB)
     try:
         upload(running.stub, songs / "long.wav")  # 1.7 MB of 3 MiB
@@ -203,8 +204,8 @@ def test_keys_that_could_escape_are_refused_by_both_stores(tmp_path, s3_store): 
     local = LocalArtifactStore(tmp_path / "store")
     for store in (local, s3_store):
         for key in ESCAPING_KEYS:
-            for call in (lambda: store.put_bytes(key, b"x"), lambda: store.get_bytes(key),
-                         lambda: store.exists(key), lambda: store.copy(key, "ok")):
+            for call in (partial(store.put_bytes, key, b"x"), partial(store.get_bytes, key),
+                         partial(store.exists, key), partial(store.copy, key, "ok")):
                 with pytest.raises(InvalidInputError):
                     call()
     assert not any(p.is_file() for p in tmp_path.rglob("*"))  # nothing written anywhere
@@ -218,7 +219,7 @@ def test_keys_that_could_escape_are_refused_by_both_stores(tmp_path, s3_store): 
     assert not list(outside.iterdir())
 
 
-def test_uploaded_file_names_never_become_keys(local_store, songs, tmp_path):
+def test_uploaded_file_names_never_become_keys(local_store, songs, tmp_path):  # noqa: F811
     running = RunningGateway(local_store)
     try:
         data = (songs / "short.wav").read_bytes()

@@ -129,7 +129,7 @@ def test_an_id_or_a_name_cannot_forge_a_log_line(gateway):
 
 def test_well_formed_ids_nobody_made_are_not_found(gateway):
     _, stub = gateway
-    for name, call in lookups(stub, "0" * 32).items():
+    for call in lookups(stub, "0" * 32).values():
         assert_short_refusal(refused(call), "no job '00000000000000000000000000000000'", grpc.StatusCode.NOT_FOUND)
     error = refused(lambda: stub.CreateJob(api_pb2.CreateJobRequest(song_id="0" * 64), metadata=AUTH, timeout=30))
     assert_short_refusal(error, "no song", grpc.StatusCode.NOT_FOUND)

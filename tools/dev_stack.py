@@ -42,6 +42,7 @@ gateway's MVGEN_VIDEO_ADDR lists them all, so it spreads clips over them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -284,7 +285,8 @@ class DevStack:
                     break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise DevStackError(f"moto (S3) did not listen on {entry['address']}:\n{log_tail(entry['log'])}")
+                    raise DevStackError(f"moto (S3) did not listen on {entry['address']}:\n"
+                                        f"{log_tail(entry['log'])}") from None
                 time.sleep(0.1)
         # The bucket is made through the store the services use, so a client mismatch shows here.
         self.store().ensure_bucket()
@@ -564,10 +566,8 @@ class DevStack:
     def _reap(self, name: str) -> None:
         proc = self._popen.pop(name, None)
         if proc is not None:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
 
 
 def _write_private_json(path: Path, data: Mapping[str, Any]) -> None:

@@ -19,6 +19,7 @@ both start, watch and stop their processes with what is here:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -144,10 +145,8 @@ def stop_all(pids: Mapping[str, int], grace: float, alive: Callable[[str], bool]
     for name, pid in pids.items():
         if alive(name):
             live[name] = pid
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
         else:
             outcome[name] = "gone"
     deadline = time.monotonic() + grace

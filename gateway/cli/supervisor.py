@@ -90,7 +90,7 @@ def report_fatal_signals(report: str | None) -> None:
     global _crash_report
     signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
     if report:
-        _crash_report = open(report, "a")  # faulthandler writes to its descriptor: it stays open
+        _crash_report = open(report, "a")  # noqa: SIM115 (faulthandler writes to its descriptor: it stays open)
         faulthandler.enable(_crash_report)
 
 

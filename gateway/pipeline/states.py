@@ -161,4 +161,5 @@ _FROM_PROTO: dict[type[ProtoMapped], dict[int, Any]] = {
 # QUEUED comes back as QUEUED).
 _TO_PROTO: dict[type[ProtoMapped], dict[Any, int]] = {
     **_SAME_NAME, JobState: _SAME_NAME[JobState] | {JobState.INTERRUPTED: job_pb2.JOB_STATE_QUEUED}}
-assert all(member in mapping for enum, mapping in _TO_PROTO.items() for member in enum), "a member without a proto value"
+assert all(member in mapping for enum, mapping in _TO_PROTO.items() for member in enum), \
+    "a member without a proto value"

@@ -33,7 +33,8 @@ class AssemblyStage:
             song = inputs.enter_context(self.store.local_path(req.song_key))
             clips = [inputs.enter_context(self.store.local_path(key)) for key in req.clip_keys]
             with self.store.writing(req.video_key) as out_path:
-                report = self.assembler.assemble(clips, req.frame_counts, req.fps, req.width, req.height, song, out_path)
+                report = self.assembler.assemble(clips, req.frame_counts, req.fps, req.width, req.height, song,
+                                                 out_path)
         return StageResult(keys={"video": req.video_key}, info=report.to_info())
 
 

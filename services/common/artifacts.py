@@ -102,7 +102,8 @@ class Segmentation:
 
     def to_text(self) -> str:
         tempo = f"{self.tempo_bpm:.1f} BPM" if self.tempo_bpm else "unknown tempo"
-        lines = [f"{len(self.segments)} segments over {clock(self.song_duration)} ({self.segmenter} segmenter, {tempo})", ""]
+        lines = [f"{len(self.segments)} segments over {clock(self.song_duration)} "
+                 f"({self.segmenter} segmenter, {tempo})", ""]
         lines += [f"{s.index:4d}  {clock(s.start)} - {clock(s.end)}  {s.duration:5.2f} s  cut: {s.end_reason}"
                   for s in self.segments]
         return "\n".join(lines) + "\n"

@@ -7,6 +7,7 @@ the GPU backends and the assembler's normaliser — takes its arguments from her
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import tempfile
 from pathlib import Path
@@ -92,7 +93,7 @@ class RawVideoEncoder:
 
     def __init__(self, out_path: Path, width: int, height: int, fps: int):
         self.width, self.height = width, height
-        self._stderr = tempfile.TemporaryFile()
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (ffmpeg writes to it until _finish or _abort closes it)
         cmd = [
             ffmpeg.binary("ffmpeg"), "-hide_banner", "-loglevel", "error", "-y",
             "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "pipe:0",
@@ -114,10 +115,8 @@ class RawVideoEncoder:
     def _finish(self) -> None:
         """Finish the file; raises StageFailedError if ffmpeg failed."""
         assert self._process.stdin is not None
-        try:
+        with contextlib.suppress(BrokenPipeError):
             self._process.stdin.close()
-        except BrokenPipeError:
-            pass
         returncode = self._process.wait()
         message = self._last_words()
         self._stderr.close()
@@ -127,10 +126,8 @@ class RawVideoEncoder:
     def _abort(self) -> None:
         assert self._process.stdin is not None
         self._process.kill()
-        try:
+        with contextlib.suppress(BrokenPipeError):
             self._process.stdin.close()
-        except BrokenPipeError:
-            pass
         self._process.wait()
         self._stderr.close()
 

@@ -22,7 +22,7 @@ class BackendState(enum.Enum):
     FAILED = "failed"
 
 
-class Backend(ABC):
+class Backend(ABC):  # noqa: B024 (the kinds declare the abstract methods: ClipGenerator, ScriptWriter, ...)
     """A stage backend: `load()` once (weights, tables, label embeddings), then call it many times."""
 
     name: str = "backend"
@@ -47,7 +47,7 @@ class Backend(ABC):
                 raise
             self.state = BackendState.READY
 
-    def _load(self) -> None:
+    def _load(self) -> None:  # noqa: B027 (a hook: doing nothing is the right default)
         """Override to load weights or tables; CPU backends often have nothing to load."""
 
     @property

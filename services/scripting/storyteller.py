@@ -52,7 +52,8 @@ class AudioSettings:
         settings = cls(envs.get("MVGEN_LALM_AUDIO_PART", environ), envs.get("MVGEN_LALM_AUDIO_RATE", environ),
                        envs.get("MVGEN_LALM_AUDIO_MAX_BYTES", environ))
         if settings.part not in AUDIO_PARTS:
-            raise InvalidInputError(f"MVGEN_LALM_AUDIO_PART must be one of {', '.join(AUDIO_PARTS)}, not {settings.part!r}")
+            raise InvalidInputError(f"MVGEN_LALM_AUDIO_PART must be one of {', '.join(AUDIO_PARTS)}, "
+                                    f"not {settings.part!r}")
         return settings
 
 

@@ -99,7 +99,7 @@ class AnimaticGenerator(ClipGenerator):
         return {
             "generator": GENERATOR_NAME,
             "kind": "animatic preview (storyboard rendered on the CPU, not AI video)",
-            "palette": ["#%02x%02x%02x" % c for c in palette],
+            "palette": ["#{:02x}{:02x}{:02x}".format(*c) for c in palette],
             "seconds": round(seconds, 3),
             "frames_per_second": round(req.frame_count / seconds, 1) if seconds > 0 else None,
         }
@@ -229,7 +229,8 @@ def _disc(frame: np.ndarray, cx: float, cy: float, radius: float, colour: np.nda
     frame[y0:y1, x0:x1] = (region + 0.5).astype(np.uint8)
 
 
-def _overlays(width: int, height: int, caption: str, label: str) -> list[tuple[int, int, int, int, np.ndarray, np.ndarray]]:
+def _overlays(width: int, height: int, caption: str,
+              label: str) -> list[tuple[int, int, int, int, np.ndarray, np.ndarray]]:
     """Caption band (bottom) and preview label (top left) as premultiplied RGB + transparency per box."""
     layer = Image.new("RGBA", (width, height), (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)

@@ -75,7 +75,8 @@ class ChatSettings:
     api_key: str  # <prefix>_API_KEY: a secret; servers without auth accept any value
     timeout_seconds: float  # <prefix>_TIMEOUT_SECONDS: one request, generation included
     max_retries: int  # <prefix>_MAX_RETRIES: retries of a failed connection, 429 or 5xx, with backoff
-    structured_output: str  # <prefix>_STRUCTURED_OUTPUT: json_schema (OpenAI, vLLM, llama.cpp), guided_json (older vLLM), none
+    # <prefix>_STRUCTURED_OUTPUT: json_schema (OpenAI, vLLM, llama.cpp), guided_json (older vLLM), none
+    structured_output: str
     temperature: float  # <prefix>_TEMPERATURE: DeepSeek-R1's authors advise 0.5-0.7
     max_tokens: int  # <prefix>_MAX_TOKENS: reasoning plus answer, at most; cut to what the context leaves
     # <prefix>_FREQUENCY_PENALTY: small models loop, writing one scene over and over; 0 for
@@ -180,7 +181,8 @@ class OpenAIChat:
         raw = choice.message.content or ""
         reasoning, answer = split_reasoning(raw)
         # vLLM's reasoning parser (and others) return the thinking in a field of its own.
-        server_reasoning = getattr(choice.message, "reasoning_content", None) or getattr(choice.message, "reasoning", None)
+        server_reasoning = (getattr(choice.message, "reasoning_content", None)
+                            or getattr(choice.message, "reasoning", None))
         if isinstance(server_reasoning, str) and server_reasoning.strip():
             reasoning = "\n\n".join(x for x in (server_reasoning.strip(), reasoning) if x)
         usage = response.usage

@@ -135,8 +135,9 @@ class VllmChat:
         room = self.settings.max_model_len - prompt
         if room < request.min_answer_tokens:
             raise PromptTooLongError(
-                f"{request.what} is {prompt:,} tokens long and MVGEN_VLLM_MAX_MODEL_LEN is {self.settings.max_model_len:,}, "
-                f"which leaves {max(0, room):,} tokens for an answer that needs about {request.min_answer_tokens:,}")
+                f"{request.what} is {prompt:,} tokens long and MVGEN_VLLM_MAX_MODEL_LEN is "
+                f"{self.settings.max_model_len:,}, which leaves {max(0, room):,} tokens for an answer that needs about "
+                f"{request.min_answer_tokens:,}")
         return min(self.settings.max_tokens, room)
 
 

@@ -13,10 +13,11 @@ import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from services.common import artifacts, timing
+from services.common import artifacts
+from services.common.artifacts import ArtifactT
 from services.common.errors import JobCancelledError, MvgenError
 from services.common.stage_api import (
     AnalyzeRequest,
@@ -45,6 +46,17 @@ class JobSpec:
     options: JobOptions
 
 
+@dataclass
+class RunState:
+    """What a run knows, in memory and typed, as it goes: whoever reports on the job (the gateway's
+    JobStatus) reads it here instead of reading the store again at every event."""
+
+    manifest: dict[str, Any] | None = None  # the live manifest (Manifest.data), saved at every change
+    segmentation: artifacts.Segmentation | None = None
+    script: artifacts.Script | None = None
+    frames: dict[int, int] = field(default_factory=dict)  # each segment's frames at the job's fps, by index
+
+
 class Orchestrator:
     def __init__(self, store: ArtifactStore, stages: StageClients, on_event: EventSink | None = None,
                  output_cache: str | None = None):
@@ -57,6 +69,7 @@ class Orchestrator:
         self.stages = stages
         self.on_event = on_event or (lambda event: None)
         self.output_cache = output_cache
+        self.state = RunState()
         self._cancelled = asyncio.Event()
         self._interrupted = False
 
@@ -68,6 +81,7 @@ class Orchestrator:
 
     async def run(self, job: JobSpec) -> Manifest:
         manifest = await asyncio.to_thread(Manifest.open, self.store, job.layout, job.job_id, job.song, job.options)
+        self.state.manifest = manifest.data
         try:
             await self._run(job, manifest)
         except (JobCancelledError, asyncio.CancelledError):
@@ -93,7 +107,9 @@ class Orchestrator:
         await self._stage(manifest, Stage.SEGMENTATION, seg_fp, opts.segmenter.segmenter, lambda: self.stages.segment(
             SegmentRequest(song_key=job.song_key, params=opts.segmenter, segments_key=layout.segments,
                            segments_text_key=layout.segments_text)))
-        segmentation = artifacts.Segmentation.from_dict(await self._read_json(layout.segments))
+        segmentation = await self._read(layout.segments, artifacts.Segmentation)
+        self.state.frames = segmentation.frame_counts(opts.fps)
+        self.state.segmentation = segmentation
 
         # The scripting stage reports each part it writes (the plan, then each section of the song).
         def script_progress(done: int, total: int, what: str) -> None:
@@ -128,7 +144,8 @@ class Orchestrator:
             await self._stage(manifest, Stage.SCRIPTING, script_fp, opts.writer, lambda: self.stages.write_script(
                 request, script_progress, self._cancelled.is_set), edited=self._plan_edited(layout))
         # Read back, not taken from the stage's answer: a person may have edited script.json.
-        script = artifacts.Script.from_dict(await self._read_json(layout.script))
+        script = await self._read(layout.script, artifacts.Script)
+        self.state.script = script
 
         clips = await self._clips(job, manifest, segmentation, script)
 
@@ -214,7 +231,7 @@ class Orchestrator:
         video_config = await self.stages.backend_config(Stage.VIDEO)
         requests: list[tuple[GenerateClipRequest, str]] = []
         for segment in segmentation.segments:
-            frames = timing.frame_count(segment.start, segment.end, opts.fps)
+            frames = self.state.frames[segment.index]
             seed = int(fingerprint("clip-seed", opts.seed, segment.index), 16) % 2**31
             req = GenerateClipRequest(
                 index=segment.index, song_key=job.song_key, script_key=layout.script, start=segment.start,
@@ -324,8 +341,8 @@ class Orchestrator:
         if self._cancelled.is_set():
             raise JobCancelledError("the job was cancelled")
 
-    async def _read_json(self, key: str) -> dict[str, Any]:
-        return json.loads(await asyncio.to_thread(self.store.get_bytes, key))
+    async def _read(self, key: str, kind: type[ArtifactT]) -> ArtifactT:
+        return await asyncio.to_thread(artifacts.read_artifact, self.store, key, kind)
 
 
 def _forget(record: dict[str, Any], *names: str) -> None:

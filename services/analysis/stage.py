@@ -8,14 +8,13 @@ Transcribers (lyrics/) are a second set of backends, enabled through the same li
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 
 from services.analysis.analyzer import Analyzer
 from services.analysis.descriptors import DescriptorAnalyzer
 from services.analysis.lyrics.listening import TRANSCRIBERS, check_lyrics_request, write_lyrics
 from services.common import artifacts
-from services.common.artifacts import Segmentation
+from services.common.artifacts import Segmentation, read_artifact
 from services.common.audio import ANALYSIS_SAMPLE_RATE, decode
 from services.common.errors import InvalidInputError
 from services.common.lifecycle import BackendSet
@@ -61,7 +60,7 @@ class AnalysisStage:
     def run(self, req: AnalyzeRequest) -> StageResult:
         analyzer = self.analyzers.get(req.analyzer)
         transcriber = check_lyrics_request(req, self.transcribers)  # refused before any work is done
-        segmentation = _read_segmentation(self.store, req.segments_key)
+        segmentation = read_artifact(self.store, req.segments_key, Segmentation)
         # A model hears audio at its own rate (CLAP: 44.1 kHz); decoding there keeps what the default rate would cut.
         sample_rate = getattr(analyzer, "sample_rate", ANALYSIS_SAMPLE_RATE)
         try:
@@ -82,12 +81,3 @@ class AnalysisStage:
                 **lyrics_info,
             },
         )
-
-
-def _read_segmentation(store: ArtifactStore, key: str) -> Segmentation:
-    try:
-        return Segmentation.from_dict(json.loads(store.get_text(key)))
-    except KeyError as exc:
-        raise InvalidInputError(f"no segmentation at {quoted(key)} ({exc})") from exc
-    except (TypeError, ValueError) as exc:  # ValueError covers bad JSON and bad UTF-8
-        raise InvalidInputError(f"{key} is not a segmentation ({exc})") from exc

@@ -15,12 +15,11 @@ each section as it is written; `is_cancelled()` stops an LLM writer before its n
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from services.common import artifacts
-from services.common.artifacts import Labels, Lyrics, Script, Segmentation
+from services.common.artifacts import Labels, Lyrics, Script, Segmentation, read_artifact
 from services.common.errors import InvalidInputError
 from services.common.lifecycle import Backend, BackendSet
 from services.common import envs
@@ -50,7 +49,6 @@ BACKENDS: dict[str, type[Backend]] = {
     "openai-audio": AudioStoryteller,
     "cascade": CascadeStoryteller,
 }
-
 T = TypeVar("T")
 
 
@@ -94,8 +92,8 @@ class ScriptingStage:
             is_cancelled: Callable[[], bool] = _never) -> StageResult:
         writer = self._backend(req.writer, ScriptWriter, "a script writer")
         fallback = self._backend(req.fallback_writer, ScriptWriter, "a script writer") if req.fallback_writer else None
-        labels = _read(self.store, req.labels_key, Labels.from_dict)
-        segmentation = _read(self.store, req.segments_key, Segmentation.from_dict)
+        labels = read_artifact(self.store, req.labels_key, Labels)
+        segmentation = read_artifact(self.store, req.segments_key, Segmentation)
         lyrics = _read_lyrics(self.store, req.lyrics_key) if req.lyrics_key else None
         sections = group_sections(segmentation, segment_roles(labels), section_segments(self.environ))
         plan_prompt = render_plan_prompt(labels, segmentation, sections, req.inputs, lyrics=lyrics)
@@ -129,8 +127,8 @@ class ScriptingStage:
         storyteller = self._backend(req.storyteller, Storyteller, "a storyteller")
         scene_writer = (self._backend(req.scene_writer, LLMScriptWriter, "an LLM writer") if req.scene_writer
                         else storyteller)
-        segmentation = _read(self.store, req.segments_key, Segmentation.from_dict)
-        labels = _read(self.store, req.labels_key, Labels.from_dict) if req.labels_key else None
+        segmentation = read_artifact(self.store, req.segments_key, Segmentation)
+        labels = read_artifact(self.store, req.labels_key, Labels) if req.labels_key else None
         lyrics = _read_lyrics(self.store, req.lyrics_key) if req.lyrics_key else None
         sections = group_sections(segmentation, segment_roles(labels) if labels else None,
                                   section_segments(self.environ))
@@ -217,13 +215,4 @@ def _read_lyrics(store: ArtifactStore, key: str) -> Lyrics:
     if not store.exists(key):
         raise InvalidInputError(f"no lyrics at {quoted(key)} (lyrics_key): analyse the song with lyrics first, "
                                 f"or leave lyrics_key empty")
-    return _read(store, key, Lyrics.from_dict)
-
-
-def _read(store: ArtifactStore, key: str, parse: Callable[[dict[str, Any]], T]) -> T:
-    try:
-        return parse(json.loads(store.get_text(key)))
-    except KeyError as exc:
-        raise InvalidInputError(f"{quoted(key)} is missing or lacks the field {exc}") from exc
-    except (TypeError, ValueError) as exc:  # ValueError covers bad JSON and bad UTF-8
-        raise InvalidInputError(f"{key} cannot be read ({exc})") from exc
+    return read_artifact(store, key, Lyrics)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import PurePosixPath
 from typing import Any
 
 from services.common import encoding
-from services.common.artifacts import Script, dumps
+from services.common.artifacts import Script, dumps, read_artifact
 from services.common.errors import InvalidInputError
 from services.common.lifecycle import BackendSet
 from services.common.stage_api import GenerateClipRequest, StageResult
@@ -47,7 +46,7 @@ class VideoStage:
             is_cancelled: Callable[[], bool] | None = None) -> StageResult:
         _check_request(req)
         generator = self.generators.get(req.generator)
-        script = self._script(req.script_key)
+        script = read_artifact(self.store, req.script_key, Script)
         if not any(scene.index == req.index for scene in script.scenes):
             raise InvalidInputError(f"the script {quoted(req.script_key)} has no scene {req.index}")
         if not self.store.exists(req.song_key):
@@ -64,16 +63,6 @@ class VideoStage:
             keys={"clip": req.clip_key, "clip_meta": meta_key},
             info={"generator": req.generator, "frames": req.frame_count, "seconds": meta["seconds"]},
         )
-
-    def _script(self, key: str) -> Script:
-        try:
-            text = self.store.get_text(key)
-        except KeyError:
-            raise InvalidInputError(f"no script in the store at {quoted(key)}") from None
-        try:
-            return Script.from_dict(json.loads(text))
-        except (ValueError, TypeError, KeyError) as exc:
-            raise InvalidInputError(f"the script at {quoted(key)} is not a valid script: {exc}") from exc
 
 
 def _check_request(req: GenerateClipRequest) -> None:

@@ -17,7 +17,6 @@ from services.common.store import ArtifactStore
 from gateway.pipeline.layout import JobLayout
 from gateway.pipeline.options import JobOptions
 from gateway.pipeline.states import ClipState, JobState, Stage, StageState
-from gateway.pipeline.states import STAGES  # noqa: F401  (until gateway/server/status.py reads it from states)
 
 
 def fingerprint(*parts: Any) -> str:

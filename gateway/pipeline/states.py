@@ -26,7 +26,7 @@ class ProtoMapped(StrEnum):
     """A StrEnum with a counterpart among the proto enums (see the module's docstring)."""
 
     @property
-    def proto(self) -> int:
+    def proto(self) -> Any:  # an int; typed as the proto enum (job_pb2.JobState, ...) where it is assigned
         """The proto enum's value for this member."""
         return _TO_PROTO[type(self)][self]
 

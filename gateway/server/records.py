@@ -17,6 +17,7 @@ from services.common.pb import job_pb2, song_pb2
 from services.common.store import ArtifactStore
 from gateway.pipeline.layout import JobLayout
 from gateway.pipeline.orchestrator import JobSpec
+from gateway.pipeline.states import Stage, StageState
 from gateway.server.options import job_options
 
 
@@ -77,7 +78,7 @@ class StoredState:
     read_at: dict[str, str] = field(default_factory=dict)  # stage -> fingerprint of the output read
 
 
-OUTPUT_STAGES = ("segmentation", "scripting")  # the stages whose outputs clients see in the job itself
+OUTPUT_STAGES = (Stage.SEGMENTATION, Stage.SCRIPTING)  # the stages whose outputs clients see in the job itself
 
 
 def read_stored(store: ArtifactStore, layout: JobLayout, fps: int) -> StoredState:
@@ -89,7 +90,7 @@ def read_stored(store: ArtifactStore, layout: JobLayout, fps: int) -> StoredStat
 def unread_outputs(manifest: dict[str, Any] | None, known: StoredState) -> bool:
     """Whether the manifest names a segmentation or script that `known` does not hold: outputs_of would read."""
     stages = (manifest or {}).get("stages", {})
-    return any(stages.get(stage, {}).get("state") == "succeeded"
+    return any(stages.get(stage, {}).get("state") == StageState.SUCCEEDED
                and known.read_at.get(stage) != stages[stage].get("fingerprint", "")
                for stage in OUTPUT_STAGES)
 
@@ -100,10 +101,10 @@ def outputs_of(store: ArtifactStore, layout: JobLayout, fps: int, manifest: dict
     not already hold them at the same fingerprint. Blocking when it reads."""
     stages = (manifest or {}).get("stages", {})
     found: dict[str, Any] = {"read_at": {}}
-    for stage, name, key, kind in (("segmentation", "segmentation", layout.segments, Segmentation),
-                                   ("scripting", "script", layout.script, Script)):
+    for stage, name, key, kind in ((Stage.SEGMENTATION, "segmentation", layout.segments, Segmentation),
+                                   (Stage.SCRIPTING, "script", layout.script, Script)):
         record = stages.get(stage, {})
-        if record.get("state") != "succeeded":
+        if record.get("state") != StageState.SUCCEEDED:
             continue
         fp = record.get("fingerprint", "")
         if known is not None and fp and known.read_at.get(stage) == fp:

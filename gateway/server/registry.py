@@ -32,10 +32,11 @@ from services.common.untrusted import quoted
 from gateway.pipeline.manifest import Manifest
 from gateway.pipeline.orchestrator import Orchestrator
 from gateway.pipeline.stage_clients import StageClients
+from gateway.pipeline.states import JobState
 from gateway.server.errors import AlreadyExistsError, NotFoundError
 from gateway.server.metrics import WorkCounts
 from gateway.server.records import JobRecord, StoredState, read_json, read_stored
-from gateway.server.status import TERMINAL_BY_MANIFEST, JobStatus, timestamp_now
+from gateway.server.status import JobStatus, timestamp_now
 
 
 log = logging.getLogger(__name__)
@@ -251,7 +252,8 @@ class JobRegistry:
             # The store is unreachable: say how the job ended from memory, and record it once the store is back.
             run.status.show_unrecorded_end(error, cancelled=run.user_cancelled)
             self._spawn(self._settle_later(run, error))
-        log.info("job %s %s", run.status.record.job_id, "interrupted" if run.interrupted else run.status.state_name)
+        log.info("job %s %s", run.status.record.job_id,
+                 JobState.INTERRUPTED if run.interrupted else run.status.state_name)
 
     async def _settle_later(self, run: JobRun, error: BaseException | None) -> None:
         while not self._closing:
@@ -290,14 +292,15 @@ class JobRegistry:
             return
         record = run.status.record
         manifest = read_json(self.store, record.layout.manifest)
-        if manifest is not None and manifest["state"] in TERMINAL_BY_MANIFEST:
+        if manifest is not None and JobState(manifest["state"]).is_terminal:
             return
         spec = record.spec()
         opened = Manifest.open(self.store, spec.layout, spec.job_id, spec.song, spec.options)
         if run.user_cancelled:
-            opened.finish_now("cancelled", "cancelled by the user")
+            opened.finish_now(JobState.CANCELLED, "cancelled by the user")
         else:
-            opened.finish_now("failed", str(error) if isinstance(error, MvgenError) else f"internal error: {error!r}")
+            opened.finish_now(JobState.FAILED,
+                              str(error) if isinstance(error, MvgenError) else f"internal error: {error!r}")
 
 
 def new_job_id() -> str:

@@ -14,19 +14,14 @@ from services.common.errors import MvgenError, TransientError
 from services.common.pb import job_pb2, music_video_service_pb2 as api_pb2, stage_pb2
 from services.common.store import ArtifactStore
 from gateway.pipeline.events import JobEvent
-from gateway.pipeline.manifest import STAGES
 from gateway.pipeline.orchestrator import RunState
+from gateway.pipeline.states import STAGES, ClipState, EventKind, EventState, JobState, Stage, StageState
 from gateway.server.records import OUTPUT_STAGES, outputs_of, unread_outputs, JobRecord, StoredState, read_stored
 
 
 log = logging.getLogger(__name__)
 T = TypeVar('T')
 
-TERMINAL_STATES = (job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED)
-TERMINAL_BY_MANIFEST = {"succeeded": job_pb2.JOB_STATE_SUCCEEDED, "failed": job_pb2.JOB_STATE_FAILED,
-                        "cancelled": job_pb2.JOB_STATE_CANCELLED}
-STAGE_ENUMS = dict(zip(STAGES, (job_pb2.STAGE_SEGMENTATION, job_pb2.STAGE_ANALYSIS, job_pb2.STAGE_SCRIPTING,
-                                job_pb2.STAGE_VIDEO, job_pb2.STAGE_ASSEMBLY)))
 WATCH_BACKLOG = 256  # messages a slow watcher may fall behind before it gets a fresh snapshot instead
 
 _RUN_ENDED = object()
@@ -44,17 +39,17 @@ class JobStatus:
         options = record.options
         backends = (options.segmenter.segmenter, options.analyzer, options.writer, options.generator, "")
         self.job = job_pb2.Job(
-            job_id=record.job_id, request_id=record.request_id, state=job_pb2.JOB_STATE_QUEUED,
+            job_id=record.job_id, request_id=record.request_id, state=JobState.QUEUED.proto,
             options=options, song=record.song, create_time=record.create_time, update_time=record.create_time,
-            stages=[job_pb2.StageStatus(stage=STAGE_ENUMS[name], state=job_pb2.STAGE_STATE_PENDING, backend=backend)
-                    for name, backend in zip(STAGES, backends)],
+            stages=[job_pb2.StageStatus(stage=stage.proto, state=StageState.PENDING.proto, backend=backend)
+                    for stage, backend in zip(STAGES, backends)],
             artifact_keys={"song": record.song.song_key})
         # Plain attributes, read by the metrics thread.
-        self.state_name = "queued"
+        self.state_name = JobState.QUEUED.value
         self.clips_pending = 0
         self.clips_in_flight = 0
-        self._live_stages: dict[str, int] = {}  # what this run's events said, by stage
-        self._live_clips: dict[int, int] = {}
+        self._live_stages: dict[Stage, StageState] = {}  # what this run's events said, by stage
+        self._live_clips: dict[int, ClipState] = {}
         self._events: asyncio.Queue[Any] = asyncio.Queue()
         self._pump: asyncio.Task[None] | None = None
         self._watchers: set[asyncio.Queue[Any]] = set()
@@ -63,7 +58,7 @@ class JobStatus:
 
     @property
     def is_terminal(self) -> bool:
-        return self.job.state in TERMINAL_STATES
+        return JobState.proto_is_terminal(self.job.state)
 
     def snapshot(self) -> job_pb2.Job:
         job = job_pb2.Job()
@@ -100,73 +95,72 @@ class JobStatus:
         fingerprints = _fingerprints(manifest)
         read_at = dict(known.read_at)
         segmentation, script, frames = known.segmentation, known.script, known.frames
-        if live.segmentation is not None and "segmentation" in fingerprints:
+        if live.segmentation is not None and Stage.SEGMENTATION in fingerprints:
             segmentation, frames = live.segmentation, live.frames
-            read_at["segmentation"] = fingerprints["segmentation"]["fingerprint"]
-        if live.script is not None and "scripting" in fingerprints:
+            read_at[Stage.SEGMENTATION] = fingerprints[Stage.SEGMENTATION]["fingerprint"]
+        if live.script is not None and Stage.SCRIPTING in fingerprints:
             script = live.script
-            read_at["scripting"] = fingerprints["scripting"]["fingerprint"]
+            read_at[Stage.SCRIPTING] = fingerprints[Stage.SCRIPTING]["fingerprint"]
         return StoredState(manifest, segmentation, script, frames, read_at)
 
     def apply_stored(self, stored: StoredState) -> None:
         self._stored = stored
         manifest = stored.manifest or {}
         job = self.job
-        recorded = manifest.get("state")
-        if recorded in TERMINAL_BY_MANIFEST:
-            job.state = TERMINAL_BY_MANIFEST[recorded]
-        elif recorded == "running" and self._live_stages:
-            job.state = job_pb2.JOB_STATE_RUNNING
-        else:
-            job.state = job_pb2.JOB_STATE_QUEUED
-        terminal = job.state in TERMINAL_STATES
-        job.error_message = (manifest.get("error") or "") if job.state == job_pb2.JOB_STATE_FAILED else ""
+        recorded = JobState(manifest.get("state", JobState.QUEUED))
+        if recorded.is_terminal:
+            state = recorded
+        elif recorded == JobState.RUNNING and self._live_stages:
+            state = JobState.RUNNING
+        else:  # not started in this process yet, or interrupted: waiting to run
+            state = JobState.QUEUED
+        job.state = state.proto
+        job.error_message = (manifest.get("error") or "") if state == JobState.FAILED else ""
 
         stage_records = manifest.get("stages", {})
-        for name, status in zip(STAGES, job.stages):
-            record = stage_records.get(name, {})
-            status.state = self._stage_state(name, record.get("state", "pending"), job.state)
+        for stage, status in zip(STAGES, job.stages):
+            record = stage_records.get(stage, {})
+            stage_state = self._stage_state(stage, StageState(record.get("state", StageState.PENDING)), state)
+            status.state = stage_state.proto
             # Cached: copied from another job's output. What this job made before a restart is its own.
-            status.cached = status.state == job_pb2.STAGE_STATE_SUCCEEDED and "reused_from" in record
+            status.cached = stage_state == StageState.SUCCEEDED and "reused_from" in record
             status.artifact_keys.clear()
             status.artifact_keys.update(record.get("outputs", {}))
-            if name != "video":
+            if stage != Stage.VIDEO:
                 job.artifact_keys.update(record.get("outputs", {}))
-            status.error_message = (record.get("error") or "") if status.state == job_pb2.STAGE_STATE_FAILED else ""
+            status.error_message = (record.get("error") or "") if stage_state == StageState.FAILED else ""
             status.info.Clear()
             status.info.update(record.get("info") or {})
             if record.get("started_at") and not status.HasField("start_time"):
                 status.start_time.FromJsonString(record["started_at"])
-            if (status.state in (job_pb2.STAGE_STATE_SUCCEEDED, job_pb2.STAGE_STATE_FAILED)
+            if (stage_state in (StageState.SUCCEEDED, StageState.FAILED)
                     and not status.HasField("end_time") and status.HasField("start_time") and "seconds" in record):
                 status.end_time.FromNanoseconds(status.start_time.ToNanoseconds() + int(record["seconds"] * 1e9))
 
         self._apply_clips(stored, manifest.get("clips", {}), job.error_message)
-        video = job.stages[STAGES.index("video")]
-        video.cached = video.state == job_pb2.STAGE_STATE_SUCCEEDED and all(c.cached for c in job.clips)
+        video = job.stages[STAGES.index(Stage.VIDEO)]
+        video.cached = video.state == StageState.SUCCEEDED.proto and all(c.cached for c in job.clips)
         if stored.script:
             job.title = stored.script.title
         started = [s.start_time for s in job.stages if s.HasField("start_time")]
         if started and not job.HasField("start_time"):
             job.start_time.CopyFrom(min(started, key=lambda t: t.ToNanoseconds()))
-        if terminal and not job.HasField("end_time"):
+        if state.is_terminal and not job.HasField("end_time"):
             if manifest.get("updated_at"):
                 job.end_time.FromJsonString(manifest["updated_at"])
             else:
                 job.end_time.GetCurrentTime()
         self._changed()
 
-    def _stage_state(self, name: str, recorded: str, job_state: int) -> int:
-        if recorded == "succeeded":
-            return job_pb2.STAGE_STATE_SUCCEEDED
-        if recorded == "skipped":
-            return job_pb2.STAGE_STATE_SKIPPED
-        if job_state == job_pb2.JOB_STATE_CANCELLED:
-            return job_pb2.STAGE_STATE_CANCELLED
-        if job_state == job_pb2.JOB_STATE_FAILED:
-            return job_pb2.STAGE_STATE_FAILED if recorded == "failed" else job_pb2.STAGE_STATE_CANCELLED
+    def _stage_state(self, stage: Stage, recorded: StageState, job_state: JobState) -> StageState:
+        if recorded in (StageState.SUCCEEDED, StageState.SKIPPED):
+            return recorded
+        if job_state == JobState.CANCELLED:
+            return StageState.CANCELLED
+        if job_state == JobState.FAILED:
+            return StageState.FAILED if recorded == StageState.FAILED else StageState.CANCELLED
         # A live job: a "running" or "failed" record may be left from an interrupted run; this run's events decide.
-        return self._live_stages.get(name, job_pb2.STAGE_STATE_PENDING)
+        return self._live_stages.get(stage, StageState.PENDING)
 
     def _apply_clips(self, stored: StoredState, clip_records: dict[str, Any], job_error: str) -> None:
         if stored.segmentation is None:
@@ -182,24 +176,26 @@ class JobStatus:
                 clip.CopyFrom(previous[index])
             clip.scene_text = scenes.get(index, "")
             record = clip_records.get(f"{index:04d}", {})
-            clip.state = self._clip_state(index, record, job_error)
-            if clip.state == job_pb2.CLIP_STATE_SUCCEEDED:
+            clip_state = self._clip_state(index, record, job_error)
+            clip.state = clip_state.proto
+            if clip_state == ClipState.SUCCEEDED:
                 clip.clip_key = record.get("outputs", {}).get("clip") or self.record.layout.clip(index)
                 _recorded_history(clip, record)
-            clip.error_message = (record.get("error") or "") if clip.state == job_pb2.CLIP_STATE_FAILED else ""
+            clip.error_message = (record.get("error") or "") if clip_state == ClipState.FAILED else ""
             clips.append(clip)
         del self.job.clips[:]
         self.job.clips.extend(clips)
 
-    def _clip_state(self, index: int, record: dict[str, Any], job_error: str) -> int:
-        recorded = record.get("state", "pending")
-        if recorded == "succeeded":
-            return job_pb2.CLIP_STATE_SUCCEEDED
-        if self.job.state == job_pb2.JOB_STATE_FAILED and recorded == "failed" and record.get("error") == job_error:
-            return job_pb2.CLIP_STATE_FAILED  # the clip that failed the job; the others were stopped
-        if self.job.state in (job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED):
-            return job_pb2.CLIP_STATE_CANCELLED
-        return self._live_clips.get(index, job_pb2.CLIP_STATE_PENDING)
+    def _clip_state(self, index: int, record: dict[str, Any], job_error: str) -> ClipState:
+        recorded = ClipState(record.get("state", ClipState.PENDING))
+        if recorded == ClipState.SUCCEEDED:
+            return ClipState.SUCCEEDED
+        job_state = JobState.from_proto(self.job.state)
+        if job_state == JobState.FAILED and recorded == ClipState.FAILED and record.get("error") == job_error:
+            return ClipState.FAILED  # the clip that failed the job; the others were stopped
+        if job_state in (JobState.FAILED, JobState.CANCELLED):
+            return ClipState.CANCELLED
+        return self._live_clips.get(index, ClipState.PENDING)
 
     # Live events ---------------------------------------------------------------------------------------
 
@@ -226,7 +222,7 @@ class JobStatus:
                 await self.refresh()
                 self._publish_snapshot()
                 return
-            if event.kind == "clip":
+            if event.kind == EventKind.CLIP:
                 self._on_clip(event)
             else:
                 await self._on_stage(event)
@@ -234,7 +230,7 @@ class JobStatus:
     async def _on_stage(self, event: JobEvent) -> None:
         status = self.job.stages[STAGES.index(event.stage)]
         now = timestamp_now()
-        if event.state == "progress":  # a part of the stage done (scripting: the plan, a section): no refresh
+        if event.state == EventState.PROGRESS:  # a part of the stage done (scripting: the plan, a section): no refresh
             detail = event.detail or {}
             status.progress.CopyFrom(stage_pb2.StageProgress(
                 done=detail.get("done", 0), total=detail.get("total", 0), fraction=event.fraction,
@@ -242,22 +238,22 @@ class JobStatus:
             self._changed()
             self._publish(api_pb2.WatchJobResponse(event_time=now, stage=status))
             return
-        if event.state == "running":
-            self._live_stages[event.stage] = job_pb2.STAGE_STATE_RUNNING
+        if event.state == EventState.RUNNING:
+            self._live_stages[event.stage] = StageState.RUNNING
             status.start_time.CopyFrom(now)
             status.ClearField("end_time")
-        elif event.state in ("succeeded", "cached"):
-            self._live_stages[event.stage] = job_pb2.STAGE_STATE_SUCCEEDED
-            if event.state == "succeeded":
+        elif event.state in (EventState.SUCCEEDED, EventState.CACHED):
+            self._live_stages[event.stage] = StageState.SUCCEEDED
+            if event.state == EventState.SUCCEEDED:
                 status.end_time.CopyFrom(now)
-        elif event.state == "failed":
-            self._live_stages[event.stage] = job_pb2.STAGE_STATE_FAILED
+        elif event.state == EventState.FAILED:
+            self._live_stages[event.stage] = StageState.FAILED
             status.end_time.CopyFrom(now)
-        elif event.state == "skipped":
-            self._live_stages[event.stage] = job_pb2.STAGE_STATE_SKIPPED
+        elif event.state == EventState.SKIPPED:
+            self._live_stages[event.stage] = StageState.SKIPPED
         state, clip_count, title = self.job.state, len(self.job.clips), self.job.title
         await self.refresh()
-        if event.state == "succeeded" and status.HasField("start_time"):
+        if event.state == EventState.SUCCEEDED and status.HasField("start_time"):
             self.observe_stage(event.stage, (status.end_time.ToNanoseconds() - status.start_time.ToNanoseconds()) / 1e9)
         # A snapshot when the job's state changes, and when the clip list or the title appear (no delta says those).
         if (self.job.state, len(self.job.clips), self.job.title) != (state, clip_count, title):
@@ -270,28 +266,28 @@ class JobStatus:
         if clip is None:  # not listed yet: the refresh after segmentation brings it
             return
         detail = "done" if event.fraction >= 1.0 else "generating"
-        if event.state == "progress":
+        if event.state == EventState.PROGRESS:
             if round(event.fraction * 100) <= round(clip.progress.fraction * 100):
                 return  # streamed in whole percents
-        elif event.state == "retrying":
+        elif event.state == EventState.RETRYING:
             # A new generation from nothing, on another replica or on the same one once it is back.
             clip.attempts = event.detail["attempt"]
             clip.start_time.CopyFrom(timestamp_now())
             detail = f"retrying after {event.detail['reason']}"
-        elif event.state == "running":
-            self._live_clips[clip.index] = job_pb2.CLIP_STATE_RUNNING
-            clip.state = job_pb2.CLIP_STATE_RUNNING
+        elif event.state == EventState.RUNNING:
+            self._live_clips[clip.index] = ClipState.RUNNING
+            clip.state = ClipState.RUNNING.proto
             clip.attempts = event.detail["attempt"]  # a try lost with a crashed gateway counts too
             clip.start_time.CopyFrom(timestamp_now())
             clip.ClearField("end_time")
-        elif clip.state != job_pb2.CLIP_STATE_SUCCEEDED or event.state == "succeeded":
-            self._live_clips[clip.index] = job_pb2.CLIP_STATE_SUCCEEDED
-            clip.state = job_pb2.CLIP_STATE_SUCCEEDED
-            clip.cached = event.state == "cached"  # copied from another job's output just now
+        elif clip.state != ClipState.SUCCEEDED.proto or event.state == EventState.SUCCEEDED:
+            self._live_clips[clip.index] = ClipState.SUCCEEDED
+            clip.state = ClipState.SUCCEEDED.proto
+            clip.cached = event.state == EventState.CACHED  # copied from another job's output just now
             clip.clip_key = self.record.layout.clip(clip.index)
             clip.end_time.CopyFrom(timestamp_now())
         else:  # finished before this run (the gateway restarted): its recorded history stands
-            self._live_clips[clip.index] = job_pb2.CLIP_STATE_SUCCEEDED
+            self._live_clips[clip.index] = ClipState.SUCCEEDED
         clip.progress.CopyFrom(stage_pb2.ClipProgress(
             fraction=event.fraction, frames_done=round(event.fraction * clip.frame_count),
             total_frames=clip.frame_count, detail=detail))
@@ -300,10 +296,10 @@ class JobStatus:
 
     def _changed(self) -> None:
         self.job.update_time.GetCurrentTime()
-        self.state_name = job_pb2.JobState.Name(self.job.state).removeprefix("JOB_STATE_").lower()
+        self.state_name = JobState.from_proto(self.job.state).value
         live = not self.is_terminal
-        self.clips_pending = sum(live and c.state == job_pb2.CLIP_STATE_PENDING for c in self.job.clips)
-        self.clips_in_flight = sum(live and c.state == job_pb2.CLIP_STATE_RUNNING for c in self.job.clips)
+        self.clips_pending = sum(live and c.state == ClipState.PENDING.proto for c in self.job.clips)
+        self.clips_in_flight = sum(live and c.state == ClipState.RUNNING.proto for c in self.job.clips)
 
     # Watchers ------------------------------------------------------------------------------------------
 
@@ -318,7 +314,7 @@ class JobStatus:
                 if message is _CLOSED:
                     raise TransientError("the gateway is restarting; watch the job again to resume")
                 yield message
-                if message.HasField("job") and message.job.state in TERMINAL_STATES:
+                if message.HasField("job") and JobState.proto_is_terminal(message.job.state):
                     return
         finally:
             self._watchers.discard(queue)
@@ -326,11 +322,11 @@ class JobStatus:
     def show_unrecorded_end(self, error: BaseException | None, *, cancelled: bool) -> None:
         """How the run ended, from memory: the store, which would say it, cannot be reached."""
         if cancelled:
-            self.job.state, self.job.error_message = job_pb2.JOB_STATE_CANCELLED, ""
+            self.job.state, self.job.error_message = JobState.CANCELLED.proto, ""
         elif error is None:  # the orchestrator wrote "succeeded" itself; only reading it back failed
-            self.job.state, self.job.error_message = job_pb2.JOB_STATE_SUCCEEDED, ""
+            self.job.state, self.job.error_message = JobState.SUCCEEDED.proto, ""
         else:
-            self.job.state = job_pb2.JOB_STATE_FAILED
+            self.job.state = JobState.FAILED.proto
             self.job.error_message = str(error) if isinstance(error, MvgenError) else f"internal error: {error!r}"
         self.job.end_time.GetCurrentTime()
         self._changed()

@@ -47,7 +47,11 @@ def clap_rows(song_path: Path, minutes: float) -> list[Row]:
                                                             analyzer="clap", labels_key="clap.json")))
         decode_s = best_of(3, lambda: audio.decode(song_path, sample_rate=CLAP_SAMPLE_RATE))
         windows = json.loads(store.get_text("clap.json"))["track_measures"]["clap_windows"]
-        batch = clap.analyzers.get("clap").settings.batch_size
+        from services.analysis.clap import ClapAnalyzer
+
+        analyzer = clap.analyzers.get("clap")
+        assert isinstance(analyzer, ClapAnalyzer)
+        batch = analyzer.settings.batch_size
 
     what = "analysis (clap on CPU: HTSAT full size, random weights), s per min of audio"
     return [

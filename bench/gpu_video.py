@@ -49,12 +49,12 @@ SECTION_END = "<!-- gpu_video: end -->"
 SMOKE_NOTE = ", SMOKE configuration (not the real model size)"
 
 # Wan2.1-T2V-1.3B-Diffusers: transformer/config.json; the VAE is AutoencoderKLWan's defaults (Wan 2.1's VAE).
-WAN_13B_TRANSFORMER = dict(
+WAN_13B_TRANSFORMER: dict[str, Any] = dict(
     patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
     text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
     qk_norm="rms_norm_across_heads", eps=1e-6, added_kv_proj_dim=None, rope_max_seq_len=1024,
 )
-SMOKE_TRANSFORMER = dict(WAN_13B_TRANSFORMER, num_attention_heads=2, attention_head_dim=16, text_dim=32,
+SMOKE_TRANSFORMER: dict[str, Any] = dict(WAN_13B_TRANSFORMER, num_attention_heads=2, attention_head_dim=16, text_dim=32,
                          ffn_dim=64, num_layers=2)
 SMOKE_VAE = dict(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1)
 TEXT_TOKENS = 512  # UMT5's output length in WanPipeline
@@ -62,7 +62,7 @@ GUIDANCE = 5.0
 # Backends worth timing on an NVIDIA card; each is tried and reported unavailable if it cannot run here.
 ATTENTION_BACKENDS = ("native", "_native_cudnn", "_native_flash", "_native_efficient", "flash", "_flash_3",
                       "sage", "xformers")
-CACHES = {
+CACHES: dict[str, tuple[str, dict[str, Any]]] = {
     "first_block (threshold 0.05)": ("FirstBlockCacheConfig", {"threshold": 0.05}),
     "taylorseer (interval 5, from step 3)": ("TaylorSeerCacheConfig",
                                              {"cache_interval": 5, "disable_cache_before_step": 3}),
@@ -201,7 +201,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     pipeline = build_pipeline(device, args.smoke)
     built = time.perf_counter() - began
     text_dim = config["text_dim"]
-    embeds = tuple(torch.randn(1, TEXT_TOKENS, text_dim, device=device, dtype=torch.bfloat16) for _ in range(2))
+    positive, negative = (torch.randn(1, TEXT_TOKENS, text_dim, device=device, dtype=torch.bfloat16) for _ in range(2))
+    embeds = (positive, negative)
     transformer = pipeline.transformer
 
     runs: list[Run] = []
@@ -213,8 +214,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             continue
         runs.append(timed_run(pipeline, device, embeds, frames, height, width, args.steps, backend, "none"))
         print(runs[-1], flush=True)
-    timed = [r for r in runs if r.seconds_per_step is not None]
-    fastest = min(timed, key=lambda r: r.seconds_per_step)
+    fastest = min((r for r in runs if r.seconds_per_step is not None), key=lambda r: r.seconds_per_step or 0.0)
     transformer.set_attention_backend(fastest.attention)
 
     for label, (config_name, options) in CACHES.items():

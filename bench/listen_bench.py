@@ -35,7 +35,11 @@ def musicnn_rows(song_path: Path, minutes: float) -> list[Row]:
         musicnn_s = best_of(2, lambda: musicnn.run(AnalyzeRequest(song_key=song_key, segments_key="segments.json",
                                                                   analyzer="musicnn", labels_key="musicnn.json")))
         patches = json.loads(store.get_text("musicnn.json"))["track_measures"]["musicnn_patches"]
-        batch = musicnn.analyzers.get("musicnn").batch_size
+        from services.analysis.musicnn.analyzer import MusicnnAnalyzer
+
+        analyzer = musicnn.analyzers.get("musicnn")
+        assert isinstance(analyzer, MusicnnAnalyzer)
+        batch = analyzer.batch_size
 
     what = "analysis (musicnn on CPU: MTT + MSD taggers, with the descriptors), s per min of audio"
     return [

@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from services.common.errors import MvgenError
 from services.common.stage_api import AnalyzeRequest, SegmenterParams, SegmentRequest, WriteScriptRequest
 from services.common.store import LocalArtifactStore
 from tools.synth_song import render_song
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionMessageParam
 
 # (minutes, seed, tempo, structure)
 SONGS = ((1, 11, 96.0, "short"), (3, 12, 120.0, "pop"), (5, 13, 104.0, "ballad"), (7, 14, 128.0, "dance"))
@@ -31,7 +35,8 @@ def raw_generation_rate(base_url: str, model: str) -> tuple[float, float]:
     import openai
 
     client = openai.OpenAI(base_url=base_url, api_key="none")
-    prompt = [{"role": "user", "content": "Tell a long story about a lighthouse keeper and a storm, in plain prose."}]
+    prompt: list[ChatCompletionMessageParam] = [
+        {"role": "user", "content": "Tell a long story about a lighthouse keeper and a storm, in plain prose."}]
     best = (0.0, 0.0)
     for _ in range(2):
         started = time.perf_counter()
@@ -39,12 +44,14 @@ def raw_generation_rate(base_url: str, model: str) -> tuple[float, float]:
                                                seed=0, extra_body={"ignore_eos": True})
         seconds = time.perf_counter() - started
         decode = (getattr(reply, "timings", None) or {}).get("predicted_per_second", 0.0)
+        assert reply.usage is not None, "the server reports no token usage"
         best = max(best, (reply.usage.completion_tokens / seconds, float(decode)))
     return best
 
 
 def llm_rows(work: Path, log=print) -> list[Row]:
     from services.analysis.stage import AnalysisStage
+    from services.scripting.llm_writers import LlamaCppWriter
     from services.scripting.stage import ScriptingStage
     from services.segmentation.stage import SegmentationStage
 
@@ -57,6 +64,7 @@ def llm_rows(work: Path, log=print) -> list[Row]:
     scripting.load()
     load_s = time.perf_counter() - loaded
     writer = scripting.backends.get("llamacpp")
+    assert isinstance(writer, LlamaCppWriter)
     raw_call, raw_decode = raw_generation_rate(writer.server.base_url, writer.server.model)
     rows: list[Row] = [("llamacpp model load (GGUF, mmap), s", load_s, "-", 0.0),
                        ("llama.cpp raw generation, plain completion, tokens/s (whole call)", raw_call, "-", 0.0),

@@ -18,6 +18,7 @@ from pathlib import Path
 import soundfile
 
 from services.analysis.lyrics.listening import write_lyrics
+from services.analysis.lyrics.whisper import WhisperTranscriber
 from services.analysis.stage import AnalysisStage
 from services.common.artifacts import Segmentation
 from services.common.stage_api import AnalyzeRequest
@@ -55,6 +56,7 @@ def lyrics_rows(song_path: Path, minutes: float) -> list[Row]:
         instrumental_s = best_of(1, lambda: lyrics_of(song_key))
         sung_key = _sung_version(song_path, minutes, store, work)
         sung_s = best_of(1, lambda: lyrics_of(sung_key))
+        assert isinstance(transcriber, WhisperTranscriber) and transcriber.settings is not None  # loaded
         settings = transcriber.settings
 
     what = (f"lyrics (whisper base, int8, {settings.threads} threads, beam {settings.beam_size}) on CPU, "

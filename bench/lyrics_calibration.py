@@ -90,7 +90,9 @@ def main() -> None:
         print(f"| {name} | **result** | {len(voiced)} lines | | | | "
               f"{lyrics.vocal_segments} vocal segments | language {heard.language} "
               f"{heard.language_probability:.2f} |")
-    print(f"\nWhisper base, int8, beam {transcriber.settings.beam_size}, {transcriber.settings.threads} threads: "
+    settings = transcriber.settings
+    assert settings is not None  # set by load()
+    print(f"\nWhisper base, int8, beam {settings.beam_size}, {settings.threads} threads: "
           f"{spent:.1f} s for {audio_seconds:.0f} s of audio = {60 * spent / audio_seconds:.1f} s per minute")
 
 

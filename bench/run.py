@@ -73,9 +73,9 @@ def main() -> None:
 
         analysis = AnalysisStage(store)
         analysis.load()
-        req = AnalyzeRequest(song_key="song.wav", segments_key="rules.json", analyzer="descriptors",
-                             labels_key="labels.json")
-        seconds = best_of(3, lambda: analysis.run(req))
+        analyze = AnalyzeRequest(song_key="song.wav", segments_key="rules.json", analyzer="descriptors",
+                                 labels_key="labels.json")
+        seconds = best_of(3, functools.partial(analysis.run, analyze))
         rows.append(("analysis (descriptors), s per min of audio", seconds / minutes, "decode", decode_s / minutes))
         rows += clap_rows(work / "song.wav", minutes)
         rows += musicnn_rows(work / "song.wav", minutes)

@@ -276,6 +276,7 @@ class DevStack:
         self._write_state()
 
     def _wait_s3(self, deadline: float) -> None:
+        assert self.state is not None
         entry = self.state["processes"]["s3"]
         while True:
             if self._popen["s3"].poll() is not None:
@@ -297,12 +298,14 @@ class DevStack:
         from services.common.s3_store import S3ArtifactStore
         from services.common.settings import StoreSettings
 
+        assert self.state is not None
         s3 = self.state["s3"]
         return S3ArtifactStore(StoreSettings(kind="s3", root="", endpoint=s3["endpoint"], bucket=s3["bucket"],
                                              access_key=s3["access_key"], secret_key=s3["secret_key"],
                                              region=s3["region"], secure=False, retry_seconds=retry_seconds))
 
     def _wait_serving(self, names: Iterable[str], deadline: float, timeout: float | None = None) -> None:
+        assert self.state is not None
         pending = list(names)
         while pending:
             for name in list(pending):
@@ -428,10 +431,12 @@ class DevStack:
                 self.restored = self._restore_store()
         else:
             self._wait_serving([name], deadline, timeout)
+        assert self.state is not None
         return self.state["processes"][name]
 
     def _spawn_again(self, name: str) -> None:
         """`name` as it was last started: by this object, or as the state records it."""
+        assert self.state is not None
         entry = self.state["processes"][name]
         argv, env = self._spawned.get(name, (None, None))
         if argv is None:
@@ -462,6 +467,7 @@ class DevStack:
         Returns how it ended: "exited", "killed" or "gone"."""
         entry = self._entry(name)
         outcome = self._stop_group({name: entry}, self.grace_seconds + 5.0)[name]
+        assert self.state is not None
         del self.state["processes"][name]
         self._write_state()
         return outcome
@@ -508,6 +514,7 @@ class DevStack:
     def _keep_store(self) -> None:
         """Copy every object of moto's bucket into `store/` (replacing what was kept before, only once
         the copy is whole) and the dev token into `kept.json`; sets `self.kept`."""
+        assert self.state is not None
         store = self.store()
         partial = self.base_dir / "store.partial"
         shutil.rmtree(partial, ignore_errors=True)
@@ -664,14 +671,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         stack = DevStack(args.base_dir)
         if args.command == "status":
-            state = stack.load_state()
+            recorded = stack.load_state()
             alive = stack.running()
-            if not state:
+            if not recorded:
                 print("no dev stack recorded in", stack.base_dir)
                 return 1
-            for name, entry in state["processes"].items():
+            for name, entry in recorded["processes"].items():
                 print(f"{name:<14} pid {entry['pid']:<8} {'running' if name in alive else 'NOT running'}")
-            return 0 if len(alive) == len(state["processes"]) else 1
+            return 0 if len(alive) == len(recorded["processes"]) else 1
         if args.command == "restart":
             stack.startup_timeout = args.timeout
             entry = stack.restart(args.process, stop_first=True)

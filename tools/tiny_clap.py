@@ -26,7 +26,7 @@ import torch
 import transformers
 import yaml
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GPT2Config, GPT2Model, GPT2TokenizerFast
+from transformers import GPT2Config, GPT2Model, GPT2Tokenizer  # transformers 5: the fast tokenizer
 
 from services.analysis.msclap_compat import import_msclap, msclap_text_family, packaged_config
 from services.common.vocabulary import LABELS_DIR, load_vocabulary
@@ -89,7 +89,7 @@ def build_tiny_clap(folder: Path, seed: int = 0) -> TinyClap:
     return TinyClap(folder, weights, config_path, text_model)
 
 
-def _train_tokenizer() -> GPT2TokenizerFast:
+def _train_tokenizer() -> GPT2Tokenizer:
     """A byte-level BPE tokenizer trained on the label vocabulary, laid out as msclap expects of GPT-2's."""
     corpus = [prompt for label_set in load_vocabulary(LABELS_DIR).values() for prompt in label_set.prompts()]
     bpe = Tokenizer(models.BPE())
@@ -100,7 +100,7 @@ def _train_tokenizer() -> GPT2TokenizerFast:
     bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=[],
                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                                         show_progress=False))
-    tokenizer = GPT2TokenizerFast(tokenizer_object=bpe, bos_token=END_OF_TEXT, eos_token=END_OF_TEXT,
+    tokenizer = GPT2Tokenizer(tokenizer_object=bpe, bos_token=END_OF_TEXT, eos_token=END_OF_TEXT,
                                   unk_token=END_OF_TEXT, model_max_length=128)
     if tokenizer.convert_tokens_to_ids(PAD) != 0:
         raise RuntimeError(f"the trained tokenizer gives {PAD!r} the id {tokenizer.convert_tokens_to_ids(PAD)}, "

@@ -120,4 +120,8 @@ def _on_loop(callback: Callable[..., None]) -> Callable[..., None]:
     """`callback`, called from a worker thread, run on this event loop's thread: sinks (progress bars,
     streams) are not thread-safe."""
     loop = asyncio.get_running_loop()
-    return lambda *args: loop.call_soon_threadsafe(callback, *args)
+
+    def on_loop(*args: Any) -> None:
+        loop.call_soon_threadsafe(callback, *args)
+
+    return on_loop

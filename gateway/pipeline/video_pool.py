@@ -56,7 +56,7 @@ def resolver_for(target: str) -> tuple[Resolver, bool]:
 
         async def resolve_dns() -> list[str]:
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            return sorted({_join_host_port(info[4][0], port) for info in infos})
+            return sorted({_join_host_port(str(info[4][0]), port) for info in infos})
 
         return resolve_dns, True
     addresses = [a.strip() for a in target.split(",") if a.strip()]
@@ -216,7 +216,7 @@ class VideoPool:
         answers = await asyncio.gather(*(self._config_digest(r) for r in serving), return_exceptions=True)
         digests = sorted({a for a in answers if isinstance(a, str)})
         if not digests:
-            failure = answers[0]
+            failure = next(a for a in answers if isinstance(a, BaseException))  # every replica's call failed
             if not isinstance(failure, grpc.aio.AioRpcError):
                 raise failure
             raise error_for_status(failure.code(), f"no serving video replica said how it is configured "

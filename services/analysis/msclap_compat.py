@@ -75,7 +75,9 @@ def msclap_text_family(text_model: str) -> str:
 
 def packaged_config(version: str) -> Path:
     """The YAML config msclap ships for one of its versions."""
-    return Path(import_msclap().__file__).parent / "configs" / f"config_{version}.yml"
+    package_file = import_msclap().__file__
+    assert package_file is not None  # msclap is a regular package, with an __init__.py
+    return Path(package_file).parent / "configs" / f"config_{version}.yml"
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,7 @@ def offline_clap_class() -> type:
 def _define_offline_clap(wrapper: type) -> type:
     import transformers  # imported by msclap already; here for its logging switches
 
-    class OfflineCLAP(wrapper):  # type: ignore[misc, valid-type]
+    class OfflineCLAP(wrapper):
         """msclap's wrapper with the config from a path, no implicit download, and transformers-5 tokenising.
 
         Loading (`load_clap`: model construction, `torch.load`, `load_state_dict`, tokenizer) and the

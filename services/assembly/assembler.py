@@ -213,16 +213,22 @@ def _concat_quote(path: Path) -> str:
 
 
 def _int(value: object) -> int | None:
+    """A number from ffprobe's JSON (a string or a number); None for anything else."""
+    if not isinstance(value, str | int | float):
+        return None
     try:
-        return int(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+        return int(value)
+    except ValueError:
         return None
 
 
 def _float(value: object) -> float | None:
+    """A number from ffprobe's JSON (a string or a number); None for anything else."""
+    if not isinstance(value, str | int | float):
+        return None
     try:
-        return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+        return float(value)
+    except ValueError:
         return None
 
 

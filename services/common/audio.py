@@ -70,10 +70,11 @@ def probe(path: str | Path, max_seconds: float) -> AudioInfo:
     stream = streams[0]
     header_seconds = _float(meta.get("format", {}).get("duration"))
     # Headers lie (VBR mp3, a forged Xing frame count): one is believed only when the file could hold that much.
-    believable = header_seconds is not None and path.stat().st_size >= header_seconds * MIN_PLAUSIBLE_BYTES_PER_SECOND
-    if believable and header_seconds > max_seconds * 1.5:
+    believed = header_seconds if header_seconds is not None and \
+        path.stat().st_size >= header_seconds * MIN_PLAUSIBLE_BYTES_PER_SECOND else None
+    if believed is not None and believed > max_seconds * 1.5:
         # Refuse early, before decoding, when the header is far over. Decoding below is bounded anyway.
-        raise InvalidInputError(_too_long(path, header_seconds, max_seconds))
+        raise InvalidInputError(_too_long(path, believed, max_seconds))
     samples = decode(path, sample_rate=8000, max_seconds=max_seconds + DECODED_PAST_LIMIT_SECONDS)
     if not samples.size:
         raise InvalidInputError(f"{path}: the file holds no audio (a header without any sound after it)")
@@ -84,10 +85,9 @@ def probe(path: str | Path, max_seconds: float) -> AudioInfo:
                                 f"at least {MIN_SONG_SECONDS:.0f} s is needed")
     if duration > max_seconds + CODEC_EDGE_SECONDS:
         # Decoding stopped past the limit: then only a believable header knows how long the song is.
-        if duration < max_seconds + DECODED_PAST_LIMIT_SECONDS:
-            length = duration
-        else:
-            length = header_seconds if believable and header_seconds > max_seconds else None
+        length: float | None = duration
+        if duration >= max_seconds + DECODED_PAST_LIMIT_SECONDS:
+            length = believed if believed is not None and believed > max_seconds else None
         raise InvalidInputError(_too_long(path, length, max_seconds))
     return AudioInfo(
         duration=duration,
@@ -164,9 +164,12 @@ def decode(
 
 
 def _float(value: object) -> float | None:
+    """A number from ffprobe's JSON (a string or a number); None for anything else."""
+    if not isinstance(value, str | int | float):
+        return None
     try:
-        return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+        return float(value)
+    except ValueError:
         return None
 
 

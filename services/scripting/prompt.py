@@ -283,8 +283,14 @@ def _section_view(section: SongSection, n_sections: int, direction: Direction,
                   groups: Sequence[dict[str, LabelGroup]] = (), label_sets: LabelSets | None = None) -> dict[str, Any]:
     """A section for the plan prompt: its times and size, its story beat, and (CLAP) what its segments'
     labels show, as they run through it: its part in the story, and how much moves."""
+    summary = _section_summary(groups, label_sets) if label_sets is not None else []
+    return {"index": section.index, "start": clock(section.start, 1), "end": clock(section.end, 1),
+            "size": section.size, "summary": summary, "beat": direction.beat(section.index, n_sections)}
+
+
+def _section_summary(groups: Sequence[dict[str, LabelGroup]], label_sets: LabelSets) -> list[str]:
     summary = []
-    for group in PICTURED_GROUPS[:2] if label_sets is not None else ():
+    for group in PICTURED_GROUPS[:2]:
         pictures = [label_sets.picture(group, g[group].top()) for g in groups if g.get(group)]
         pictures = [p for p in pictures if p]
         steps = [p for i, p in enumerate(pictures) if i == 0 or p != pictures[i - 1]]
@@ -292,8 +298,7 @@ def _section_view(section: SongSection, n_sections: int, direction: Direction,
             summary.append("mostly " + " or ".join(p for p, _ in Counter(pictures).most_common(2)))
         elif steps:
             summary.append(", then ".join(steps))
-    return {"index": section.index, "start": clock(section.start, 1), "end": clock(section.end, 1),
-            "size": section.size, "summary": summary, "beat": direction.beat(section.index, n_sections)}
+    return summary
 
 
 def _segment_pictures(groups: dict[str, LabelGroup] | None, label_sets: LabelSets) -> str:

@@ -248,9 +248,9 @@ def _overlays(width: int, height: int, caption: str,
     boxes.append((band_top, height, 0, width))
 
     label_font = _font(max(7, round(height / 28)))
-    pad = max(2, label_font.size // 3)
+    pad = max(2, int(label_font.size) // 3)
     left, top, right, bottom = draw.textbbox((margin + pad, margin + pad), label, font=label_font)
-    box = (margin, margin, min(width, right + pad), min(band_top, bottom + pad))
+    box = (margin, margin, min(width, round(right) + pad), min(band_top, round(bottom) + pad))
     if box[2] > box[0] and box[3] > box[1]:
         draw.rectangle(box, fill=(0, 0, 0, 150))
         draw.text((margin + pad, margin + pad), label, font=label_font, fill=(255, 236, 160, 255))
@@ -284,7 +284,9 @@ def _wrap(text: str, font: ImageFont.FreeTypeFont, max_width: int) -> list[str]:
 def _font(size: int) -> ImageFont.FreeTypeFont:
     # A new font object per clip: clips render in parallel threads, and FreeType faces are not thread-safe.
     path = _font_path()
-    return ImageFont.truetype(path, size) if path else ImageFont.load_default(size=size)
+    font = ImageFont.truetype(path, size) if path else ImageFont.load_default(size=size)
+    assert isinstance(font, ImageFont.FreeTypeFont), "Pillow without FreeType: no font can be sized"
+    return font
 
 
 @lru_cache(maxsize=1)

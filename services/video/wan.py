@@ -89,6 +89,7 @@ class WanGenerator(DiffusionClipGenerator):
     def _prompt_arguments(self, prompt: str) -> dict[str, Any]:
         # Encoded once per output clip, also for its continuations (whose pipeline has no text encoder).
         pipeline = self.pipeline
+        assert pipeline is not None  # loaded
         positive, negative = pipeline.encode_prompt(
             prompt, self.settings.negative_prompt, do_classifier_free_guidance=self.settings.guidance > 1.0,
             max_sequence_length=MAX_PROMPT_TOKENS, device=pipeline._execution_device)

@@ -136,8 +136,14 @@ def _parse_lrc(lines: list[str], name: str) -> LyricsFile:
             continue
         words = " ".join(_WORD_TIME_TAG.sub(" ", line).split())
         timed.extend(LyricLine(words, t) for t in times)  # an empty text ends the line before it
-    timed.sort(key=lambda line: line.start)
+    timed.sort(key=_start)
     return LyricsFile("lrc", tuple(timed), ignored)
+
+
+def _start(line: LyricLine) -> float:
+    """An LRC line's time (every LRC line has one)."""
+    assert line.start is not None
+    return line.start
 
 
 def _parse_plain(lines: list[str]) -> LyricsFile:
@@ -156,7 +162,7 @@ def align_lyrics(lyrics_file: LyricsFile, segmentation: Segmentation, heard: Lyr
         language = ""
     else:
         heard_words = [w for s in heard.segments for w in s.words] if heard is not None else []
-        if heard_words:
+        if heard is not None and heard_words:
             words, note = _matched_words(lyrics_file, heard_words, duration, heard.source)
             language = heard.language
         else:
@@ -177,6 +183,13 @@ def _words(lyrics_file: LyricsFile) -> list[str]:
     return [word for line in lyrics_file.lines for word in line.text.split()]
 
 
+def _placed(times: Sequence[tuple[float, float] | None], k: int) -> tuple[float, float]:
+    """Word k's (start, end), once it has been placed."""
+    placed = times[k]
+    assert placed is not None
+    return placed
+
+
 def _spread(words: Sequence[str], start: float, end: float) -> list[LyricWord]:
     """`words` one after another, each an equal share of start..end."""
     if not words:
@@ -190,14 +203,14 @@ def _lrc_words(lyrics_file: LyricsFile, duration: float) -> tuple[list[LyricWord
     words: list[LyricWord] = []
     late = 0
     for position, line in enumerate(lines):
-        assert line.start is not None
-        if line.start >= duration:
+        start = _start(line)
+        if start >= duration:
             late += 1 if line.text else 0
             continue
-        following = lines[position + 1].start if position + 1 < len(lines) else duration
+        following = _start(lines[position + 1]) if position + 1 < len(lines) else duration
         texts = line.text.split()
-        end = min(following, duration, line.start + MAX_SECONDS_PER_WORD * len(texts))
-        words += _spread(texts, line.start, end)
+        end = min(following, duration, start + MAX_SECONDS_PER_WORD * len(texts))
+        words += _spread(texts, start, end)
     if not words:
         raise InvalidInputError(f"every line of the LRC lyrics is timed at or after the song's end "
                                 f"({clock(duration, 1)})")
@@ -244,8 +257,8 @@ def _matched_words(lyrics_file: LyricsFile, heard: Sequence[LyricWord], duration
         j = i
         while j < len(mine) and times[j] is None:
             j += 1
-        after = times[i - 1][1] if i > 0 else None
-        before = times[j][0] if j < len(mine) else None
+        after = _placed(times, i - 1)[1] if i > 0 else None
+        before = _placed(times, j)[0] if j < len(mine) else None
         split = i
         if after is not None:
             while split < j and (before is None or lines[split] == lines[i - 1]):
@@ -255,12 +268,12 @@ def _matched_words(lyrics_file: LyricsFile, heard: Sequence[LyricWord], duration
                 times[k] = (word.start, word.end)
         if split < j:
             assert before is not None
-            floor = times[split - 1][1] if split > 0 else 0.0  # type: ignore[index]
+            floor = _placed(times, split - 1)[1] if split > 0 else 0.0
             start = max(floor, before - (j - split) * SPOKEN_WORD_SECONDS)
             for k, word in zip(range(split, j), _spread(mine[split:j], min(start, before), before)):
                 times[k] = (word.start, word.end)
         i = j
-    words = [LyricWord(word, start, end) for word, (start, end) in zip(mine, times)]  # type: ignore[misc]
+    words = [LyricWord(word, *_placed(times, k)) for k, word in enumerate(mine)]
     note = (f"plain-text lyrics aligned to what {heard_source} heard: {matched} of {len(mine)} words matched "
             f"a heard word")
     return words, note

@@ -19,6 +19,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -83,7 +84,7 @@ class WhisperTranscriber(Transcriber):
     def __init__(self, settings: WhisperSettings | None = None, environ: Mapping[str, str] | None = None):
         super().__init__(environ)
         self.settings = settings
-        self.model = None
+        self.model: Any = None  # faster_whisper.WhisperModel once loaded (the package has no types)
 
     def _load(self) -> None:
         settings = self.settings = self.settings or WhisperSettings.from_env(self.environ)

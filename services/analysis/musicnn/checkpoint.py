@@ -28,7 +28,8 @@ BLOCK_TRAILER_BYTES = 5  # compression type (1 byte) + masked CRC-32C of content
 NO_COMPRESSION = 0
 CRC_MASK_DELTA = 0xA282EAD8
 # TensorFlow's DataType enum values and the numpy types they hold (types.proto).
-DTYPES = {1: np.dtype("<f4"), 2: np.dtype("<f8"), 3: np.dtype("<i4"), 9: np.dtype("<i8"), 19: np.dtype("<f2")}
+DTYPES: dict[int, np.dtype] = {1: np.dtype("<f4"), 2: np.dtype("<f8"), 3: np.dtype("<i4"), 9: np.dtype("<i8"),
+                               19: np.dtype("<f2")}
 DTYPE_NAMES = {1: "float32", 2: "float64", 3: "int32", 9: "int64", 19: "float16", 10: "bool", 7: "string"}
 
 
@@ -131,10 +132,12 @@ def _block_entries(path: Path, table: bytes, handle: tuple[int, int]) -> list[tu
 
 def _fields(buf: bytes) -> list[tuple[int, int | bytes]]:
     """(field number, value) of every field: varints as ints, length-delimited as bytes, fixed as ints."""
-    out, pos = [], 0
+    out: list[tuple[int, int | bytes]] = []
+    pos = 0
     while pos < len(buf):
         tag, pos = _varint(buf, pos)
         number, wire = tag >> 3, tag & 7
+        value: int | bytes
         if wire == 0:
             value, pos = _varint(buf, pos)
         elif wire == 2:
@@ -150,10 +153,17 @@ def _fields(buf: bytes) -> list[tuple[int, int | bytes]]:
     return out
 
 
+def _message(value: int | bytes) -> bytes:
+    """A field that holds an embedded message (length-delimited)."""
+    if not isinstance(value, bytes):
+        raise CheckpointError(f"a number ({value}) where the index holds a message: the index is corrupt")
+    return value
+
+
 def _check_header(path: Path, value: bytes) -> None:
     header = dict(_fields(value))  # BundleHeaderProto: 1 num_shards, 2 endianness (0 little), 3 version
     if header.get(1, 1) != 1:
-        raise CheckpointError(f"{path}: the checkpoint has {header[1]} data shards; only single-shard ones are read")
+        raise CheckpointError(f"{path}: the checkpoint has {header[1]!r} data shards; only single-shard ones are read")
     if header.get(2, 0) != 0:
         raise CheckpointError(f"{path}: the checkpoint is big-endian; only little-endian ones are read")
 
@@ -168,7 +178,8 @@ def _tensor_entry(path: Path, name: str, value: bytes) -> TensorEntry:
     dtype_id = int(found.get(1, 0))
     if dtype_id not in DTYPES:
         raise CheckpointError(f"{path}: {name} has dtype {DTYPE_NAMES.get(dtype_id, dtype_id)}, not read here")
-    dims = [dict(_fields(dim)).get(1, 0) for number, dim in _fields(found.get(2, b"")) if number == 2]
+    shape_proto = _message(found.get(2, b""))
+    dims = [dict(_fields(_message(dim))).get(1, 0) for number, dim in _fields(shape_proto) if number == 2]
     shape = tuple(int(d) for d in dims)
     dtype = DTYPES[dtype_id]
     size = int(found.get(5, 0))

@@ -76,7 +76,7 @@ def result_to_message(result: StageResult, message_type: type[M]) -> M:
 
 
 def result_from_message(message: Message) -> StageResult:
-    return StageResult(keys=dict(message.keys), info=info_from_struct(message.info))  # type: ignore[attr-defined]
+    return StageResult(keys=dict(message.keys), info=info_from_struct(message.info))
 
 
 def info_from_struct(struct: Message) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from typing import Any, TypeVar
 from services.common.transport.server import CallLimit
 
 T = TypeVar("T")
-_DONE = object()
 
 
 async def progress_stream(calls: CallLimit, work: Callable[..., T], *args: Any,
@@ -23,7 +22,7 @@ async def progress_stream(calls: CallLimit, work: Callable[..., T], *args: Any,
     sections). When the stream closes early (the caller cancelled, the deadline passed), `is_cancelled()`
     turns true and the stream waits for the work to stop."""
     loop = asyncio.get_running_loop()
-    events: asyncio.Queue[object] = asyncio.Queue()
+    events: asyncio.Queue[tuple[Any, ...] | None] = asyncio.Queue()  # None: the work is done
     cancelled = threading.Event()
 
     def on_progress(*event: Any) -> None:
@@ -33,20 +32,20 @@ async def progress_stream(calls: CallLimit, work: Callable[..., T], *args: Any,
         try:
             return await calls.run(work, *args, on_progress, cancelled.is_set)
         finally:
-            events.put_nowait(_DONE)
+            events.put_nowait(None)
 
     task = asyncio.ensure_future(run())
     try:
         finished = False
         while not finished:
             event = await events.get()
-            if event is _DONE:
+            if event is None:
                 break
             # Progress is a hint: when it outruns the stream, only the latest is sent.
             while latest_only and not events.empty():
                 newer = events.get_nowait()
-                finished = newer is _DONE
-                if finished:
+                if newer is None:
+                    finished = True
                     break
                 event = newer
             yield progress(*event)

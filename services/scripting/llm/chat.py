@@ -12,12 +12,15 @@ import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from services.common import envs
 from services.common.errors import InvalidInputError, ResourceExhaustedError, StageFailedError, TransientError
 from services.scripting.llm.context import ContextWindow
 from services.scripting.llm.reasoning import split_reasoning
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionMessageParam
 
 STRUCTURED_OUTPUT_MODES = ("json_schema", "guided_json", "none")
 DRY_ALLOWED_LENGTH = 3  # words a sentence may share with an earlier one before DRY penalises the next
@@ -162,7 +165,9 @@ class OpenAIChat:
         started = time.monotonic()
         try:
             response = self._client.chat.completions.create(
-                model=s.model, messages=messages, seed=request.seed, max_tokens=max_tokens,
+                # The messages are built as plain dicts of the OpenAI chat format (text or audio parts).
+                model=s.model, messages=cast("list[ChatCompletionMessageParam]", messages), seed=request.seed,
+                max_tokens=max_tokens,
                 temperature=s.temperature if request.temperature is None else request.temperature,
                 **extra)
         except self._openai.APITimeoutError:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from services.common.errors import StageFailedError
 
@@ -52,8 +52,8 @@ class ContextWindow:
         self._get = get
         self._post = post
         self._configured = configured
-        self._context: int | None | bool = False  # False: not asked yet
-        self._counter: str | None | bool = False  # "vllm" | "llamacpp" | None (estimate) | False (not asked)
+        self._context: int | None | Literal[False] = False  # False: not asked yet
+        self._counter: str | None | Literal[False] = False  # "vllm" | "llamacpp" | None (estimate) | False (not asked)
 
     def context_tokens(self) -> int | None:
         """The model's context in tokens, or None when neither the deployment nor the server says it."""

@@ -142,6 +142,7 @@ def _plan_window(chat: ChatModel, conversation: list[Message], plan: PlanParts |
         if plan is not None and (not problems or tolerated):
             return plan
         if wrong:
+            assert plan is not None  # problems are found only in a plan that was read
             answer = json.dumps(_plan_json(plan, window, whole=first_window), indent=1, ensure_ascii=False)
             repair = render_template(REWRITE_PLAN_TEMPLATE, prompts_dir, bad=list(wrong.items()))
             schema = plan_parts_schema(list(wrong))
@@ -279,8 +280,9 @@ class SectionTurns:
     def trim(self, others: dict[int, str], rules: SceneRules, names: frozenset[str]) -> str | None:
         """The last resort after the repairs: each scene still wrong cut to its clauses that break no rule
         (SceneRules.trimmed). What was done, for the transcript, when that makes the section valid; else None."""
-        cut = {i: rules.trimmed(self.draft[i]) for i in self.wrong}
-        if not self.draft or any(text is None for text in cut.values()):
+        trimmed = {i: rules.trimmed(self.draft[i]) for i in self.wrong}
+        cut = {i: text for i, text in trimmed.items() if text is not None}
+        if not self.draft or len(cut) < len(trimmed):
             return None
         draft = {**self.draft, **cut}
         if section_problems(draft, self.indices, others, rules, names, fresh=set(cut)):

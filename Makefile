@@ -14,7 +14,7 @@ help:
 	@echo "make test   run the test suite (sets itself up)"
 	@echo "make check  the fast tier of the tests, for the inner loop (no real LLM, no process stack, nothing slow)"
 	@echo "make bench  measure speed (table printed, results in bench/RESULTS.md)"
-	@echo "make proto  regenerate the gRPC stubs; make lint  buf lint"
+	@echo "make proto  regenerate the gRPC stubs; make lint  buf lint and format, ruff, mypy"
 
 setup: $(VENV)/.installed ffmpeg-installed $(PB_DIR)/__init__.py
 
@@ -41,9 +41,12 @@ proto: $(PB_DIR)/__init__.py
 $(PB_DIR)/__init__.py: $(PROTOS) proto/gen_python.sh $(VENV)/.installed
 	PYTHON=$(PY) proto/gen_python.sh $(PB_DIR)
 
-lint: $(VENV)/.installed
+# The proto (buf), then the Python: ruff (rules in pyproject.toml) and mypy, which reads the generated stubs.
+lint: $(VENV)/.installed $(PB_DIR)/__init__.py
 	$(VENV)/bin/buf lint proto
 	$(VENV)/bin/buf format --diff --exit-code proto
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 test: setup llm-model whisper-model
 	$(PY) -m pytest -q

@@ -365,7 +365,7 @@ def _retry_unavailable(call: Callable[[], T]) -> T:
 # --- jobs, status, cancel ------------------------------------------------------------------------------
 
 def list_jobs(gateway: Gateway, args: argparse.Namespace) -> int:
-    state = JobState(args.state).proto if args.state else 0
+    state = JobState(args.state).proto if args.state else None
     token, shown = "", 0
     while shown < args.limit:
         page = gateway.stub.ListJobs(api_pb2.ListJobsRequest(page_size=min(args.limit - shown, 100), page_token=token,

@@ -10,7 +10,7 @@ import asyncio
 import hashlib
 import json
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from services.common.store import ArtifactStore
@@ -97,4 +97,4 @@ class Manifest:
 
 def utc_now() -> str:
     """Now, in UTC, to the millisecond: when a stage or a clip started and ended is part of its record."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

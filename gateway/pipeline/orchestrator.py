@@ -9,6 +9,7 @@ script.json regenerate exactly one clip.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import time
@@ -23,10 +24,10 @@ from services.common.stage_api import (
     AnalyzeRequest,
     AssembleRequest,
     GenerateClipRequest,
-    WriteScriptRequest,
     SegmentRequest,
     StageResult,
     TellStoryRequest,
+    WriteScriptRequest,
 )
 from services.common.store import ArtifactStore
 from gateway.pipeline.events import EventSink, JobEvent
@@ -126,23 +127,23 @@ class Orchestrator:
                 await self._skip(manifest, Stage.ANALYSIS, "the LALM pipeline hears the song itself")
             script_fp = fingerprint("scripting", "lalm", labels_fp or seg_fp, opts.storyteller, opts.scene_writer,
                                     opts.script_inputs, opts.seed, await self.stages.backend_config(Stage.SCRIPTING))
-            request: TellStoryRequest | WriteScriptRequest = TellStoryRequest(
+            tell = TellStoryRequest(
                 song_key=job.song_key, segments_key=layout.segments, storyteller=opts.storyteller,
                 prompt_key=layout.prompt, story_key=layout.story, scenes_prompt_key=layout.scenes_prompt,
                 script_key=layout.script, script_text_key=layout.script_text, inputs=opts.script_inputs,
                 seed=opts.seed, scene_writer=opts.writer, labels_key=layout.labels if labels_fp else "",
                 lyrics_key=lyrics_key, **journal)
             await self._stage(manifest, Stage.SCRIPTING, script_fp, opts.storyteller, lambda: self.stages.tell_story(
-                request, script_progress, self._cancelled.is_set), edited=self._plan_edited(layout))
+                tell, script_progress, self._cancelled.is_set), edited=self._plan_edited(layout))
         else:
             script_fp = fingerprint("scripting", labels_fp, opts.writer, opts.fallback_writer, opts.script_inputs,
                                     opts.seed, await self.stages.backend_config(Stage.SCRIPTING))
-            request = WriteScriptRequest(
+            write = WriteScriptRequest(
                 labels_key=layout.labels, segments_key=layout.segments, writer=opts.writer, prompt_key=layout.prompt,
                 script_key=layout.script, script_text_key=layout.script_text, inputs=opts.script_inputs,
                 seed=opts.seed, fallback_writer=opts.fallback_writer, lyrics_key=lyrics_key, **journal)
             await self._stage(manifest, Stage.SCRIPTING, script_fp, opts.writer, lambda: self.stages.write_script(
-                request, script_progress, self._cancelled.is_set), edited=self._plan_edited(layout))
+                write, script_progress, self._cancelled.is_set), edited=self._plan_edited(layout))
         # Read back, not taken from the stage's answer: a person may have edited script.json.
         script = await self._read(layout.script, artifacts.Script)
         self.state.script = script
@@ -226,7 +227,8 @@ class Orchestrator:
         if len(script.scenes) != len(segmentation.segments):
             raise MvgenError(f"the script has {len(script.scenes)} scenes for {len(segmentation.segments)} segments")
         if {scene.index for scene in script.scenes} != {segment.index for segment in segmentation.segments}:
-            raise MvgenError("the script's scenes are not numbered as the segments are: each segment needs its own scene")
+            raise MvgenError("the script's scenes are not numbered as the segments are: "
+                             "each segment needs its own scene")
         scenes = {scene.index: scene for scene in script.scenes}
         video_config = await self.stages.backend_config(Stage.VIDEO)
         requests: list[tuple[GenerateClipRequest, str]] = []
@@ -362,10 +364,8 @@ class ClipLimit:
     async def __aenter__(self) -> None:
         async with self._changed:
             while self.in_flight >= max(1, self.capacity()):
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), timeout=1.0)
-                except asyncio.TimeoutError:
-                    pass
             self.in_flight += 1
 
     async def __aexit__(self, *exc: object) -> None:

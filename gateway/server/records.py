@@ -20,7 +20,6 @@ from gateway.pipeline.orchestrator import JobSpec
 from gateway.pipeline.states import Stage, StageState
 from gateway.server.options import job_options
 
-
 log = logging.getLogger(__name__)
 T = TypeVar('T')
 
@@ -117,8 +116,8 @@ def outputs_of(store: ArtifactStore, layout: JobLayout, fps: int, manifest: dict
                 continue
         found["read_at"][stage] = fp
     if found.get("segmentation") is not None:
-        same = known is not None and known.segmentation is found["segmentation"]
-        found["frames"] = known.frames if same and known.frames else found["segmentation"].frame_counts(fps)
+        kept = known.frames if known is not None and known.segmentation is found["segmentation"] else None
+        found["frames"] = kept or found["segmentation"].frame_counts(fps)
     return found
 
 

@@ -24,7 +24,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-
 from services.common.errors import InvalidInputError, MvgenError, ResourceExhaustedError, TransientError
 from services.common.pb import job_pb2, song_pb2
 from services.common.store import ArtifactStore
@@ -37,7 +36,6 @@ from gateway.server.errors import AlreadyExistsError, NotFoundError
 from gateway.server.metrics import WorkCounts
 from gateway.server.records import JobRecord, StoredState, read_json, read_stored
 from gateway.server.status import JobStatus, timestamp_now
-
 
 log = logging.getLogger(__name__)
 T = TypeVar('T')
@@ -120,7 +118,7 @@ class JobRegistry:
             key = f"requests/{client}/{hashlib.sha256(request_id.encode()).hexdigest()}.json"
             earlier = await asyncio.to_thread(read_json, self.store, key)
             fresh = earlier and time.time() - earlier["created"] < REQUEST_ID_TTL_SECONDS
-            if fresh and earlier["job_id"] in self._runs:
+            if earlier and fresh and earlier["job_id"] in self._runs:
                 if earlier["request_fingerprint"] != request_fingerprint:
                     raise AlreadyExistsError(f"request_id {quoted(request_id)} was used for job {earlier['job_id']} "
                                              "with another song or options")

@@ -11,13 +11,13 @@ from typing import Any, TypeVar
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common.errors import MvgenError, TransientError
-from services.common.pb import job_pb2, music_video_service_pb2 as api_pb2, stage_pb2
+from services.common.pb import job_pb2, stage_pb2
+from services.common.pb import music_video_service_pb2 as api_pb2
 from services.common.store import ArtifactStore
 from gateway.pipeline.events import JobEvent
 from gateway.pipeline.orchestrator import RunState
 from gateway.pipeline.states import STAGES, ClipState, EventKind, EventState, JobState, Stage, StageState
-from gateway.server.records import OUTPUT_STAGES, outputs_of, unread_outputs, JobRecord, StoredState, read_stored
-
+from gateway.server.records import OUTPUT_STAGES, JobRecord, StoredState, outputs_of, read_stored, unread_outputs
 
 log = logging.getLogger(__name__)
 T = TypeVar('T')
@@ -266,18 +266,19 @@ class JobStatus:
         if clip is None:  # not listed yet: the refresh after segmentation brings it
             return
         detail = "done" if event.fraction >= 1.0 else "generating"
+        facts = event.detail or {}  # a retry's and a start's: the attempt, and why it is retried
         if event.state == EventState.PROGRESS:
             if round(event.fraction * 100) <= round(clip.progress.fraction * 100):
                 return  # streamed in whole percents
         elif event.state == EventState.RETRYING:
             # A new generation from nothing, on another replica or on the same one once it is back.
-            clip.attempts = event.detail["attempt"]
+            clip.attempts = facts["attempt"]
             clip.start_time.CopyFrom(timestamp_now())
-            detail = f"retrying after {event.detail['reason']}"
+            detail = f"retrying after {facts['reason']}"
         elif event.state == EventState.RUNNING:
             self._live_clips[clip.index] = ClipState.RUNNING
             clip.state = ClipState.RUNNING.proto
-            clip.attempts = event.detail["attempt"]  # a try lost with a crashed gateway counts too
+            clip.attempts = facts["attempt"]  # a try lost with a crashed gateway counts too
             clip.start_time.CopyFrom(timestamp_now())
             clip.ClearField("end_time")
         elif clip.state != ClipState.SUCCEEDED.proto or event.state == EventState.SUCCEEDED:

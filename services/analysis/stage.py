@@ -70,7 +70,8 @@ class AnalysisStage:
             raise InvalidInputError(f"no song at {quoted(req.song_key)}") from exc
         labels = analyzer.analyze(samples, sample_rate, segmentation, req.top_k)
         self.store.put_bytes(req.labels_key, artifacts.dumps(labels))
-        lyrics_keys, lyrics_info = write_lyrics(self.store, req, segmentation, transcriber) if req.lyrics_key else ({}, {})
+        lyrics_keys, lyrics_info = (write_lyrics(self.store, req, segmentation, transcriber) if req.lyrics_key
+                                    else ({}, {}))
         return StageResult(
             keys={"labels": req.labels_key, **lyrics_keys},
             info={

@@ -18,11 +18,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from services.common import artifacts
+from services.common import artifacts, envs
 from services.common.artifacts import Labels, Lyrics, Script, Segmentation, read_artifact
 from services.common.errors import InvalidInputError
 from services.common.lifecycle import Backend, BackendSet
-from services.common import envs
 from services.common.stage_api import StageResult, TellStoryRequest, WriteScriptRequest
 from services.common.store import ArtifactStore
 from services.common.untrusted import quoted
@@ -30,8 +29,13 @@ from services.scripting.journal import JournalKeys, StoreJournal
 from services.scripting.llm.conversation import ScriptRepairError
 from services.scripting.llm_writers import LlamaCppWriter, LLMScriptWriter, OpenAIWriter, VllmWriter, max_repairs
 from services.scripting.prompt import (
-    SectionPrompts, lyric_lines, render_cascade_story_prompt, render_plan_prompt, render_story_plan_prompt,
-    render_story_prompt, segment_roles,
+    SectionPrompts,
+    lyric_lines,
+    render_cascade_story_prompt,
+    render_plan_prompt,
+    render_story_plan_prompt,
+    render_story_prompt,
+    segment_roles,
 )
 from services.scripting.scene_rules import load_scene_rules
 from services.scripting.sectioned import ProgressCallback, SectionedTask, write_sectioned
@@ -157,6 +161,7 @@ class ScriptingStage:
         if told is not None and storyteller.hears_audio:
             story_info.update(audio_bytes=told.audio_bytes, audio_kbps=told.audio_kbps)
         if not storyteller.hears_audio:  # what the story was told from, since no model heard the song itself
+            assert labels is not None  # a storyteller that does not hear the song was refused without them
             story_info["story_from"] = f"{labels.analyzer} labels" + (f", {lyrics.source} lyrics" if lyrics else "")
         if lyrics is not None:
             story_info.update(lyrics_source=lyrics.source, vocal_segments=lyrics.vocal_segments)

@@ -4,7 +4,7 @@ Each call turns the stage_api dataclass into its request message, calls with a d
 the StageResult back; a status code comes back as the error it stands for (INVALID_ARGUMENT as
 InvalidInputError, and so on), with the server's message. The four other stages are retried with
 backoff while they are unavailable or busy (scripting streams its progress, and a retry resumes
-from what it saved); clips go through the video replica pool (gateway/video_pool.py).
+from what it saved); clips go through the video replica pool (gateway/pipeline/video_pool.py).
 """
 
 from __future__ import annotations

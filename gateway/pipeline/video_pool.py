@@ -1,4 +1,4 @@
-"""The video replicas behind one address, and the clips the gateway sends them (the design's scaling).
+"""The video replicas behind one address, and the clips the gateway sends them (ARCHITECTURE.md, "Video fan-out").
 
 A video replica holds one model on one GPU and generates one clip at a time, so the gateway keeps
 as many clips in flight as there are SERVING replicas. The replicas come from the video address:
@@ -6,8 +6,10 @@ a comma-separated list of host:port, or `dns:///name:port` (a headless Service i
 re-resolved every few seconds so that `kubectl scale` adds or removes replicas without a gateway
 restart. Each replica has its own channel and is polled with grpc.health.v1 Check; the pool's
 own count of clips in flight per replica says which one is free. A replica that refuses a clip
-(RESOURCE_EXHAUSTED: busy with someone else's) or loses one (UNAVAILABLE: it died mid-clip)
-rests for a backoff while the clip goes to another replica, or back to it once it serves again.
+(RESOURCE_EXHAUSTED: busy with someone else's, or out of memory) or loses one (UNAVAILABLE, or
+CANCELLED by its server: it died or stopped mid-clip) rests for a backoff while the clip goes to
+another replica, or back to it once it serves again; a clip gives up after `retry_seconds` of that.
+The serving replicas' configuration digests (StageInfoService) are what `backend_config` returns.
 """
 
 from __future__ import annotations
@@ -43,8 +45,6 @@ RETRIED_CODES = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE
 HEALTH_POLL_SECONDS = 0.5  # a replica that stops or comes back is noticed within about this long
 HEALTH_TIMEOUT_SECONDS = 5.0  # generous: a replica busy rendering may answer slowly, and is not down
 INFO_TIMEOUT_SECONDS = 10.0  # StageInfoService answers from memory; this only bounds a stuck replica
-
-# gRPC's default reconnect backoff grows to two minutes; a restarted replica should be back in seconds.
 
 Resolver = Callable[[], Awaitable[Sequence[str]]]
 

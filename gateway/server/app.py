@@ -1,7 +1,7 @@
 """The public gateway: `MusicVideoService` over grpc.aio (`python -m gateway.server`).
 
 Clients upload songs (streamed through the gateway, or PUT to a presigned URL), create jobs, watch
-them and fetch the results by presigned URL. Every call needs a bearer token (gateway/auth.py);
+them and fetch the results by presigned URL. Every call needs a bearer token (gateway/server/auth.py);
 health and reflection stay open. Jobs run in this process through the one Orchestrator, against
 whatever StageClients the gateway is given: the stage services over gRPC when deployed, or the
 stage logic in-process (MVGEN_STAGES=inprocess, for development and tests).

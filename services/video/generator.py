@@ -1,4 +1,4 @@
-"""What every video backend (animatic, later Wan and Mochi) offers the video stage."""
+"""What every video backend (animatic, Wan, Mochi) offers the video stage."""
 
 from __future__ import annotations
 

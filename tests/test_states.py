@@ -46,3 +46,11 @@ def test_one_mapping_to_and_from_the_proto_enums(enum, proto_enum, prefix):
         member = enum.from_proto(value)
         assert member.proto == value and prefix + member.name == proto_enum.Name(value)
     assert JobState.INTERRUPTED.proto == job_pb2.JOB_STATE_QUEUED  # clients see a job waiting to resume as queued
+
+
+def test_a_state_this_version_does_not_know_reads_as_the_default():
+    """A manifest written by a newer gateway (a state added later) must not stop this one from starting."""
+    assert JobState.from_record("paused", JobState.QUEUED) is JobState.QUEUED
+    assert JobState.from_record("failed", JobState.QUEUED) is JobState.FAILED
+    assert StageState.from_record(None, StageState.PENDING) is StageState.PENDING
+    assert ClipState.from_record("succeeded", ClipState.PENDING) is ClipState.SUCCEEDED

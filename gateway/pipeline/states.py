@@ -25,6 +25,15 @@ _MISSING: Any = object()
 class ProtoMapped(StrEnum):
     """A StrEnum with a counterpart among the proto enums (see the module's docstring)."""
 
+    @classmethod
+    def from_record(cls: type[E], raw: Any, default: E) -> E:
+        """The member a manifest's string names; `default` for a missing one or one this version does not
+        know (a manifest written by a newer gateway must not stop this one from starting)."""
+        try:
+            return cls(raw) if raw is not None else default
+        except ValueError:
+            return default
+
     @property
     def proto(self) -> Any:  # an int; typed as the proto enum (job_pb2.JobState, ...) where it is assigned
         """The proto enum's value for this member."""

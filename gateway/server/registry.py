@@ -290,7 +290,7 @@ class JobRegistry:
             return
         record = run.status.record
         manifest = read_json(self.store, record.layout.manifest)
-        if manifest is not None and JobState(manifest["state"]).is_terminal:
+        if manifest is not None and JobState.from_record(manifest.get("state"), JobState.RUNNING).is_terminal:
             return
         spec = record.spec()
         opened = Manifest.open(self.store, spec.layout, spec.job_id, spec.song, spec.options)

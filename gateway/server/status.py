@@ -107,7 +107,7 @@ class JobStatus:
         self._stored = stored
         manifest = stored.manifest or {}
         job = self.job
-        recorded = JobState(manifest.get("state", JobState.QUEUED))
+        recorded = JobState.from_record(manifest.get("state"), JobState.QUEUED)
         if recorded.is_terminal:
             state = recorded
         elif recorded == JobState.RUNNING and self._live_stages:
@@ -120,7 +120,8 @@ class JobStatus:
         stage_records = manifest.get("stages", {})
         for stage, status in zip(STAGES, job.stages):
             record = stage_records.get(stage, {})
-            stage_state = self._stage_state(stage, StageState(record.get("state", StageState.PENDING)), state)
+            recorded_stage = StageState.from_record(record.get("state"), StageState.PENDING)
+            stage_state = self._stage_state(stage, recorded_stage, state)
             status.state = stage_state.proto
             # Cached: copied from another job's output. What this job made before a restart is its own.
             status.cached = stage_state == StageState.SUCCEEDED and "reused_from" in record
@@ -187,7 +188,7 @@ class JobStatus:
         self.job.clips.extend(clips)
 
     def _clip_state(self, index: int, record: dict[str, Any], job_error: str) -> ClipState:
-        recorded = ClipState(record.get("state", ClipState.PENDING))
+        recorded = ClipState.from_record(record.get("state"), ClipState.PENDING)
         if recorded == ClipState.SUCCEEDED:
             return ClipState.SUCCEEDED
         job_state = JobState.from_proto(self.job.state)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
@@ -17,7 +17,10 @@ from google.protobuf.message import Message
 
 from services.common.stage_api import StageResult
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 M = TypeVar("M", bound=Message)
 
 
@@ -41,7 +44,7 @@ def from_message(message: Message, cls: type[T]) -> T:
     hints = typing.get_type_hints(cls)
     fields = message.DESCRIPTOR.fields_by_name
     kwargs: dict[str, Any] = {}
-    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+    for field in dataclasses.fields(cls):
         descriptor = fields[field.name]
         repeated = is_repeated(descriptor)
         unset = not repeated and descriptor.has_presence and not message.HasField(field.name)

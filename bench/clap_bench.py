@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from services.analysis.stage import AnalysisStage
@@ -40,8 +38,7 @@ def clap_rows(song_path: Path, minutes: float) -> list[Row]:
         descriptors_s = best_of(3, lambda: descriptors.run(
             AnalyzeRequest(song_key=song_key, segments_key="segments.json", analyzer="descriptors",
                            labels_key="descriptors.json")))
-        with _environment(MVGEN_CLAP_WEIGHTS=str(tiny.folder)):
-            clap = AnalysisStage(store, enabled=("clap",))
+        clap = AnalysisStage(store, enabled=("clap",), environ={**os.environ, "MVGEN_CLAP_WEIGHTS": str(tiny.folder)})
         clap.load()
         clap_s = best_of(1, lambda: clap.run(AnalyzeRequest(song_key=song_key, segments_key="segments.json",
                                                             analyzer="clap", labels_key="clap.json")))
@@ -59,21 +56,6 @@ def clap_rows(song_path: Path, minutes: float) -> list[Row]:
         (what, clap_s / minutes, "decode at 44.1 kHz", decode_s / minutes),
         (f"clap on CPU: 7 s windows per second (batch {batch})", windows / clap_s, "-", 0.0),
     ]
-
-
-@contextmanager
-def _environment(**values: str) -> Iterator[None]:
-    """Set environment variables while a backend reads its settings, then restore them."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 if __name__ == "__main__":

@@ -160,7 +160,7 @@ def submit(gateway: Gateway, args: argparse.Namespace) -> int:
     song = Path(args.song)
     if not song.is_file():
         raise UsageError(f"{song}: no such file")
-    options = job_options(args)
+    options = requested_options(args)
     started = time.monotonic()
     uploaded = _retry_unavailable(lambda: gateway.stub.UploadSong(_upload_messages(song), metadata=gateway.metadata))
     request = api_pb2.CreateJobRequest(request_id=str(uuid.uuid4()), song_id=uploaded.song.song_id, options=options)
@@ -198,7 +198,7 @@ def submit(gateway: Gateway, args: argparse.Namespace) -> int:
     return 0
 
 
-def job_options(args: argparse.Namespace) -> job_pb2.JobOptions:
+def requested_options(args: argparse.Namespace) -> job_pb2.JobOptions:
     """The options given on the command line; those left out stay unset and take the gateway's defaults."""
     segmenter = stage_pb2.SegmenterParams()
     for flag, field in (("segmenter", "segmenter"), ("min_segment", "min_seconds"), ("max_segment", "max_seconds"),

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -405,3 +406,49 @@ def test_gpu_benchmark_floor_is_counted_from_the_configuration() -> None:
 
     flops = transformer_flops(WAN_13B_TRANSFORMER, frames=81, height=480, width=832)
     assert 282e12 < flops < 285e12  # about 283 TFLOP per pass at 480p and 81 frames
+
+
+# ---- no autograd on the device (issue 18, item 1)
+
+@pytest.mark.parametrize("generator, policy", [("wan", "retime"), ("wan", "continue"), ("mochi", "retime")])
+def test_generation_keeps_no_autograd_graph(stage_with, models, generator: str, policy: str) -> None:
+    """The prompt embeddings (encoded once, reused by continuations), the latents and the frames a
+    clip makes carry no autograd graph: one would keep the text encoder's activations (~5 GiB a
+    prompt for UMT5-XXL) alive through denoising and decoding."""
+    env = {"MVGEN_LONG_SEGMENT_POLICY": policy}
+    if policy == "continue":
+        env |= {"MVGEN_WAN_I2V_MODEL": str(models["wan-i2v"]), "MVGEN_VIDEO_MAX_FRAMES": "17"}
+    stage = stage_with(generator, **env)
+    backend = stage.generators.get(generator)
+    seen: dict[str, list[Any]] = {"prompt": [], "latents": [], "video": [], "grad_enabled": []}
+    originals = backend._prompt_arguments, backend._denoise, backend._decode
+
+    def prompt_arguments(prompt: str) -> dict[str, Any]:
+        arguments = originals[0](prompt)
+        seen["prompt"] += [v for v in arguments.values() if isinstance(v, torch.Tensor)]
+        return arguments
+
+    def denoise(*args: Any, **kwargs: Any) -> Any:
+        seen["grad_enabled"].append(torch.is_grad_enabled())
+        latents, steps = originals[1](*args, **kwargs)
+        seen["latents"].append(latents)
+        return latents, steps
+
+    def decode(*args: Any) -> Any:
+        video = originals[2](*args)
+        seen["video"].append(video)
+        return video
+
+    backend._prompt_arguments, backend._denoise, backend._decode = prompt_arguments, denoise, decode
+    end = 2.5 if policy == "continue" else 0.5  # continued: three native clips, one prompt encoding
+    stage.run(clip_request(generator, 0.0, end, f"clips/nograd-{generator}-{policy}.mp4"))
+
+    assert seen["latents"] and seen["video"]
+    if generator == "wan":  # Wan encodes the prompt itself, once per clip; Mochi's pipeline does it inside
+        assert len(seen["prompt"]) == 2  # the prompt and the negative prompt
+    graphs = {kind: [t.requires_grad or t.grad_fn is not None for t in seen[kind]]
+              for kind in ("prompt", "latents", "video")}
+    assert not any(any(flags) for flags in graphs.values()), graphs
+    assert seen["grad_enabled"] == [False] * len(seen["latents"])  # the whole pipeline call, not only its loop
+    kept = [v for v in vars(backend).values() if isinstance(v, torch.Tensor)]
+    assert not [t for t in kept if t.requires_grad]

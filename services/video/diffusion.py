@@ -395,9 +395,20 @@ class DiffusionClipGenerator(ClipGenerator):
 
     def _generate_native(self, req: GenerateClipRequest, plan: ClipPlan, prompt: str, on_progress: ProgressFn,
                          is_cancelled: CancelledFn) -> tuple[np.ndarray, GenerationStats]:
-        """The plan's native clips, joined, as uint8 frames (n, height, width, 3) at the output size."""
+        """The plan's native clips, joined, as uint8 frames (n, height, width, 3) at the output size.
+
+        All of it under inference mode: the prompt embeddings (encoded once, reused by every
+        continuation), the latents and the frames carry no autograd graph, which would otherwise keep
+        the text encoder's activations (~5 GiB a prompt for UMT5-XXL) alive to the end of the clip.
+        """
         import torch
 
+        with torch.inference_mode():
+            return self._generate_native_inference(req, plan, prompt, on_progress, is_cancelled)
+
+    def _generate_native_inference(self, req: GenerateClipRequest, plan: ClipPlan, prompt: str,
+                                   on_progress: ProgressFn, is_cancelled: CancelledFn
+                                   ) -> tuple[np.ndarray, GenerationStats]:
         settings = self.settings
         progress = StepProgress(len(plan.chunk_frames) * (settings.steps + DECODE_STEPS), on_progress)
         stats = GenerationStats()
@@ -412,11 +423,10 @@ class DiffusionClipGenerator(ClipGenerator):
                                            is_cancelled)
             self._synchronize()
             decode_began = time.perf_counter()
-            with torch.inference_mode():
-                video = self._decode(pipeline, latents)[0]
-                if chunk + 1 < len(plan.chunk_frames):
-                    last_frame = to_image(video[:, -1])
-                fitted = fit_frames(video, req.width, req.height)
+            video = self._decode(pipeline, latents)[0]
+            if chunk + 1 < len(plan.chunk_frames):
+                last_frame = to_image(video[:, -1])
+            fitted = fit_frames(video, req.width, req.height)
             self._synchronize()
             stats.steps += steps
             stats.denoise_seconds += decode_began - began

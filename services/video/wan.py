@@ -88,11 +88,16 @@ class WanGenerator(DiffusionClipGenerator):
 
     def _prompt_arguments(self, prompt: str) -> dict[str, Any]:
         # Encoded once per output clip, also for its continuations (whose pipeline has no text encoder).
+        # Without autograd (WanPipeline's __call__ is under no_grad, its encode_prompt is not): embeddings
+        # with a grad_fn would keep UMT5-XXL's activations alive through denoising and decoding.
+        import torch
+
         pipeline = self.pipeline
         assert pipeline is not None  # loaded
-        positive, negative = pipeline.encode_prompt(
-            prompt, self.settings.negative_prompt, do_classifier_free_guidance=self.settings.guidance > 1.0,
-            max_sequence_length=MAX_PROMPT_TOKENS, device=pipeline._execution_device)
+        with torch.inference_mode():
+            positive, negative = pipeline.encode_prompt(
+                prompt, self.settings.negative_prompt, do_classifier_free_guidance=self.settings.guidance > 1.0,
+                max_sequence_length=MAX_PROMPT_TOKENS, device=pipeline._execution_device)
         return {"prompt_embeds": positive, "negative_prompt_embeds": negative}
 
     def _decode(self, pipeline: DiffusionPipeline, latents: torch.Tensor) -> torch.Tensor:

@@ -491,6 +491,21 @@ def test_scripting_points_at_the_vllm_servers():
     assert "MVGEN_LLM_URL" not in env_of(deployment_container(manifests("defaults"), f"{RELEASE}-scripting"))
 
 
+def test_each_llm_servers_context_is_told_to_the_scripting_service_and_holds_its_longest_reply():
+    """Issue 18 item 2: the scripting service cuts each request's max_tokens to what the served context leaves
+    after the prompt; the chart tells it the context it serves (--max-model-len) and a max_tokens that leaves
+    room for the longest prompt (a section's ~3k tokens; a 300 s audio window's 7500 + its text)."""
+    docs = manifests("llm-scale-to-zero")
+    scripting = deployment_container(docs, f"{RELEASE}-scripting")
+    for name, prompt in (("llm", 3000), ("lalm", 7500 + 1500)):
+        server = deployment_container(docs, f"{RELEASE}-{name}")
+        context = int(next(a for a in server["args"] if a.startswith("--max-model-len=")).split("=")[1])
+        assert int(env_value(scripting, f"MVGEN_{name.upper()}_CONTEXT_TOKENS")) == context
+        assert int(env_value(scripting, f"MVGEN_{name.upper()}_MAX_TOKENS")) + prompt <= context
+    with pytest.raises(helm.HelmError, match=r"llm.maxTokens \(16384\) must be less than llm.maxModelLen"):
+        render({"llm": {"enabled": True, "maxTokens": 16384}})
+
+
 # ---------------------------------------------------------------------------- network policies
 
 def test_only_the_gateway_is_reachable_from_outside():

@@ -356,6 +356,18 @@ tolerations:
   value: {{ $url | quote }}
 - name: {{ .prefix }}_MODEL
   value: {{ $values.model | quote }}
+{{- with $values.maxTokens }}
+{{- if and $values.enabled (ge (int .) (int $values.maxModelLen)) }}
+{{- fail (printf "%s.maxTokens (%d) must be less than %s.maxModelLen (%d): the prompt needs room too" $.name (int .) $.name (int $values.maxModelLen)) }}
+{{- end }}
+- name: {{ $.prefix }}_MAX_TOKENS
+  value: {{ . | quote }}
+{{- end }}
+{{- if $values.enabled }}
+{{- /* The server's context, as served: each request's max_tokens is cut to what it leaves. */}}
+- name: {{ .prefix }}_CONTEXT_TOKENS
+  value: {{ $values.maxModelLen | quote }}
+{{- end }}
 {{- with $values.apiKey.existingSecret }}
 - name: {{ $.prefix }}_API_KEY
   valueFrom:

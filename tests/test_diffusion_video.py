@@ -35,9 +35,9 @@ from services.common.stage_api import GenerateClipRequest
 from services.common.store import LocalArtifactStore
 from services.common.timing import frame_count
 from services.video.diffusion import DiffusionSettings, compose_prompt, fit_frames
-from services.video.mochi import MochiGenerator
+from services.video.mochi import MochiGenerator, weights_variant
 from services.video.stage import VideoStage, clip_meta_key
-from services.video.timing_policy import NativeFormat, native_frames_needed, plan_clip
+from services.video.timing_policy import NativeFormat, native_frames_needed, plan_clip, slow_motion_warning
 from services.video.wan import WanGenerator
 from tests.media import counted_frames, decode_frames, tone
 from tests.servers import local_store_env, serving, stage_channel, stage_server
@@ -452,3 +452,44 @@ def test_generation_keeps_no_autograd_graph(stage_with, models, generator: str, 
     assert seen["grad_enabled"] == [False] * len(seen["latents"])  # the whole pipeline call, not only its loop
     kept = [v for v in vars(backend).values() if isinstance(v, torch.Tensor)]
     assert not [t for t in kept if t.requires_grad]
+
+
+# ---- Mochi's bf16 weights, slow motion (issue 18, item 10)
+
+def test_mochi_loads_the_bf16_variant_where_the_folder_has_it(stage_with, store, tmp_path) -> None:
+    from tools.tiny_t2v import build_mochi
+
+    only_variant = tmp_path / "mochi-bf16"
+    build_mochi().save_pretrained(only_variant, variant="bf16")  # as a download of the variant alone
+    assert not list(only_variant.glob("*/diffusion_pytorch_model.safetensors"))
+    stage = stage_with("mochi", MVGEN_MOCHI_MODEL=str(only_variant))
+    stage.run(clip_request("mochi", 0.0, 0.5, "clips/mochi-bf16.mp4"))
+    assert counted_frames(store.path("clips/mochi-bf16.mp4")) == frame_count(0.0, 0.5, FPS)
+
+
+def test_mochi_weights_variant_follows_the_folder_and_the_dtype(models, tmp_path) -> None:
+    from tools.tiny_t2v import build_mochi
+
+    assert weights_variant("genmo/mochi-1-preview", "bfloat16") == "bf16"  # the hub repository has it
+    assert weights_variant("genmo/mochi-1-preview", "float32") is None
+    assert weights_variant(str(models["mochi"]), "bfloat16") is None  # a folder without it loads as saved
+    both = tmp_path / "both"
+    pipeline = build_mochi()
+    pipeline.save_pretrained(both)
+    pipeline.save_pretrained(both, variant="bf16")
+    assert weights_variant(str(both), "bfloat16") == "bf16"
+    assert weights_variant(str(both), "float32") is None
+
+
+def test_slow_motion_below_half_speed_is_flagged(stage_with, store, caplog) -> None:
+    assert slow_motion_warning(plan_clip(frame_count(0.0, 8.0, 24), 24, WAN, "retime"), WAN.fps) is None  # 0.63x
+    assert slow_motion_warning(plan_clip(frame_count(0.0, 20.0, 24), 24, WAN, "continue"), WAN.fps) is None
+    stage = stage_with("wan")
+    req = clip_request("wan", 0.0, 20.0, "clips/slow.mp4", fps=8)  # 81 frames at 16 fps over 20 s: 0.25x
+    with caplog.at_level("WARNING", logger="services.video.diffusion"):
+        stage.run(req)
+    meta = json.loads(store.get_text(clip_meta_key(req.clip_key)))
+    assert meta["playback_speed"] == pytest.approx(0.2531, abs=1e-4)
+    assert "0.25x" in meta["slow_motion_warning"] and "continue" in meta["slow_motion_warning"]
+    assert "0.25x" in caplog.text
+    assert counted_frames(store.path(req.clip_key)) == req.frame_count  # made as asked, not capped

@@ -43,7 +43,7 @@ from services.common.errors import (
 from services.common.lifecycle import BackendState
 from services.common.stage_api import GenerateClipRequest
 from services.video.generator import CancelledFn, ClipGenerator, ProgressFn
-from services.video.timing_policy import POLICIES, ClipPlan, NativeFormat, plan_clip
+from services.video.timing_policy import POLICIES, ClipPlan, NativeFormat, plan_clip, slow_motion_warning
 
 if TYPE_CHECKING:
     import torch
@@ -303,6 +303,9 @@ class DiffusionClipGenerator(ClipGenerator):
             plan = plan_clip(req.frame_count, req.fps, self.native_format, self.settings.long_segment_policy)
         except ValueError as exc:
             raise InvalidInputError(str(exc)) from exc
+        slow_motion = slow_motion_warning(plan, self.native.fps)
+        if slow_motion:
+            log.warning("%s: clip %d (%.2f s): %s", self.name, req.index, req.end - req.start, slow_motion)
 
         with self._exclusive(req.index, is_cancelled):
             frames, stats, peak_memory = self._on_device(
@@ -330,6 +333,7 @@ class DiffusionClipGenerator(ClipGenerator):
             "native": {"fps": self.native.fps, "frames": plan.native_frames, "clips": list(plan.chunk_frames)},
             "long_segment_policy": plan.policy,
             "playback_speed": plan.speed,
+            "slow_motion_warning": slow_motion,
             "device": settings.device,
             "dtype": settings.dtype,
             "offload": settings.offload,

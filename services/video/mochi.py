@@ -3,10 +3,18 @@
 Mochi-1 preview makes 480p (848×480) video at 30 fps, up to 163 frames (about 5.4 s). Its VAE
 decoder needs tens of GB at full size, so VAE tiling is on by default, as diffusers recommends.
 There is no Mochi image-to-video model: a segment longer than one clip is retimed.
+
+Genmo publishes the weights twice, float32 and a `bf16` variant (`*.bf16.safetensors`, half the
+download and the reading). The variant is loaded where it is there to load: from the hub unless
+the dtype is float32, from a local folder that holds it (diffusers 0.42.1 refuses `variant=` for a
+local folder with no variant files at all, so a folder without them loads without).
 """
 
 from __future__ import annotations
 
+import logging
+import re
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from services.video.diffusion import DiffusionClipGenerator
@@ -15,6 +23,12 @@ from services.video.timing_policy import NativeFormat
 if TYPE_CHECKING:
     import torch
     from diffusers import DiffusionPipeline
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_VARIANT = "bf16"
+# diffusers' weight file names for a variant: model.bf16.safetensors, or shards model.bf16-00001-of-00002.safetensors
+_VARIANT_FILE = re.compile(rf"\.{WEIGHTS_VARIANT}(-\d+-of-\d+)?\.safetensors$")
 
 
 class MochiGenerator(DiffusionClipGenerator):
@@ -33,7 +47,10 @@ class MochiGenerator(DiffusionClipGenerator):
     def _load_pipeline(self, dtype: torch.dtype) -> DiffusionPipeline:
         from diffusers import MochiPipeline
 
-        return MochiPipeline.from_pretrained(self.settings.model, dtype=dtype)
+        variant = weights_variant(self.settings.model, self.settings.dtype)
+        log.info("mochi: loading %s weights from %s", f"the {variant} variant's" if variant else "the plain",
+                 self.settings.model)
+        return MochiPipeline.from_pretrained(self.settings.model, dtype=dtype, variant=variant)
 
     def _decode(self, pipeline: DiffusionPipeline, latents: torch.Tensor) -> torch.Tensor:
         # As MochiPipeline decodes: undo the latent normalisation (mean/std when the VAE has them), then the VAE.
@@ -51,3 +68,21 @@ class MochiGenerator(DiffusionClipGenerator):
         else:
             latents = latents / config.scaling_factor
         return vae.decode(latents, return_dict=False)[0]
+
+
+def weights_variant(model: str, dtype: str) -> str | None:
+    """`bf16` where the weights have that variant and it serves the dtype, else None (the plain weights).
+
+    A hub id (genmo/mochi-1-preview publishes the variant): bf16 unless the dtype is float32, which
+    the plain float32 weights serve better. A local folder: bf16 where its component folders hold
+    variant files, unless the dtype is float32 and plain weights are there too.
+    """
+    folder = Path(model)
+    if not folder.is_dir():
+        return None if dtype == "float32" else WEIGHTS_VARIANT
+    weights = [f.name for f in folder.glob("*/*.safetensors")]
+    variant = [name for name in weights if _VARIANT_FILE.search(name)]
+    if not variant:
+        return None
+    plain = len(variant) < len(weights)
+    return None if dtype == "float32" and plain else WEIGHTS_VARIANT

@@ -12,6 +12,12 @@ A segment longer than the model's longest clip is covered by one of two policies
 - `continue`: a first clip, then more clips, each generated from the previous one's last frame
   by an image-to-video model, joined without that repeated frame, at real speed.
 Integer arithmetic throughout: the mapping has no rounding drift.
+
+Retiming slower than NATURAL_MIN_SPEED (0.5×) is made as asked but flagged (`slow_motion_warning`,
+said in the clip's metadata and the log): below it Wan's 16 fps shows fewer than 8 new frames a
+second, which reads as stutter rather than slow motion. It is not capped: a capped clip would no
+longer cover its segment frame for frame, and a loop or a freeze would be a worse picture than
+slow motion; `continue` (Wan) or shorter segments are the remedy, and the note says so.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 POLICIES = ("retime", "continue")
+NATURAL_MIN_SPEED = 0.5  # slower retiming than this is flagged: see the module's docstring
 
 
 @dataclass(frozen=True)
@@ -91,3 +98,12 @@ def plan_clip(output_frames: int, output_fps: int, native: NativeFormat, policy:
         remaining -= chunk - 1
     return ClipPlan("continue", tuple(chunks), real_time)
 
+
+
+def slow_motion_warning(plan: ClipPlan, native_fps: int) -> str | None:
+    """A note for a retimed clip played slower than NATURAL_MIN_SPEED, else None."""
+    if plan.speed >= NATURAL_MIN_SPEED:
+        return None
+    return (f"retimed to {plan.speed:.2f}x playback speed ({plan.speed * native_fps:.1f} new frames a second), "
+            f"slower than {NATURAL_MIN_SPEED}x looks unnatural: use MVGEN_LONG_SEGMENT_POLICY=continue (Wan) or "
+            f"shorter segments")

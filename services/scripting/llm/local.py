@@ -9,9 +9,10 @@ process, for a GPU machine that serves the scripting stage alone.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -87,9 +88,23 @@ class VllmSettings:
                    get("MVGEN_LLM_TEMPERATURE"), get("MVGEN_LLM_MAX_TOKENS"))
 
 
+@dataclass
+class _Waiting:
+    """One caller's requests, waiting for a batch; `replies` is set (a reply or an error for each) when done."""
+
+    requests: list[ChatRequest]
+    replies: list[ChatReply | Exception] | None = field(default=None)
+
+
 class VllmChat:
     """vLLM's in-process engine with guided JSON decoding. `chat_many` hands every request to one
-    `LLM.chat` call, which vLLM batches: a script's sections are written together."""
+    `LLM.chat` call, which vLLM batches: a script's sections are written together.
+
+    vLLM's offline `LLM` is not safe to call from several threads at once, and the scripting service
+    serves up to MVGEN_MAX_CONCURRENT calls together. So calls are collected: requests that arrive
+    while the engine runs a batch wait, and go together in the next one (one `LLM.chat` call at a
+    time, as many requests in it as are waiting). The caller whose requests start a batch runs it;
+    the others wait for their replies."""
 
     parallel = 64  # sections written in one batch
 
@@ -106,28 +121,77 @@ class VllmChat:
         self._engine = vllm.LLM(model=settings.model, gpu_memory_utilization=settings.gpu_memory_utilization,
                                 max_model_len=settings.max_model_len)
         self._tokenizer = self._engine.get_tokenizer()
+        self._turn = threading.Condition(threading.Lock())
+        self._waiting: list[_Waiting] = []  # requests that arrived while a batch ran
+        self._running = False
 
     def chat(self, request: ChatRequest) -> ChatReply:
         return self.chat_many([request])[0]
 
     def chat_many(self, requests: list[ChatRequest]) -> list[ChatReply]:
+        if not requests:
+            return []
+        mine = _Waiting(list(requests))
+        with self._turn:
+            self._waiting.append(mine)
+            while mine.replies is None:
+                if self._running:
+                    self._turn.wait()
+                    continue
+                batch, self._waiting = self._waiting, []
+                self._running = True
+                self._turn.release()
+                try:
+                    self._run(batch)
+                finally:
+                    self._turn.acquire()
+                    self._running = False
+                    self._turn.notify_all()
+        errors = [r for r in mine.replies if isinstance(r, Exception)]
+        if errors:
+            raise errors[0]
+        return [r for r in mine.replies if isinstance(r, ChatReply)]
+
+    def _run(self, batch: list[_Waiting]) -> None:
+        """One `LLM.chat` call for every request of `batch` that can be sent; each caller gets its replies,
+        or the error that stopped its requests (a prompt too long fails its own caller only)."""
         s = self.settings
-        params = [self._vllm.SamplingParams(temperature=s.temperature if r.temperature is None else r.temperature,
-                                            max_tokens=self._max_tokens(r), seed=r.seed,
-                                            **_structured_output(r.schema))
-                  for r in requests]
-        started = time.monotonic()
-        outputs = self._engine.chat([r.messages for r in requests], params, use_tqdm=False)
-        seconds = time.monotonic() - started
-        replies = []
-        for output in outputs:
-            completion = output.outputs[0]
-            reasoning, answer = split_reasoning(completion.text)
-            replies.append(ChatReply(answer=answer, reasoning=reasoning, raw=completion.text, model=s.model,
-                                     prompt_tokens=len(output.prompt_token_ids or []),
-                                     completion_tokens=len(completion.token_ids), seconds=seconds,
-                                     finish_reason=completion.finish_reason or ""))
-        return replies
+        sent: list[tuple[_Waiting, ChatRequest, Any]] = []
+        try:
+            for waiting in batch:
+                try:
+                    params = [self._vllm.SamplingParams(
+                        temperature=s.temperature if r.temperature is None else r.temperature,
+                        max_tokens=self._max_tokens(r), seed=r.seed, **_structured_output(r.schema))
+                        for r in waiting.requests]
+                except Exception as exc:
+                    waiting.replies = [exc]
+                    continue
+                sent += [(waiting, r, p) for r, p in zip(waiting.requests, params, strict=True)]
+            if not sent:
+                return
+            started = time.monotonic()
+            try:
+                outputs = self._engine.chat([r.messages for _, r, _ in sent], [p for _, _, p in sent], use_tqdm=False)
+            except Exception as exc:
+                for waiting, _, _ in sent:
+                    waiting.replies = [exc]
+                return
+            seconds = time.monotonic() - started
+            replies: dict[int, list[ChatReply | Exception]] = {}
+            for (waiting, _, _), output in zip(sent, outputs, strict=True):
+                completion = output.outputs[0]
+                reasoning, answer = split_reasoning(completion.text)
+                replies.setdefault(id(waiting), []).append(ChatReply(
+                    answer=answer, reasoning=reasoning, raw=completion.text, model=s.model,
+                    prompt_tokens=len(output.prompt_token_ids or []), completion_tokens=len(completion.token_ids),
+                    seconds=seconds, finish_reason=completion.finish_reason or ""))
+            for waiting, _, _ in sent:
+                waiting.replies = replies[id(waiting)]
+        finally:
+            for waiting in batch:  # whatever stopped this batch, no caller waits for ever
+                if waiting.replies is None:
+                    waiting.replies = [StageFailedError("the vLLM engine stopped before it answered")]
 
     def _max_tokens(self, request: ChatRequest) -> int:
         """The configured max_tokens, cut to what max_model_len leaves after the prompt (vLLM refuses more)."""

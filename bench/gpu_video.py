@@ -1,19 +1,22 @@
 """Wan 2.1 1.3B on one GPU: seconds per denoising step at 480p and 81 frames, per attention backend
 and cache, against the arithmetic floor measured on the same card.
 
-Self-contained and offline: the transformer and the VAE are built at full size from the published
-configurations with random weights, directly on the GPU (a step costs the same whatever the
-weight values), and the UMT5 text encoder is replaced by random prompt embeddings of its output
-shape (512 tokens × 4096). Each run is WanPipeline's own denoising loop with classifier-free
-guidance (two transformer passes per step), as the `wan` backend calls it; steps are timed by
-callback_on_step_end after a device synchronisation, and the first step (warm-up) is left out.
+Self-contained and offline: the transformer, the VAE and the UMT5-XXL text encoder are built at
+full size from the published configurations with random weights, directly on the GPU (a step
+costs the same whatever the weight values). The text encoder stays on the GPU throughout, as in
+the `wan` backend without offload, so every peak-memory figure includes its weights (~10.6 GiB
+in bf16); it encodes the prompt and the negative prompt (512 random tokens each) under inference
+mode, as the backend does, and that encode's own peak is reported. Each run is WanPipeline's own
+denoising loop with classifier-free guidance (two transformer passes per step), as the `wan`
+backend calls it; steps are timed by callback_on_step_end after a device synchronisation, and the
+first step (warm-up) is left out.
 
 The floor: the transformer's floating-point operations per pass, counted from its configuration
 (about 283 TFLOP at 480p and 81 frames), divided by the bf16 matrix-product rate this script
 measures on the card; twice that per step with guidance. Measured time over floor is the gap.
 
     python3 -m bench.gpu_video                         # on a GPU machine, from the repository root
-    python3 -m bench.gpu_video --smoke --device cpu    # a tiny configuration, to check the script anywhere
+    python3 -m bench.gpu_video --smoke                 # a tiny configuration, to check the script anywhere (CPU too)
     python3 -m bench.gpu_video --merge FILE            # put a section written on the GPU machine into RESULTS.md
 
 The GPU machines' image has torch and transformers but not diffusers: carry its wheel (pure
@@ -25,8 +28,10 @@ build/wheels, about three minutes on an H100:
         build/wheels/diffusers-0.42.1-py3-none-any.whl && PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 \
         python3 -m bench.gpu_video
 
-With $OUT set, the results section and the raw numbers are also written there, to come back from
-the GPU machine; merge the section here with --merge.
+With $OUT set (or --out DIR), the raw numbers so far are written there after every measurement
+(gpu_video.partial.json: a crash late in the one GPU call keeps the early rows), and at the end
+the results section and the raw numbers, to come back from the GPU machine; merge the section
+here with --merge.
 """
 
 from __future__ import annotations
@@ -57,6 +62,12 @@ WAN_13B_TRANSFORMER: dict[str, Any] = dict(
 SMOKE_TRANSFORMER: dict[str, Any] = dict(WAN_13B_TRANSFORMER, num_attention_heads=2, attention_head_dim=16, text_dim=32,
                          ffn_dim=64, num_layers=2)
 SMOKE_VAE = dict(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1)
+# google/umt5-xxl's encoder, Wan 2.1's text encoder (Wan's shared_config: t5 umt5-xxl; the diffusers
+# repositories' text_encoder/config.json): about 5.7B parameters.
+UMT5_XXL: dict[str, Any] = dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+                                relative_attention_num_buckets=32, relative_attention_max_distance=128,
+                                feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+SMOKE_UMT5: dict[str, Any] = dict(UMT5_XXL, vocab_size=256, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
 TEXT_TOKENS = 512  # UMT5's output length in WanPipeline
 GUIDANCE = 5.0
 # Backends worth timing on an NVIDIA card; each is tried and reported unavailable if it cannot run here.
@@ -137,6 +148,61 @@ def cast_for_serving(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Mod
     return model
 
 
+class PartialResults:
+    """The results so far, written (atomically) after every measurement to DIR/gpu_video.partial.json."""
+
+    def __init__(self, out_dir: str | None):
+        self.path = Path(out_dir, "gpu_video.partial.json") if out_dir else None
+        self.results: dict[str, Any] = {"runs": [], "complete": False}
+
+    def update(self, **fields: Any) -> None:
+        self.results.update(fields)
+        self.write()
+
+    def add_run(self, run: Run) -> None:
+        self.results["runs"].append(asdict(run))
+        print(run, flush=True)
+        self.write()
+
+    def write(self) -> None:
+        if self.path is None:
+            return
+        scratch = self.path.with_suffix(".tmp")
+        scratch.write_text(json.dumps(self.results, indent=2) + "\n")
+        scratch.replace(self.path)
+
+
+def build_text_encoder(device: torch.device, smoke: bool) -> Any:
+    """UMT5-XXL's encoder (or a tiny one) with random weights, drawn on the device in bf16, as Wan serves it."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # drawn in bf16: no float32 copy of 5.7B parameters on the card
+    try:
+        with torch.device(device):
+            encoder = UMT5EncoderModel(UMT5Config(**(SMOKE_UMT5 if smoke else UMT5_XXL)))
+    finally:
+        torch.set_default_dtype(previous)
+    return encoder.eval().requires_grad_(False)
+
+
+def encode_prompts(encoder: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prompt and the negative prompt, TEXT_TOKENS random tokens each, encoded as WanPipeline does
+    (its encode_prompt, under inference mode as the `wan` backend calls it)."""
+    vocab = encoder.config.vocab_size
+    generator = torch.Generator("cpu").manual_seed(0)
+    with torch.inference_mode():
+        embeds = [encoder(torch.randint(vocab, (1, TEXT_TOKENS), generator=generator).to(device),
+                          torch.ones(1, TEXT_TOKENS, dtype=torch.long, device=device)).last_hidden_state
+                  .to(torch.bfloat16) for _ in range(2)]
+    return embeds[0], embeds[1]
+
+
+def parameter_gib(module: torch.nn.Module) -> float:
+    return sum(p.numel() * p.element_size() for p in module.parameters()) / 2**30
+
+
 def build_pipeline(device: torch.device, smoke: bool):
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
 
@@ -182,47 +248,58 @@ def timed_run(pipeline, device, embeds, frames, height, width, steps, attention:
     return Run(attention, cache, steps, statistics.fmean(times[1:]), peak_gib(device))
 
 
-def measure(args: argparse.Namespace) -> dict[str, Any]:
+def measure(args: argparse.Namespace, partial: PartialResults | None = None) -> dict[str, Any]:
     import diffusers
 
     from services.video.wan import decode_wan_latents
 
+    partial = partial or PartialResults(None)
     device = torch.device(args.device)
     frames, height, width = (9, 64, 64) if args.smoke else (args.frames, 480, 832)
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
     print(f"card: {card}; torch {torch.__version__}, diffusers {diffusers.__version__}", flush=True)
+    partial.update(card=card, device=str(device), torch=torch.__version__, diffusers=diffusers.__version__,
+                   smoke=args.smoke, frames=frames, height=height, width=width, guidance=GUIDANCE)
     rate = matmul_tflops(device, size=1024 if args.smoke else 8192, repeats=3 if args.smoke else 20)
     print(f"bf16 matrix product: {rate:.0f} TFLOP/s", flush=True)
 
     config = SMOKE_TRANSFORMER if args.smoke else WAN_13B_TRANSFORMER
     flops = transformer_flops(config, frames, height, width)
     floor_per_step = 2 * flops / (rate * 1e12)  # two passes per step with guidance
+    partial.update(matmul_tflops=rate, tflop_per_pass=flops / 1e12, floor_seconds_per_step=floor_per_step)
     began = time.perf_counter()
+    text_encoder = build_text_encoder(device, args.smoke)  # stays on the card: in every peak below
     pipeline = build_pipeline(device, args.smoke)
     built = time.perf_counter() - began
-    text_dim = config["text_dim"]
-    positive, negative = (torch.randn(1, TEXT_TOKENS, text_dim, device=device, dtype=torch.bfloat16) for _ in range(2))
-    embeds = (positive, negative)
+    reset_peak(device)
+    embeds = encode_prompts(text_encoder, device)
+    synchronize(device)
+    assert embeds[0].shape == (1, TEXT_TOKENS, config["text_dim"]) and not embeds[0].requires_grad, embeds[0].shape
+    partial.update(build_seconds=built, text_encoder_gib=parameter_gib(text_encoder),
+                   text_encoder_params=sum(p.numel() for p in text_encoder.parameters()),
+                   encode_peak_gib=peak_gib(device))
     transformer = pipeline.transformer
 
     runs: list[Run] = []
+
+    def record(run: Run) -> None:
+        runs.append(run)
+        partial.add_run(run)
+
     for backend in ATTENTION_BACKENDS:
         try:
             transformer.set_attention_backend(backend)
         except Exception as exc:  # not installed, or not for this card
-            runs.append(Run(backend, "none", 0, None, None, f"unavailable: {str(exc).splitlines()[0][:120]}"))
+            record(Run(backend, "none", 0, None, None, f"unavailable: {str(exc).splitlines()[0][:120]}"))
             continue
-        runs.append(timed_run(pipeline, device, embeds, frames, height, width, args.steps, backend, "none"))
-        print(runs[-1], flush=True)
+        record(timed_run(pipeline, device, embeds, frames, height, width, args.steps, backend, "none"))
     fastest = min((r for r in runs if r.seconds_per_step is not None), key=lambda r: r.seconds_per_step or 0.0)
     transformer.set_attention_backend(fastest.attention)
 
     for label, (config_name, options) in CACHES.items():
         transformer.enable_cache(getattr(diffusers, config_name)(**options))
-        runs.append(timed_run(pipeline, device, embeds, frames, height, width, args.cache_steps,
-                              fastest.attention, label))
+        record(timed_run(pipeline, device, embeds, frames, height, width, args.cache_steps, fastest.attention, label))
         transformer.disable_cache()
-        print(runs[-1], flush=True)
 
     # VAE decode of the clip's latents, twice: the first pays cuDNN's algorithm search.
     latents, _ = denoise(pipeline, device, embeds, frames, height, width, 1)
@@ -237,14 +314,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             decode_times.append(time.perf_counter() - start)
     decode_peak = peak_gib(device)
     assert video.shape[2] == frames, video.shape
-
-    return {
-        "card": card, "device": str(device), "torch": torch.__version__, "diffusers": diffusers.__version__,
-        "smoke": args.smoke, "frames": frames, "height": height, "width": width, "guidance": GUIDANCE,
-        "matmul_tflops": rate, "tflop_per_pass": flops / 1e12, "floor_seconds_per_step": floor_per_step,
-        "build_seconds": built, "decode_seconds": decode_times[-1], "decode_first_seconds": decode_times[0],
-        "decode_peak_gib": decode_peak, "runs": [asdict(r) for r in runs],
-    }
+    partial.update(decode_seconds=decode_times[-1], decode_first_seconds=decode_times[0], decode_peak_gib=decode_peak,
+                   complete=True)
+    return dict(partial.results)
 
 
 def render(results: dict[str, Any]) -> str:
@@ -256,14 +328,18 @@ def render(results: dict[str, Any]) -> str:
         f"## Wan 2.1 1.3B on {results['card']} (`python3 -m bench.gpu_video`, {time.strftime('%Y-%m-%d')})",
         "",
         f"{size}, guidance {results['guidance']} (two transformer passes per step), random weights "
-        f"(bf16 transformer, float32 VAE), random prompt embeddings; torch {results['torch']}, "
+        f"(bf16 transformer, float32 VAE, bf16 text encoder), random prompt tokens; torch {results['torch']}, "
         f"diffusers {results['diffusers']}{SMOKE_NOTE if results['smoke'] else ''}.",
         f"Floor: {results['tflop_per_pass']:.4g} TFLOP per pass × 2 ÷ {results['matmul_tflops']:.4g} TFLOP/s "
         f"(bf16 matrix product measured on this card) = {floor:.3f} s per step. "
         f"VAE decode {decode:.2f} s (first call {results['decode_first_seconds']:.2f} s), "
         f"peak {_gib(results['decode_peak_gib'])}.",
+        f"Text encoder (UMT5-XXL, {results['text_encoder_params'] / 1e9:.2f}B parameters, bf16) resident on the "
+        f"card throughout: {_gib(results['text_encoder_gib'])} GiB of weights, in every peak below; encoding the "
+        f"prompt and the negative prompt peaks at {_gib(results['encode_peak_gib'])} GiB.",
         "",
-        "| attention | cache | steps timed | s / step | 50-step clip, s (with decode) | × floor | peak GiB | note |",
+        "| attention | cache | steps timed | s / step | 50-step clip, s (with decode) | × floor | "
+        "peak GiB (text encoder included) | note |",
         "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for run in results["runs"]:
@@ -297,22 +373,28 @@ def merge_section(section: str, results_path: Path = RESULTS) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--frames", type=int, default=81)
     parser.add_argument("--steps", type=int, default=4, help="steps per attention backend (the first is warm-up)")
     parser.add_argument("--cache-steps", type=int, default=10, help="steps per cache run (caches act after a few)")
     parser.add_argument("--smoke", action="store_true", help="tiny configuration: checks the script, measures nothing")
     parser.add_argument("--merge", type=Path, metavar="FILE", help="merge a section written by a GPU run and exit")
     parser.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
+    parser.add_argument("--out", metavar="DIR", default=os.environ.get("OUT"),
+                        help="write the results there, the partial ones after each measurement (default: $OUT)")
     args = parser.parse_args()
     if args.merge:
         merge_section(args.merge.read_text().strip())
         return
 
-    results = measure(args)
+    if not args.smoke and not args.device.startswith("cuda"):
+        parser.error(f"the full-size benchmark needs a GPU (--device {args.device}); --smoke checks the script here")
+    out = args.out
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    results = measure(args, PartialResults(out))
     section = render(results)
     print(section)
-    out = os.environ.get("OUT")
     if out:
         Path(out, "gpu_video_section.md").write_text(section + "\n")
         Path(out, "gpu_video.json").write_text(json.dumps(results, indent=2) + "\n")

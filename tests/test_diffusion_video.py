@@ -493,3 +493,27 @@ def test_slow_motion_below_half_speed_is_flagged(stage_with, store, caplog) -> N
     assert "0.25x" in meta["slow_motion_warning"] and "continue" in meta["slow_motion_warning"]
     assert "0.25x" in caplog.text
     assert counted_frames(store.path(req.clip_key)) == req.frame_count  # made as asked, not capped
+
+
+def test_gpu_benchmark_keeps_its_rows_when_a_late_measurement_fails(tmp_path, monkeypatch) -> None:
+    """bench/gpu_video.py writes what it has measured after every measurement, so a crash late in
+    the one GPU call (here: the VAE decode, measured last) keeps the early rows; the text encoder
+    is built and counted."""
+    import argparse
+
+    import services.video.wan
+    from bench import gpu_video
+
+    def broken_decode(*args: Any) -> Any:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(gpu_video, "ATTENTION_BACKENDS", ("native",))
+    monkeypatch.setattr(gpu_video, "CACHES", {})
+    monkeypatch.setattr(services.video.wan, "decode_wan_latents", broken_decode)
+    args = argparse.Namespace(device="cpu", frames=9, steps=2, cache_steps=2, smoke=True)
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        gpu_video.measure(args, gpu_video.PartialResults(str(tmp_path)))
+    partial = json.loads((tmp_path / "gpu_video.partial.json").read_text())
+    assert not partial["complete"] and partial["floor_seconds_per_step"] > 0
+    assert [run["attention"] for run in partial["runs"]] == ["native"] and partial["runs"][0]["seconds_per_step"] > 0
+    assert partial["text_encoder_params"] > 0 and partial["text_encoder_gib"] > 0

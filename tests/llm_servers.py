@@ -34,8 +34,10 @@ def start_llama_server(model: Path, context_tokens: int = 8192) -> LlamaCppServe
     return LlamaCppServer(LlamaCppSettings(model, context_tokens, threads=2))
 
 
-# A reply answered by the proxy itself (the LALM story), or a change to the model's reply.
-Answer = Callable[[dict[str, Any]], str | None]
+# A reply answered by the proxy itself (the LALM story): its content, or the message's fields as vLLM
+# sends them (e.g. reasoning_content and content, from a server with a reasoning parser); or a change to
+# the model's reply.
+Answer = Callable[[dict[str, Any]], str | dict[str, Any] | None]
 Change = Callable[[int, dict[str, Any]], dict[str, Any]]
 
 
@@ -98,10 +100,11 @@ class RecordingProxy:
     def _reply(self, number: int, path: str, body: dict[str, Any]) -> dict[str, Any]:
         own = self.answer(body) if self.answer else None
         if own is not None:
+            message = {"role": "assistant", **(own if isinstance(own, dict) else {"content": own})}
+            words = " ".join(str(v or "") for k, v in message.items() if k != "role").split()
             return {"id": f"proxy-{number}", "object": "chat.completion", "model": body.get("model", ""),
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": own}}],
-                    "usage": {"prompt_tokens": 0, "completion_tokens": len(own.split()), "total_tokens": 0}}
+                    "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
+                    "usage": {"prompt_tokens": 0, "completion_tokens": len(words), "total_tokens": 0}}
         base = self.target.removesuffix("/v1")
         request = urllib.request.Request(base + path, json.dumps(body).encode(),
                                          {"Content-Type": "application/json"})

@@ -506,6 +506,16 @@ def test_each_llm_servers_context_is_told_to_the_scripting_service_and_holds_its
         render({"llm": {"enabled": True, "maxTokens": 16384}})
 
 
+def test_deepseek_r1_is_served_with_its_reasoning_parser_and_the_audio_model_without():
+    """Issue 18 item 3: without --reasoning-parser the JSON schema constrains DeepSeek-R1 from its first token,
+    and the reasoning model answers without reasoning."""
+    docs = manifests("llm-scale-to-zero")
+    assert "--reasoning-parser=deepseek_r1" in deployment_container(docs, f"{RELEASE}-llm")["args"]
+    assert not [a for a in deployment_container(docs, f"{RELEASE}-lalm")["args"] if a.startswith("--reasoning-parser")]
+    plain = tuple(documents(render({"llm": {"enabled": True, "reasoningParser": ""}})))
+    assert not [a for a in deployment_container(plain, f"{RELEASE}-llm")["args"] if a.startswith("--reasoning-parser")]
+
+
 # ---------------------------------------------------------------------------- network policies
 
 def test_only_the_gateway_is_reachable_from_outside():

@@ -437,6 +437,28 @@ def test_the_audio_can_go_as_an_audio_url_data_part(tmp_path, monkeypatch):
     assert part["type"] == "audio_url" and part["audio_url"]["url"].startswith("data:audio/mpeg;base64,")
 
 
+THINKING = "The song has three segments; a storm fits the drums, so the keeper should climb as they build."
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+def test_a_reasoning_parsers_thinking_lands_in_reasoning_txt_and_the_answer_is_parsed(job_store, monkeypatch, field):
+    """Issue 18 item 3: vLLM serving DeepSeek-R1 with --reasoning-parser deepseek_r1 answers with the thinking in
+    a field of its own (reasoning_content; `reasoning` from vLLM 0.11.1) and only the answer, under the JSON
+    schema, in content. The thinking goes to reasoning.txt, the answer is parsed into the script."""
+    recorder = RecordingProxy(answer=lambda body: {field: THINKING, "content": canned_answer(body)})
+    monkeypatch.setenv("MVGEN_LLM_URL", recorder.base_url)
+    stage = ScriptingStage(job_store, enabled=("openai",))
+    stage.load()
+    result = stage.run(write_request("openai"))
+    recorder.close()
+    assert "fallback" not in result.info
+    assert all(r["response_format"]["type"] == "json_schema" for r in recorder.requests)  # vLLM applies it after
+    assert_structurally_sound(stored_script(job_store), N_SCENES)
+    reasoning = job_store.get_text("job/reasoning.txt")
+    assert reasoning.count(THINKING) == len(recorder.requests)  # every reply's thinking, kept
+    assert THINKING not in job_store.get_text("job/script.json")
+
+
 def mvgen(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([MVGEN, *args], cwd=cwd, capture_output=True, text=True, timeout=900)
 

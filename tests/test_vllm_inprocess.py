@@ -203,3 +203,27 @@ def test_an_engine_failure_reaches_every_caller_of_its_batch_and_the_next_batch_
         chat.chat_many([ask("one"), ask("two")])
     engine.reply = lambda conversation: "fine"
     assert [r.answer for r in chat.chat_many([ask("three")])] == ["fine"]
+
+
+@pytest.mark.parametrize(("model", "setting", "parser"), [
+    ("deepseek-ai/DeepSeek-R1-Distill-Llama-8B", "auto", "deepseek_r1"),
+    ("/models/DeepSeek-R1-Distill-Qwen-7B", "auto", "deepseek_r1"),
+    ("Qwen/Qwen2.5-7B-Instruct", "auto", None),
+    ("deepseek-ai/DeepSeek-R1-Distill-Llama-8B", "none", None),
+    ("Qwen/Qwen3-8B", "qwen3", "qwen3"),
+])
+def test_the_engine_gets_the_reasoning_parser_of_a_model_that_thinks(fake_vllm, model, setting, parser):
+    """Issue 18 item 3: without a reasoning parser vLLM's structured output constrains DeepSeek-R1 from its
+    first token, and it answers without thinking; with one the schema applies after </think>."""
+    VllmChat(VllmSettings(model, 0.85, 4096, 0.6, 1024, setting))
+    assert fake_vllm.instances[0].engine_args.get("reasoning_parser") == parser
+
+
+def test_the_offline_engines_thinking_is_split_from_its_json_answer(fake_vllm):
+    """The offline engine returns the text as generated, thinking included: the <think> split takes it apart."""
+    chat = VllmChat(SETTINGS)
+    engine = fake_vllm.instances[0]
+    engine.seconds = 0.0
+    engine.reply = lambda conversation: 'Three segments, a storm.\n</think>\n\n{"scene 0": "A storm."}'
+    reply = chat.chat(ChatRequest([{"role": "user", "content": "Write."}], {"type": "object"}, 0))
+    assert reply.reasoning == "Three segments, a storm." and reply.answer == '{"scene 0": "A storm."}'

@@ -361,6 +361,10 @@ _var("MVGEN_VLLM_MODEL", "path", "deepseek-ai/DeepSeek-R1-Distill-Llama-8B", "sc
 _var("MVGEN_VLLM_GPU_MEMORY_UTILIZATION", "float", 0.85, "scripting", "the vllm backend's share of the GPU",
      changes_outputs=True)
 _var("MVGEN_VLLM_MAX_MODEL_LEN", "int", 32768, "scripting", "the vllm backend's context", changes_outputs=True)
+_var("MVGEN_VLLM_REASONING_PARSER", "str", "auto", "scripting",
+     "the vllm backend's reasoning parser: structured output constrains only the answer after the thinking "
+     "(auto: deepseek_r1 for a DeepSeek-R1 or QwQ model, else none | none | a vLLM parser name)",
+     changes_outputs=True)
 
 # ----------------------------------------------------------------------------------------------- video
 _var("MVGEN_WAN_MODEL", "path", None, "video",

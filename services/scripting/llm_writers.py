@@ -1,10 +1,12 @@
 """The script writers that ask a language model, one class per way of running it.
 
-    openai    any OpenAI-compatible server: `vllm serve deepseek-ai/DeepSeek-R1-Distill-Llama-8B`,
-              llama.cpp's server, a hosted API (MVGEN_LLM_URL, MVGEN_LLM_MODEL, MVGEN_LLM_API_KEY)
+    openai    any OpenAI-compatible server: `vllm serve deepseek-ai/DeepSeek-R1-Distill-Llama-8B
+              --reasoning-parser deepseek_r1` (the thinking comes back in reasoning_content, the schema
+              constrains the answer only), llama.cpp's server, a hosted API (MVGEN_LLM_URL,
+              MVGEN_LLM_MODEL, MVGEN_LLM_API_KEY)
     llamacpp  a GGUF model run on this machine's CPU by llama.cpp's server in process
               (MVGEN_LLAMACPP_MODEL; `make llm-model` fetches Qwen2.5-Coder-1.5B-Instruct)
-    vllm      vLLM's engine in process, on a GPU (MVGEN_VLLM_MODEL)
+    vllm      vLLM's engine in process, on a GPU (MVGEN_VLLM_MODEL; MVGEN_VLLM_REASONING_PARSER)
 
 All three write section by section (sectioned.py): a plan, then each section's scenes. Each
 prompt is one user message (DeepSeek-R1's authors advise against a system prompt); each answer

@@ -47,6 +47,10 @@ spec:
             - --max-model-len={{ $values.maxModelLen }}
             - --gpu-memory-utilization={{ $values.gpuMemoryUtilization }}
             - --tensor-parallel-size={{ $values.gpuCount }}
+            {{- with $values.reasoningParser }}
+            # The thinking comes back apart (reasoning_content); structured output constrains the answer only.
+            - --reasoning-parser={{ . }}
+            {{- end }}
             {{- with $values.extraArgs }}
             {{- toYaml . | nindent 12 }}
             {{- end }}

@@ -71,6 +71,10 @@ class LlamaCppServer:
         self.base_url = self._server.listening_address.rstrip("/") + "/v1"
 
 
+# Models named so think in <think>...</think> before they answer (vLLM's deepseek_r1 parser).
+REASONING_MODEL_MARKS = ("deepseek-r1", "qwq")
+
+
 @dataclass(frozen=True)
 class VllmSettings:
     model: str  # MVGEN_VLLM_MODEL: a hub id or a local folder
@@ -78,6 +82,9 @@ class VllmSettings:
     max_model_len: int  # MVGEN_VLLM_MAX_MODEL_LEN
     temperature: float  # MVGEN_LLM_TEMPERATURE, shared with the other LLM backends
     max_tokens: int  # MVGEN_LLM_MAX_TOKENS
+    # MVGEN_VLLM_REASONING_PARSER: auto (deepseek_r1 for a model that thinks in <think>, else none), none, or
+    # a vLLM parser name. With one, vLLM's structured output leaves the thinking free and constrains the answer.
+    reasoning_parser: str = "auto"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> VllmSettings:
@@ -85,7 +92,16 @@ class VllmSettings:
             return envs.get(name, environ)
 
         return cls(get("MVGEN_VLLM_MODEL"), get("MVGEN_VLLM_GPU_MEMORY_UTILIZATION"), get("MVGEN_VLLM_MAX_MODEL_LEN"),
-                   get("MVGEN_LLM_TEMPERATURE"), get("MVGEN_LLM_MAX_TOKENS"))
+                   get("MVGEN_LLM_TEMPERATURE"), get("MVGEN_LLM_MAX_TOKENS"), get("MVGEN_VLLM_REASONING_PARSER"))
+
+    def engine_reasoning_parser(self) -> str:
+        """The parser vLLM's engine gets ('' for none): DeepSeek-R1 and its distills (and QwQ) think in
+        <think>...</think>, which vLLM's deepseek_r1 parser knows."""
+        name = self.reasoning_parser.strip()
+        if name == "auto":
+            model = self.model.lower()
+            return "deepseek_r1" if any(k in model for k in REASONING_MODEL_MARKS) else ""
+        return "" if name in ("", "none") else name
 
 
 @dataclass
@@ -118,8 +134,13 @@ class VllmChat:
         self.settings = settings
         self.model = settings.model
         self.temperature = settings.temperature
+        # With a reasoning parser the engine's structured output waits for the end of the thinking
+        # (vllm/v1/structured_output/__init__.py, should_fill_bitmask); the text still holds the
+        # thinking, which split_reasoning takes apart. EngineArgs.reasoning_parser (vllm/engine/arg_utils.py).
+        parser = settings.engine_reasoning_parser()
         self._engine = vllm.LLM(model=settings.model, gpu_memory_utilization=settings.gpu_memory_utilization,
-                                max_model_len=settings.max_model_len)
+                                max_model_len=settings.max_model_len,
+                                **({"reasoning_parser": parser} if parser else {}))
         self._tokenizer = self._engine.get_tokenizer()
         self._turn = threading.Condition(threading.Lock())
         self._waiting: list[_Waiting] = []  # requests that arrived while a batch ran

@@ -185,6 +185,20 @@ COPY ${REQUIREMENTS} /tmp/requirements.txt
 RUN pip install --no-cache-dir -r /tmp/requirements.txt && pip check
 
 FROM runtime AS video
+# A C compiler (gcc, with libc's headers, which gcc only recommends) in the model variant only:
+# MVGEN_VIDEO_COMPILE=regional|full runs torch.compile, whose Triton kernels are launched through a
+# small C module that Triton compiles on first use with $CC, else cc, gcc or clang from PATH
+# (triton/runtime/build.py: "Failed to find C compiler"), and the slim base has none. The one image
+# with build tools, for that reason; the CPU variant (the animatic) compiles nothing and stays without.
+ARG REQUIREMENTS=services/video/requirements.txt
+USER 0:0
+# hadolint ignore=DL3008
+RUN if [ "$REQUIREMENTS" != "services/video/requirements.txt" ]; then \
+      apt-get update \
+      && apt-get install -y --no-install-recommends gcc libc6-dev \
+      && rm -rf /var/lib/apt/lists/*; \
+    fi
+USER 10001:10001
 COPY --from=video-venv /opt/venv /opt/venv
 COPY --from=common /services/ services/
 COPY services/video/ services/video/

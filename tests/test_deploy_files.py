@@ -444,6 +444,29 @@ def test_ffmpeg_and_prompts_where_the_code_needs_them(name):
         assert name in NEEDS_PROMPTS and "prompts" in runtime_copies(name)
 
 
+BUILD_TOOLS = re.compile(r"apt-get install[^&;]*\b(gcc|g\+\+|clang|build-essential|libc6-dev)\b")
+
+
+@pytest.mark.parametrize("name", list(MVGEN_SERVICES))
+def test_a_c_compiler_only_where_triton_needs_one(name):
+    """MVGEN_VIDEO_COMPILE (torch.compile) needs a C compiler at run time: Triton builds its kernel
+    launcher with one on first use. So the video image's model variant (any requirements but the
+    CPU default) has gcc and libc's headers; no other image has build tools, and the video image
+    installs them as root and runs as its user again."""
+    runtime = image_instructions(name)
+    installs = [a for i, a in runtime if i == "RUN" and BUILD_TOOLS.search(a)]
+    if name != "video":
+        assert not installs, f"{name}: build tools in a runtime image"
+        return
+    assert len(installs) == 1 and re.search(r"\bgcc\b", installs[0]) and "libc6-dev" in installs[0], installs
+    assert '"$REQUIREMENTS" != "services/video/requirements.txt"' in installs[0], "the CPU variant stays without"
+    own = dockerfile_stages()["video"][1]
+    at = own.index(("RUN", installs[0]))
+    assert ("ARG", "REQUIREMENTS=services/video/requirements.txt") in own[:at]
+    users = [(k, a) for k, (i, a) in enumerate(own) if i == "USER"]
+    assert [a for k, a in users if k < at][-1:] == ["0:0"] and users[-1][1] == "10001:10001" and users[-1][0] > at
+
+
 # ---------------------------------------------------------------------- requirements
 
 def _entry_modules(name: str) -> list[str]:
@@ -501,8 +524,8 @@ def import_graph(name: str, eager_only: bool = False) -> tuple[frozenset[str], f
             elif top in ("services", "gateway"):
                 if _module_file(imported) and imported not in GATEWAY_DEV_ONLY:
                     todo.append(imported)
-            elif top not in sys.stdlib_module_names and top != "__future__":
-                third.add(top)
+            elif top not in sys.stdlib_module_names and top not in ("__future__", "_typeshed"):
+                third.add(top)  # _typeshed: typeshed's stub-only module, imported under TYPE_CHECKING
     return frozenset(seen), frozenset(third)
 
 

@@ -517,3 +517,26 @@ def test_gpu_benchmark_keeps_its_rows_when_a_late_measurement_fails(tmp_path, mo
     assert not partial["complete"] and partial["floor_seconds_per_step"] > 0
     assert [run["attention"] for run in partial["runs"]] == ["native"] and partial["runs"][0]["seconds_per_step"] > 0
     assert partial["text_encoder_params"] > 0 and partial["text_encoder_gib"] > 0
+
+
+# ---- offload for the continuation policy (issue 18, item 9)
+
+def test_continuation_offload_applies_only_under_continue(models, monkeypatch) -> None:
+    """MVGEN_VIDEO_CONTINUATION_OFFLOAD: the offload when two 14B models share the GPU (the `continue`
+    policy); retime keeps MVGEN_VIDEO_OFFLOAD (none: full speed), so one preset fits either policy."""
+    for name, value in tiny_env(models, MVGEN_VIDEO_DEVICE="cuda", MVGEN_VIDEO_CONTINUATION_OFFLOAD="model").items():
+        monkeypatch.setenv(name, value)
+    assert DiffusionSettings.from_env(WanGenerator).offload == "none"
+    monkeypatch.setenv("MVGEN_LONG_SEGMENT_POLICY", "continue")
+    monkeypatch.setenv("MVGEN_WAN_I2V_MODEL", str(models["wan-i2v"]))
+    assert DiffusionSettings.from_env(WanGenerator).offload == "model"
+    monkeypatch.setenv("MVGEN_VIDEO_CONTINUATION_OFFLOAD", "")  # unset: MVGEN_VIDEO_OFFLOAD's
+    monkeypatch.setenv("MVGEN_VIDEO_OFFLOAD", "sequential")
+    assert DiffusionSettings.from_env(WanGenerator).offload == "sequential"
+    monkeypatch.setenv("MVGEN_VIDEO_CONTINUATION_OFFLOAD", "all")
+    with pytest.raises(InvalidInputError, match="MVGEN_VIDEO_CONTINUATION_OFFLOAD"):
+        DiffusionSettings.from_env(WanGenerator)
+    monkeypatch.setenv("MVGEN_VIDEO_CONTINUATION_OFFLOAD", "model")
+    monkeypatch.setenv("MVGEN_VIDEO_DEVICE", "cpu")
+    with pytest.raises(InvalidInputError, match="MVGEN_VIDEO_CONTINUATION_OFFLOAD=model .* needs MVGEN_VIDEO_DEVICE"):
+        DiffusionSettings.from_env(WanGenerator)

@@ -176,6 +176,13 @@ def test_the_14b_preset_runs_the_14b_model_with_more_of_everything():
     assert large["startupProbe"]["failureThreshold"] > small["startupProbe"]["failureThreshold"]
     claim = one(manifests("wan14b"), "PersistentVolumeClaim", f"{RELEASE}-model-cache")
     assert claim["spec"]["resources"]["requests"]["storage"] == "500Gi"
+    # Fits an 80 GB card by construction (README, "GPU memory of the video models"): the VAE decodes
+    # in tiles, and the continue policy (a second 14B model) offloads whole models to host memory,
+    # which must hold all their weights (~76 GB with the text and image encoders).
+    assert env_value(large, "MVGEN_VIDEO_VAE_TILING") == "true"
+    assert env_value(large, "MVGEN_VIDEO_CONTINUATION_OFFLOAD") == "model"
+    assert env_of(large).get("MVGEN_VIDEO_OFFLOAD", {}).get("value", "none") == "none"  # retime: all resident
+    assert gibibytes(large["resources"]["requests"]["memory"]) >= 96
 
 
 # ---------------------------------------------------------------------------- scaling

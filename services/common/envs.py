@@ -384,6 +384,9 @@ _var("MVGEN_VIDEO_DTYPE", "str", "bfloat16", "video", "bfloat16 | float16 | floa
 _var("MVGEN_VIDEO_OFFLOAD", "str", "none", "video",
      "none | model | sequential: weights wait on the CPU and move to the GPU as needed, for smaller GPUs.",
      changes_outputs=True, dotenv="", group=MODELS)
+_var("MVGEN_VIDEO_CONTINUATION_OFFLOAD", "str", None, "video",
+     "The offload under MVGEN_LONG_SEGMENT_POLICY=continue, which holds two models on the GPU (Wan 14B: set "
+     "model on an 80 GB card) [MVGEN_VIDEO_OFFLOAD].", changes_outputs=True, dotenv="", group=MODELS)
 _var("MVGEN_LONG_SEGMENT_POLICY", "str", "retime", "video",
      "A segment longer than one clip: retime (slow motion) | continue (from the last frame, with Wan's "
      "image-to-video model MVGEN_WAN_I2V_MODEL).", changes_outputs=True, dotenv="", group=MODELS)

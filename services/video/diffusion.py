@@ -109,11 +109,15 @@ class DiffusionSettings:
         resolution = get("MVGEN_VIDEO_RESOLUTION")
         width, height = family.native_size(resolution)
         device = get("MVGEN_VIDEO_DEVICE")
-        offload = choice("MVGEN_VIDEO_OFFLOAD", OFFLOADS)
-        if offload != "none" and not device.startswith("cuda"):
-            raise InvalidInputError(f"MVGEN_VIDEO_OFFLOAD={offload} moves weights between the CPU and a GPU: "
-                                    f"it needs MVGEN_VIDEO_DEVICE=cuda (got {device!r})")
         policy = choice("MVGEN_LONG_SEGMENT_POLICY", POLICIES)
+        # Two models on one GPU under `continue` (Wan 14B: ~72 GB of weights together): an offload of its own.
+        offload_name = "MVGEN_VIDEO_OFFLOAD"
+        if policy == "continue" and get("MVGEN_VIDEO_CONTINUATION_OFFLOAD"):
+            offload_name = "MVGEN_VIDEO_CONTINUATION_OFFLOAD"
+        offload = choice(offload_name, OFFLOADS)
+        if offload != "none" and not device.startswith("cuda"):
+            raise InvalidInputError(f"{offload_name}={offload} moves weights between the CPU and a GPU: "
+                                    f"it needs MVGEN_VIDEO_DEVICE=cuda (got {device!r})")
         if policy == "continue" and not family.continuation_model_env:
             raise InvalidInputError(f"MVGEN_LONG_SEGMENT_POLICY=continue needs an image-to-video model, which "
                                     f"{family.name} does not have; use retime")

@@ -437,6 +437,75 @@ def test_the_audio_can_go_as_an_audio_url_data_part(tmp_path, monkeypatch):
     assert part["type"] == "audio_url" and part["audio_url"]["url"].startswith("data:audio/mpeg;base64,")
 
 
+PART_STORIES = {1: "Ada climbs the lighthouse stairs at dusk while the sea churns below, lamp in hand. " * 6
+                   + "\nStyle: deep blues and amber, low-key lighting, slow crane shots.",
+                2: "At dawn the storm passes and Ada walks the golden rocks to meet the returning boat. " * 6
+                   + "\nStyle: warm gold, soft morning light, handheld shots."}
+
+
+def test_a_seven_minute_song_is_heard_in_two_windows_and_their_stories_joined(tmp_path, monkeypatch):
+    """Issue 18 item 5: Qwen2.5-Omni hears ~300 s at most, and mvgen takes 15-minute songs. A 7-minute song goes
+    in two windows of 210 s, one request each, the second shown the story so far; the stories are joined and the
+    manifest info says what was heard. Nothing is cut off silently."""
+    def answer(body):
+        if not has_audio(body):
+            return canned_answer(body)
+        texts = [p["text"] for p in body["messages"][0]["content"] if p.get("type") == "text"]
+        return PART_STORIES[2 if "This is part 2" in texts[-1] else 1]
+
+    recorder = RecordingProxy(answer=answer)
+    monkeypatch.setenv("MVGEN_LALM_URL", recorder.base_url)
+    monkeypatch.setenv("MVGEN_LALM_CONTEXT_TOKENS", "16384")  # as the chart tells it, for Qwen2.5-Omni
+    monkeypatch.setenv("MVGEN_LALM_MAX_TOKENS", "16000")
+    store = LocalArtifactStore(tmp_path / "store")
+    store.put_bytes("job/segments.json", artifacts.dumps(make_segmentation(60, seconds=7.0)))  # 420 s
+    tone(tmp_path / "song.wav", 420.0, channels=1, rate=16000)
+    store.put_file("job/song.wav", tmp_path / "song.wav")
+    stage = ScriptingStage(store, enabled=("openai-audio",))
+    stage.load()
+    result = stage.tell_story(TellStoryRequest(
+        song_key="job/song.wav", segments_key="job/segments.json", storyteller="openai-audio",
+        prompt_key="job/prompt.txt", story_key="job/story.txt", scenes_prompt_key="job/scenes_prompt.txt",
+        script_key="job/script.json", script_text_key="job/script.txt", seed=2, response_key="job/response.txt",
+        reasoning_key="job/reasoning.txt", plan_key="job/plan.json", sections_key="job/sections.json"))
+    recorder.close()
+
+    heard = [r for r in recorder.requests if has_audio(r)]
+    assert len(heard) == 2
+    for number, request in enumerate(heard):
+        audio, prompt, note = request["messages"][0]["content"]
+        assert prompt == {"type": "text", "text": store.get_text("job/prompt.txt")}
+        assert "you hear it in 2 parts" in note["text"] and f"part {number + 1}" in note["text"]
+        sent = tmp_path / f"window{number}.mp3"
+        sent.write_bytes(base64.b64decode(audio["input_audio"]["data"]))
+        assert abs(float(probe_streams(sent)["format"]["duration"]) - 210.0) < 0.5
+        # The window's audio is counted in the prompt (25 tokens a second), so the request fits the context.
+        assert request["max_tokens"] <= 16384 - 210 * 25
+    assert "from 3:30.0 to 7:00.0" in heard[1]["messages"][0]["content"][2]["text"]
+    assert PART_STORIES[1].split("\n")[0].strip() in heard[1]["messages"][0]["content"][2]["text"]  # the story so far
+    story = store.get_text("job/story.txt")
+    assert story.index("Ada climbs") < story.index("At dawn") and story.rstrip().endswith(
+        "Style: deep blues and amber, low-key lighting, slow crane shots.")
+    assert story.count("Style:") == 1
+    assert result.info["audio_windows"] == [[0.0, 210.0], [210.0, 420.0]]
+    assert result.info["audio_heard_seconds"] == 420.0
+    assert_structurally_sound(stored_script(store), 60)
+
+
+def test_a_song_within_the_limit_is_sent_whole_in_one_request(tmp_path, monkeypatch):
+    recorder = RecordingProxy(answer=lambda request: STORY)
+    monkeypatch.setenv("MVGEN_LALM_URL", recorder.base_url)
+    monkeypatch.setenv("MVGEN_LALM_MAX_AUDIO_SECONDS", "8")
+    tone(tmp_path / "song.wav", 8.0)
+    storyteller = AudioStoryteller()
+    storyteller.load()
+    told = storyteller.tell("Tell the story.", seed=0, song=tmp_path / "song.wav")
+    recorder.close()
+    (request,) = recorder.requests
+    assert len(request["messages"][0]["content"]) == 2  # the audio and the prompt: no note of parts
+    assert told.reply.answer == STORY and len(told.windows) == 1 and abs(told.windows[0][1] - 8.0) < 0.1
+
+
 THINKING = "The song has three segments; a storm fits the drums, so the keeper should climb as they build."
 
 

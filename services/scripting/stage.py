@@ -143,7 +143,7 @@ class ScriptingStage:
                                     f"stage heard, and the request names no labels.json (labels_key)")
         else:
             prompt = render_cascade_story_prompt(labels, lyrics, segmentation, sections, req.inputs)
-        story, told = self._story(req, storyteller, prompt)
+        story, told = self._story(req, storyteller, prompt, segmentation.song_duration)
         plan_prompt = render_story_plan_prompt(story, segmentation, sections, req.inputs)
         story_reasoning = f"===== the story\n{told.reply.reasoning.rstrip()}\n" if told and told.reply.reasoning else ""
         journal = StoreJournal(self.store, _journal_keys(req, req.scenes_prompt_key), plan_prompt, story_reasoning)
@@ -159,7 +159,10 @@ class ScriptingStage:
         story_info: dict[str, Any] = {"story_kept": True} if told is None else {
             "storyteller_model": told.reply.model, "story_seconds": round(told.reply.seconds, 3)}
         if told is not None and storyteller.hears_audio:
-            story_info.update(audio_bytes=told.audio_bytes, audio_kbps=told.audio_kbps)
+            # What the model heard: the whole song, in one window or several (each a request of its own).
+            story_info.update(audio_bytes=told.audio_bytes, audio_kbps=told.audio_kbps,
+                              audio_windows=[[round(a, 3), round(b, 3)] for a, b in told.windows],
+                              audio_heard_seconds=round(sum(b - a for a, b in told.windows), 3))
         if not storyteller.hears_audio:  # what the story was told from, since no model heard the song itself
             assert labels is not None  # a storyteller that does not hear the song was refused without them
             story_info["story_from"] = f"{labels.analyzer} labels" + (f", {lyrics.source} lyrics" if lyrics else "")
@@ -172,7 +175,8 @@ class ScriptingStage:
                   "writer": scene_writer.name, "sections": len(sections),
                   **_writer_info(journal, scene_writer.chat.model), **_script_info(script)})
 
-    def _story(self, req: TellStoryRequest, storyteller: Storyteller, prompt: str) -> tuple[str, ToldStory | None]:
+    def _story(self, req: TellStoryRequest, storyteller: Storyteller, prompt: str,
+               seconds: float) -> tuple[str, ToldStory | None]:
         """The story: the one an earlier run was told from the same prompt (a rerun resumes), or a new one."""
         if self.store.exists(req.story_key) and self.store.exists(req.prompt_key) and \
                 self.store.get_text(req.prompt_key) == prompt:
@@ -180,7 +184,7 @@ class ScriptingStage:
         self.store.put_text(req.prompt_key, prompt)
         if storyteller.hears_audio:
             with self.store.local_path(req.song_key) as song:
-                told = storyteller.tell(prompt, req.seed, song)
+                told = storyteller.tell(prompt, req.seed, song, seconds)
         else:
             told = storyteller.tell(prompt, req.seed)
         story = told.reply.answer.strip()

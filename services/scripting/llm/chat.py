@@ -55,6 +55,7 @@ class ChatRequest:
     temperature: float | None = None  # None: the configured one
     min_answer_tokens: int = 1  # the least room the answer needs in the context: less is an error
     what: str = "the prompt"  # how errors name the request: "the plan prompt", "section 3's prompt"
+    audio_seconds: float = 0.0  # the audio the messages carry, counted in the prompt's tokens
 
 
 class ChatModel(Protocol):
@@ -161,7 +162,8 @@ class OpenAIChat:
             extra["extra_body"] = extra_body
         if s.frequency_penalty:
             extra["frequency_penalty"] = s.frequency_penalty
-        max_tokens = self.context.max_tokens(messages, s.max_tokens, request.min_answer_tokens, request.what)
+        max_tokens = self.context.max_tokens(messages, s.max_tokens, request.min_answer_tokens, request.what,
+                                             request.audio_seconds)
         started = time.monotonic()
         try:
             response = self._client.chat.completions.create(

@@ -11,11 +11,14 @@ The context and the prompt's length come from the server where it says them:
 - `<prefix>_CONTEXT_TOKENS` overrides the context for any server; a server that cannot count is
   estimated from the text (3 characters a token: more tokens than English text makes, so the
   estimate errs on the side of a shorter answer).
+- Audio in a message is estimated too, from its length: Qwen2.5-Omni's audio encoder gives 25 tokens a
+  second (its thinker config's position_id_per_seconds), 7500 for a 300 s window.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -27,6 +30,7 @@ log = logging.getLogger(__name__)
 CHARS_PER_TOKEN = 3
 TOKENS_PER_MESSAGE = 8  # the chat template's role markers around each message
 SAFETY_TOKENS = 16  # what a count through another path may differ by
+AUDIO_TOKENS_PER_SECOND = 25  # Qwen2.5-Omni (and Qwen2-Audio): one audio token per 40 ms
 
 
 class PromptTooLongError(StageFailedError):
@@ -71,13 +75,16 @@ class ContextWindow:
                 log.warning("cannot count the prompt's tokens on the server (%s); estimating", exc)
         return PromptSize(estimate_tokens(messages), False)
 
-    def max_tokens(self, messages: list[dict[str, Any]], wanted: int, needed: int, what: str) -> int:
+    def max_tokens(self, messages: list[dict[str, Any]], wanted: int, needed: int, what: str,
+                   audio_seconds: float = 0.0) -> int:
         """`wanted` tokens, or fewer where the context has less room; PromptTooLongError when the room
-        left is under `needed`, the least the answer takes."""
+        left is under `needed`, the least the answer takes. `audio_seconds`: the audio the messages carry."""
         context = self.context_tokens()
         if context is None:
             return wanted
         prompt = self.prompt_size(messages)
+        if audio_seconds > 0:
+            prompt = PromptSize(prompt.tokens + math.ceil(audio_seconds * AUDIO_TOKENS_PER_SECOND), False)
         room = context - prompt.tokens - SAFETY_TOKENS
         if room < max(1, needed):
             counted = "" if prompt.exact else "about "

@@ -316,7 +316,7 @@ for _prefix, _what in (("LLM", "script-writing LLM"), ("LALM", "audio-language m
     _var(f"MVGEN_{_prefix}_MODEL", "str", None, "scripting",
          "The model id the server serves "
          + ("[openai: deepseek-ai/DeepSeek-R1-Distill-Llama-8B; llamacpp: its GGUF file's name]" if _prefix == "LLM"
-            else "(Qwen2.5-Omni, Qwen2-Audio served by vLLM) [Qwen/Qwen2.5-Omni-7B]"),
+            else "(Qwen2.5-Omni served by vLLM) [Qwen/Qwen2.5-Omni-7B]"),
          changes_outputs=True,
          dotenv="deepseek-ai/DeepSeek-R1-Distill-Llama-8B" if _prefix == "LLM" else "Qwen/Qwen2.5-Omni-7B",
          **_in_dotenv)
@@ -346,7 +346,10 @@ _var("MVGEN_LALM_AUDIO_PART", "str", "input_audio", "scripting", "how the song i
 _var("MVGEN_LALM_AUDIO_RATE", "int", 16000, "scripting", "the sample rate the song is sent at (Hz)",
      changes_outputs=True)
 _var("MVGEN_LALM_AUDIO_MAX_BYTES", "int", 8 << 20, "scripting",
-     "the compressed song's largest size, before base64 (+33 %)", changes_outputs=True)
+     "the compressed song's (or window's) largest size, before base64 (+33 %)", changes_outputs=True)
+_var("MVGEN_LALM_MAX_AUDIO_SECONDS", "float", 300.0, "scripting",
+     "the longest audio one request carries (Qwen2.5-Omni hears ~300 s): a longer song goes in equal windows, "
+     "their stories joined", changes_outputs=True)
 _var("MVGEN_LLAMACPP_MODEL", "path", None, "scripting",
      "The llamacpp backend's GGUF file, under /models (`make llm-model` puts this one in ./models; `make up` "
      "runs it) [models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf in the repository]", changes_outputs=True,

@@ -174,9 +174,10 @@ CMD ["python", "-m", "services.scripting.server"]
 # - CPU (default): the animatic backend, services/video/requirements.txt.
 # - CUDA (with the wan/mochi backends): the same target with
 #     --build-arg REQUIREMENTS=services/video/requirements-cuda.txt
-#   a pinned set adding torch (a CUDA 12 build from PyPI), diffusers and transformers. torch's PyPI
-#   wheels carry the CUDA runtime and cuDNN as nvidia-* wheels, so the slim Python base stays; the
-#   host needs only the NVIDIA driver and the NVIDIA Container Toolkit (compose's GPU reservation,
+#   a pinned set adding torch (2.13.0 from PyPI: a CUDA 13.0 build), diffusers and transformers.
+#   torch's PyPI wheels carry the CUDA runtime and cuDNN as nvidia-* wheels (pinned in that file), so
+#   the slim Python base stays; the host needs only an NVIDIA driver of the R580 branch or later
+#   (>= 580.65.06: CUDA 13.0's minimum) and the NVIDIA Container Toolkit (compose's GPU reservation,
 #   Kubernetes' nvidia.com/gpu limit). Model weights are mounted or downloaded at run time
 #   (HF_HOME on a volume), never baked into the image.
 FROM venv AS video-venv

@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from services.common import audio, envs, ffmpeg
+from services.common import envs, ffmpeg
 from services.common.errors import InvalidInputError, StageFailedError
 from services.common.lifecycle import Backend
 from services.common.timing import clock
@@ -90,6 +90,15 @@ def audio_windows(seconds: float, max_seconds: float) -> list[tuple[float, float
     count = max(1, math.ceil(round(seconds / max_seconds, 6)))
     edges = [seconds * i / count for i in range(count + 1)]
     return list(zip(edges[:-1], edges[1:], strict=True))
+
+
+def song_seconds(path: Path) -> float:
+    """The song's length in seconds, as ffprobe reads its container (the stage gives the segmentation's)."""
+    try:
+        return float(ffmpeg.run("ffprobe", ["-show_entries", "format=duration", "-of", "csv=p=0",
+                                            str(path)], timeout=60).decode().strip())
+    except ValueError:
+        raise InvalidInputError(f"{path.name}: ffprobe cannot tell the song's length") from None
 
 
 def encode_song(path: Path, settings: AudioSettings, window: tuple[float, float] | None = None) -> tuple[bytes, int]:
@@ -161,7 +170,7 @@ class AudioStoryteller(Storyteller):
         if song is None:
             raise InvalidInputError("the audio-language model needs the song to tell its story")
         if seconds is None:
-            seconds = audio.probe(song, max_seconds=24 * 3600.0).duration  # the stage passes the song's length
+            seconds = song_seconds(song)  # the stage passes the song's length, from segments.json
         windows = audio_windows(seconds, self.audio.max_seconds)
         replies: list[ChatReply] = []
         sent_bytes, kbps_sent = 0, BITRATES_KBPS[0]

@@ -35,7 +35,12 @@ spec:
       {{- include "mvgen.gpuScheduling" (dict "root" $root "values" $values) | trim | nindent 6 }}
       containers:
         - name: vllm
+          {{- if $values.image.built }}
+          {{- /* An image built from this repository (docker/lalm-vllm), pushed beside mvgen's own. */}}
+          image: {{ include "mvgen.image" (dict "root" $root "image" $values.image) }}
+          {{- else }}
           image: {{ printf "%s:%s" $values.image.repository $values.image.tag }}
+          {{- end }}
           imagePullPolicy: {{ $root.Values.image.pullPolicy }}
           command: ["vllm", "serve"]
           args:

@@ -9,6 +9,7 @@ never musical truth.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -353,3 +354,35 @@ def test_the_descriptors_only_stage_imports_no_torch(tmp_path):
             "heavy = sorted(m for m in ('torch', 'msclap', 'transformers') if m in sys.modules)\n"
             "assert not heavy, heavy\n")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
+
+
+HUB_BLOCKED = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9",
+               "HF_HOME": "", "HF_HUB_CACHE": ""}  # the two homes set per test: an empty cache, nothing to find
+
+
+def _load_with_the_hub_blocked(tmp_path: Path, settings: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Load the CLAP backend in a fresh process whose hub access fails and whose hub cache is empty."""
+    env = {**os.environ, **HUB_BLOCKED, **settings, "HF_HOME": str(tmp_path / "hf"),
+           "HF_HUB_CACHE": str(tmp_path / "hf" / "hub")}
+    code = ("from services.analysis.clap import ClapAnalyzer\n"
+            "backend = ClapAnalyzer(); backend.load(); print('loaded', len(backend.settings.__dict__))")
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_the_clap_backend_loads_from_its_paths_alone_with_the_hub_blocked(tiny_clap, tmp_path):
+    """Weights, config and text model (GPT-2 and its tokenizer) all from MVGEN_CLAP_WEIGHTS' folder: a
+    cluster without a model hub loads it; nothing is fetched."""
+    done = _load_with_the_hub_blocked(tmp_path, {"MVGEN_CLAP_WEIGHTS": str(tiny_clap.folder)})
+    assert done.returncode == 0 and "loaded" in done.stdout, done.stderr[-2000:]
+
+
+def test_without_a_local_text_model_the_blocked_hub_is_said_in_one_error(tiny_clap, tmp_path):
+    """msclap's own config names GPT-2 on the hub: offline, loading fails with a message saying what to set."""
+    alone = tmp_path / "checkpoint-alone"
+    alone.mkdir()
+    (alone / "clap_weights.pth").symlink_to(tiny_clap.folder / "clap_weights.pth")
+    done = _load_with_the_hub_blocked(tmp_path, {"MVGEN_CLAP_WEIGHTS": str(alone)})
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert "could not fetch its text model 'gpt2' from the model hub" in last and "MVGEN_CLAP_CONFIG" in last, last

@@ -159,7 +159,16 @@ class ClapAnalyzer(Analyzer):
         except pickle.UnpicklingError as exc:
             raise StageFailedError(f"{weights}: torch.load(weights_only=True) refused it; a CLAP checkpoint holds "
                                    f"tensors only ({exc})") from exc
-        except (OSError, RuntimeError, ValueError, KeyError) as exc:
+        except OSError as exc:
+            text_model = yaml.safe_load(config_text)["text_model"]
+            if not Path(text_model).is_dir():  # msclap fetches a hub text model (GPT-2) by name
+                raise StageFailedError(
+                    f"msclap could not fetch its text model {text_model!r} from the model hub "
+                    f"({str(exc).splitlines()[0]}); without a hub, put the text model and its tokenizer in a "
+                    "folder beside the checkpoint and name it in the config's text_model (config.yml beside "
+                    "MVGEN_CLAP_WEIGHTS, or MVGEN_CLAP_CONFIG; tools/tiny_clap.py writes that layout)") from exc
+            raise StageFailedError(f"msclap could not load {weights}: {str(exc).splitlines()[0]}") from exc
+        except (RuntimeError, ValueError, KeyError) as exc:
             raise StageFailedError(f"msclap could not load {weights}: {exc}") from exc
         keys = checkpoint_key_report(clap.clap, weights)
         if keys.missing:

@@ -423,15 +423,22 @@ def test_the_cascade_storyteller_refuses_a_request_without_labels_in_one_line(jo
     assert recorder.requests == [] and not job_store.exists("job/prompt.txt")
 
 
-def test_the_audio_can_go_as_an_audio_url_data_part(tmp_path, monkeypatch):
+def tell_an_8_second_song(tmp_path, monkeypatch, **settings: str):
+    """The openai-audio storyteller, with `settings`, tells the story of an 8 s tone to a recording server."""
     recorder = RecordingProxy(answer=lambda request: STORY)
     monkeypatch.setenv("MVGEN_LALM_URL", recorder.base_url)
-    monkeypatch.setenv("MVGEN_LALM_AUDIO_PART", "audio_url")
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
     tone(tmp_path / "song.wav", 8.0)
     storyteller = AudioStoryteller()
     storyteller.load()
     told = storyteller.tell("Tell the story.", seed=0, song=tmp_path / "song.wav")
     recorder.close()
+    return told, recorder
+
+
+def test_the_audio_can_go_as_an_audio_url_data_part(tmp_path, monkeypatch):
+    told, recorder = tell_an_8_second_song(tmp_path, monkeypatch, MVGEN_LALM_AUDIO_PART="audio_url")
     assert told.reply.answer == STORY
     (part, _) = recorder.requests[0]["messages"][0]["content"]
     assert part["type"] == "audio_url" and part["audio_url"]["url"].startswith("data:audio/mpeg;base64,")
@@ -493,14 +500,7 @@ def test_a_seven_minute_song_is_heard_in_two_windows_and_their_stories_joined(tm
 
 
 def test_a_song_within_the_limit_is_sent_whole_in_one_request(tmp_path, monkeypatch):
-    recorder = RecordingProxy(answer=lambda request: STORY)
-    monkeypatch.setenv("MVGEN_LALM_URL", recorder.base_url)
-    monkeypatch.setenv("MVGEN_LALM_MAX_AUDIO_SECONDS", "8")
-    tone(tmp_path / "song.wav", 8.0)
-    storyteller = AudioStoryteller()
-    storyteller.load()
-    told = storyteller.tell("Tell the story.", seed=0, song=tmp_path / "song.wav")
-    recorder.close()
+    told, recorder = tell_an_8_second_song(tmp_path, monkeypatch, MVGEN_LALM_MAX_AUDIO_SECONDS="8")
     (request,) = recorder.requests
     assert len(request["messages"][0]["content"]) == 2  # the audio and the prompt: no note of parts
     assert told.reply.answer == STORY and len(told.windows) == 1 and abs(told.windows[0][1] - 8.0) < 0.1

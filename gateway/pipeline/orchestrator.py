@@ -107,10 +107,9 @@ class Orchestrator:
         seg_fp = fingerprint("segmentation", song_fp, opts.segmenter)
         await self._stage(manifest, Stage.SEGMENTATION, seg_fp, opts.segmenter.segmenter, lambda: self.stages.segment(
             SegmentRequest(song_key=job.song_key, params=opts.segmenter, segments_key=layout.segments,
-                           segments_text_key=layout.segments_text)))
-        segmentation = await self._read(layout.segments, artifacts.Segmentation)
-        self.state.frames = segmentation.frame_counts(opts.fps)
-        self.state.segmentation = segmentation
+                           segments_text_key=layout.segments_text)), keep=self._keep_segmentation(layout, opts.fps))
+        segmentation = self.state.segmentation
+        assert segmentation is not None  # kept by _stage before it returns
 
         # The scripting stage reports each part it writes (the plan, then each section of the song).
         def script_progress(done: int, total: int, what: str) -> None:
@@ -134,7 +133,8 @@ class Orchestrator:
                 seed=opts.seed, scene_writer=opts.writer, labels_key=layout.labels if labels_fp else "",
                 lyrics_key=lyrics_key, **journal)
             await self._stage(manifest, Stage.SCRIPTING, script_fp, opts.storyteller, lambda: self.stages.tell_story(
-                tell, script_progress, self._cancelled.is_set), edited=self._plan_edited(layout))
+                tell, script_progress, self._cancelled.is_set), edited=self._plan_edited(layout),
+                keep=self._keep_script(layout))
         else:
             script_fp = fingerprint("scripting", labels_fp, opts.writer, opts.fallback_writer, opts.script_inputs,
                                     opts.seed, await self.stages.backend_config(Stage.SCRIPTING))
@@ -143,10 +143,10 @@ class Orchestrator:
                 script_key=layout.script, script_text_key=layout.script_text, inputs=opts.script_inputs,
                 seed=opts.seed, fallback_writer=opts.fallback_writer, lyrics_key=lyrics_key, **journal)
             await self._stage(manifest, Stage.SCRIPTING, script_fp, opts.writer, lambda: self.stages.write_script(
-                write, script_progress, self._cancelled.is_set), edited=self._plan_edited(layout))
-        # Read back, not taken from the stage's answer: a person may have edited script.json.
-        script = await self._read(layout.script, artifacts.Script)
-        self.state.script = script
+                write, script_progress, self._cancelled.is_set), edited=self._plan_edited(layout),
+                keep=self._keep_script(layout))
+        script = self.state.script
+        assert script is not None  # kept by _stage before it returns
 
         clips = await self._clips(job, manifest, segmentation, script)
 
@@ -175,12 +175,16 @@ class Orchestrator:
 
     async def _stage(self, manifest: Manifest, name: Stage, fp: str, backend: str,
                      call: Callable[[], Awaitable[StageResult]],
-                     edited: Callable[[dict[str, Any]], Awaitable[bool]] | None = None) -> None:
+                     edited: Callable[[dict[str, Any]], Awaitable[bool]] | None = None,
+                     keep: Callable[[], Awaitable[None]] | None = None) -> None:
         """Run a stage unless its outputs are fresh; `edited(record)`: whether a person has since edited an
-        input the stage keeps for itself (plan.json), which makes it run again."""
+        input the stage keeps for itself (plan.json), which makes it run again. `keep()` reads its output into
+        the run's state before the stage is reported done, so that whoever hears the event finds it there."""
         record = manifest.stage(name)
         fresh = await manifest.is_fresh(record, fp) and not (edited and await edited(record))
         if fresh or await self._reuse(manifest, record, fp):
+            if keep is not None:
+                await keep()
             self.on_event(JobEvent(EventKind.STAGE, name, EventState.CACHED, detail=record.get("info")))
             return
         self._check_cancelled()
@@ -197,7 +201,22 @@ class Orchestrator:
         await manifest.mark(record, StageState.SUCCEEDED, outputs=result.keys, info=result.info,
                             seconds=round(time.monotonic() - started, 3))
         await self._publish(manifest, fp, result)
+        if keep is not None:
+            await keep()
         self.on_event(JobEvent(EventKind.STAGE, name, EventState.SUCCEEDED, detail=result.info))
+
+    def _keep_segmentation(self, layout: JobLayout, fps: int) -> Callable[[], Awaitable[None]]:
+        async def keep() -> None:
+            segmentation = await self._read(layout.segments, artifacts.Segmentation)
+            self.state.frames = segmentation.frame_counts(fps)
+            self.state.segmentation = segmentation
+        return keep
+
+    def _keep_script(self, layout: JobLayout) -> Callable[[], Awaitable[None]]:
+        async def keep() -> None:
+            # Read back, not taken from the stage's answer: a person may have edited script.json.
+            self.state.script = await self._read(layout.script, artifacts.Script)
+        return keep
 
     def _plan_edited(self, layout: JobLayout) -> Callable[[dict[str, Any]], Awaitable[bool]]:
         """Whether plan.json differs from the plan the scripting stage last wrote the scenes from (a person

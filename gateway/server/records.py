@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from services.common.artifacts import Script, Segmentation, read_artifact
+from services.common.artifacts import ArtifactT, Script, Segmentation, read_artifact
 from services.common.errors import InvalidInputError
 from services.common.pb import job_pb2, song_pb2
 from services.common.store import ArtifactStore
@@ -68,57 +68,33 @@ class JobRecord:
 @dataclass(frozen=True)
 class StoredState:
     """What the store (or the run in this process) says about a job: its manifest and, once written,
-    its segments and script, typed, with what each was read at (its stage's fingerprint)."""
+    its segments and script, typed."""
 
     manifest: dict[str, Any] | None
     segmentation: Segmentation | None = None
     script: Script | None = None
     frames: dict[int, int] = field(default_factory=dict)  # each segment's frames at the job's fps
-    read_at: dict[str, str] = field(default_factory=dict)  # stage -> fingerprint of the output read
-
-
-OUTPUT_STAGES = (Stage.SEGMENTATION, Stage.SCRIPTING)  # the stages whose outputs clients see in the job itself
 
 
 def read_stored(store: ArtifactStore, layout: JobLayout, fps: int) -> StoredState:
     """Everything, from the store. Blocking: call from a worker thread."""
     manifest = read_json(store, layout.manifest)
-    return StoredState(manifest, **outputs_of(store, layout, fps, manifest))
-
-
-def unread_outputs(manifest: dict[str, Any] | None, known: StoredState) -> bool:
-    """Whether the manifest names a segmentation or script that `known` does not hold: outputs_of would read."""
     stages = (manifest or {}).get("stages", {})
-    return any(stages.get(stage, {}).get("state") == StageState.SUCCEEDED
-               and known.read_at.get(stage) != stages[stage].get("fingerprint", "")
-               for stage in OUTPUT_STAGES)
+    segmentation = script = None
+    if stages.get(Stage.SEGMENTATION, {}).get("state") == StageState.SUCCEEDED:
+        segmentation = _read_if_valid(store, layout.segments, Segmentation)
+    if stages.get(Stage.SCRIPTING, {}).get("state") == StageState.SUCCEEDED:
+        script = _read_if_valid(store, layout.script, Script)
+    frames = segmentation.frame_counts(fps) if segmentation is not None else {}
+    return StoredState(manifest, segmentation, script, frames)
 
 
-def outputs_of(store: ArtifactStore, layout: JobLayout, fps: int, manifest: dict[str, Any] | None,
-               known: StoredState | None = None) -> dict[str, Any]:
-    """The segmentation and the script the manifest says were written, read only when `known` does
-    not already hold them at the same fingerprint. Blocking when it reads."""
-    stages = (manifest or {}).get("stages", {})
-    found: dict[str, Any] = {"read_at": {}}
-    for stage, name, key, kind in ((Stage.SEGMENTATION, "segmentation", layout.segments, Segmentation),
-                                   (Stage.SCRIPTING, "script", layout.script, Script)):
-        record = stages.get(stage, {})
-        if record.get("state") != StageState.SUCCEEDED:
-            continue
-        fp = record.get("fingerprint", "")
-        if known is not None and fp and known.read_at.get(stage) == fp:
-            found[name] = getattr(known, name)
-        else:
-            try:
-                found[name] = read_artifact(store, key, kind)
-            except InvalidInputError as exc:  # gone or edited into nonsense: reported without it
-                log.warning("%s", exc)
-                continue
-        found["read_at"][stage] = fp
-    if found.get("segmentation") is not None:
-        kept = known.frames if known is not None and known.segmentation is found["segmentation"] else None
-        found["frames"] = kept or found["segmentation"].frame_counts(fps)
-    return found
+def _read_if_valid(store: ArtifactStore, key: str, kind: type[ArtifactT]) -> ArtifactT | None:
+    try:
+        return read_artifact(store, key, kind)
+    except InvalidInputError as exc:  # gone or edited into nonsense: the job is shown without it
+        log.warning("%s", exc)
+        return None
 
 
 def read_json(store: ArtifactStore, key: str) -> dict[str, Any] | None:

@@ -17,7 +17,7 @@ from services.common.store import ArtifactStore
 from gateway.pipeline.events import JobEvent
 from gateway.pipeline.orchestrator import RunState
 from gateway.pipeline.states import STAGES, ClipState, EventKind, EventState, JobState, Stage, StageState
-from gateway.server.records import OUTPUT_STAGES, JobRecord, StoredState, outputs_of, read_stored, unread_outputs
+from gateway.server.records import JobRecord, StoredState, read_stored
 
 log = logging.getLogger(__name__)
 T = TypeVar('T')
@@ -54,7 +54,6 @@ class JobStatus:
         self._pump: asyncio.Task[None] | None = None
         self._watchers: set[asyncio.Queue[Any]] = set()
         self.live: RunState | None = None  # the run in this process, while there is one
-        self._stored = StoredState(None)  # what the view was last built from
 
     @property
     def is_terminal(self) -> bool:
@@ -68,43 +67,21 @@ class JobStatus:
     # What the store says -----------------------------------------------------------------------------
 
     async def refresh(self) -> None:
-        """Bring the job up to date: from the run in this process while there is one (its manifest and
-        what it read, typed: nothing is read again), else from the store. An output the run has not
-        handed over yet is read once, and kept while its stage's fingerprint stands."""
-        live, layout, fps = self.live, self.record.layout, self.record.options.fps
+        """Bring the job up to date: from the run in this process while there is one (its manifest and the
+        outputs it read, typed: nothing is read again; the run keeps an output before it reports its stage
+        done), else from the store."""
+        live = self.live
+        if live is not None and live.manifest is not None:
+            self.apply_stored(StoredState(live.manifest, live.segmentation, live.script, live.frames))
+            return
         try:
-            if live is not None and live.manifest is not None:
-                manifest = live.manifest
-                known = self._known_from(live, manifest)
-                if unread_outputs(manifest, known):  # read from a worker thread, given only what it needs
-                    outputs = await asyncio.to_thread(outputs_of, self.store, layout, fps,
-                                                      {"stages": _fingerprints(manifest)}, known)
-                else:
-                    outputs = outputs_of(self.store, layout, fps, manifest, known)
-                stored = StoredState(manifest, **outputs)
-            else:
-                stored = await asyncio.to_thread(read_stored, self.store, layout, fps)
+            stored = await asyncio.to_thread(read_stored, self.store, self.record.layout, self.record.options.fps)
         except Exception:  # a store hiccup must not stop the job's reporting; the next event retries
             log.warning("job %s: cannot read its state from the store", self.record.job_id, exc_info=True)
             return
         self.apply_stored(stored)
 
-    def _known_from(self, live: RunState, manifest: dict[str, Any]) -> StoredState:
-        """What this view already holds, and what the run has read, at the manifest's fingerprints."""
-        known = self._stored
-        fingerprints = _fingerprints(manifest)
-        read_at = dict(known.read_at)
-        segmentation, script, frames = known.segmentation, known.script, known.frames
-        if live.segmentation is not None and Stage.SEGMENTATION in fingerprints:
-            segmentation, frames = live.segmentation, live.frames
-            read_at[Stage.SEGMENTATION] = fingerprints[Stage.SEGMENTATION]["fingerprint"]
-        if live.script is not None and Stage.SCRIPTING in fingerprints:
-            script = live.script
-            read_at[Stage.SCRIPTING] = fingerprints[Stage.SCRIPTING]["fingerprint"]
-        return StoredState(manifest, segmentation, script, frames, read_at)
-
     def apply_stored(self, stored: StoredState) -> None:
-        self._stored = stored
         manifest = stored.manifest or {}
         job = self.job
         recorded = JobState.from_record(manifest.get("state"), JobState.QUEUED)
@@ -378,10 +355,3 @@ def timestamp_now() -> Timestamp:
     now = Timestamp()
     now.GetCurrentTime()
     return now
-
-
-def _fingerprints(manifest: dict[str, Any]) -> dict[str, dict[str, str]]:
-    """The state and fingerprint of the stages whose outputs a job shows, copied from the live manifest."""
-    stages = manifest.get("stages", {})
-    return {stage: {"state": stages[stage].get("state", ""), "fingerprint": stages[stage].get("fingerprint", "")}
-            for stage in OUTPUT_STAGES if stage in stages}

@@ -22,6 +22,7 @@ import pytest
 from services.common import artifacts
 from services.common.artifacts import Script, StyleBible
 from services.common.errors import InvalidInputError, StageFailedError, TransientError
+from services.common.scene_rules import load_scene_rules
 from services.common.stage_api import ScriptInputs, TellStoryRequest, WriteScriptRequest
 from services.common.store import LocalArtifactStore
 from services.scripting.llm.chat import ChatRequest, ChatSettings, OpenAIChat
@@ -32,7 +33,6 @@ from services.scripting.llm.schema import plan_parts_from_json, plan_schema, sce
 from services.scripting.llm_writers import SMALL_MODEL_FREQUENCY_PENALTY
 from services.scripting.plan import Plan, PlannedSection
 from services.scripting.prompt import SectionPrompts, render_story_plan_prompt, render_story_prompt
-from services.scripting.scene_rules import load_scene_rules
 from services.scripting.sections import group_sections
 from services.scripting.stage import ScriptingStage
 from services.scripting.storyteller import (

@@ -33,12 +33,12 @@ from services.analysis.stage import AnalysisStage
 from services.common import artifacts
 from services.common.artifacts import Lyrics, LyricWord, Segment, Segmentation, SegmentLyrics
 from services.common.errors import InvalidInputError, StageFailedError
+from services.common.scene_rules import load_scene_rules
 from services.common.stage_api import AnalyzeRequest, ScriptInputs, WriteScriptRequest
 from services.common.store import LocalArtifactStore
 from services.scripting.journal import StoreJournal
 from services.scripting.llm.chat import ChatRequest
 from services.scripting.prompt import SectionPrompts, lyric_lines, render_plan_prompt, segment_roles
-from services.scripting.scene_rules import load_scene_rules
 from services.scripting.sectioned import SectionedTask, write_sectioned
 from services.scripting.sections import group_sections
 from services.scripting.stage import ScriptingStage

@@ -8,8 +8,8 @@ import shutil
 import pytest
 
 from services.common.errors import StageFailedError
+from services.common.scene_rules import load_scene_rules, names_of
 from services.common.settings import PROMPTS_DIR
-from services.scripting.scene_rules import load_scene_rules, names_of
 
 RULES = load_scene_rules()
 

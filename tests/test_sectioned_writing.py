@@ -17,13 +17,13 @@ import pytest
 
 from services.common import artifacts
 from services.common.errors import InvalidInputError, JobCancelledError
+from services.common.scene_rules import load_scene_rules
 from services.common.stage_api import ScriptInputs
 from services.common.store import LocalArtifactStore
 from services.scripting.journal import JournalKeys, StoreJournal
 from services.scripting.llm.chat import ChatReply, ChatRequest
 from services.scripting.llm.conversation import ScriptRepairError
 from services.scripting.prompt import SectionPrompts, render_plan_prompt, segment_roles
-from services.scripting.scene_rules import load_scene_rules
 from services.scripting.sectioned import SectionedTask, write_sectioned
 from services.scripting.sections import group_sections
 from tests.llm_servers import canned_answer

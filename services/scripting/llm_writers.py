@@ -21,9 +21,9 @@ from dataclasses import replace
 
 from services.common import envs
 from services.common.artifacts import Script
+from services.common.scene_rules import load_scene_rules
 from services.scripting.llm.chat import ChatModel, ChatSettings, OpenAIChat
 from services.scripting.llm.local import LlamaCppServer, LlamaCppSettings, VllmChat, VllmSettings
-from services.scripting.scene_rules import load_scene_rules
 from services.scripting.sectioned import write_sectioned
 from services.scripting.writer import ScriptTask, ScriptWriter
 

@@ -31,12 +31,12 @@ from typing import Protocol
 
 from services.common.artifacts import Scene, Script
 from services.common.errors import InvalidInputError, JobCancelledError
+from services.common.scene_rules import SceneRules, names_of
 from services.scripting.llm.chat import ChatModel
 from services.scripting.llm.conversation import ScriptRepairError, SectionTurns, request_plan, section_problems
 from services.scripting.llm.transcript import Transcript
 from services.scripting.plan import Plan, PlannedSection
 from services.scripting.prompt import SectionPrompts
-from services.scripting.scene_rules import SceneRules, names_of
 from services.scripting.sections import SongSection
 from services.scripting.validation import plan_problems
 

@@ -22,6 +22,7 @@ from services.common import artifacts, envs
 from services.common.artifacts import Labels, Lyrics, Script, Segmentation, read_artifact
 from services.common.errors import InvalidInputError
 from services.common.lifecycle import Backend, BackendSet
+from services.common.scene_rules import load_scene_rules
 from services.common.stage_api import StageResult, TellStoryRequest, WriteScriptRequest
 from services.common.store import ArtifactStore
 from services.common.untrusted import quoted
@@ -37,7 +38,6 @@ from services.scripting.prompt import (
     render_story_prompt,
     segment_roles,
 )
-from services.scripting.scene_rules import load_scene_rules
 from services.scripting.sectioned import ProgressCallback, SectionedTask, write_sectioned
 from services.scripting.sections import MAX_SEGMENTS, group_sections
 from services.scripting.storyteller import AudioStoryteller, CascadeStoryteller, Storyteller, ToldStory

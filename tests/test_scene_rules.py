@@ -69,3 +69,16 @@ def test_a_broken_rules_file_is_named(tmp_path):
     path.write_text(path.read_text().replace("threshold: 0.7", "threshold: high"))
     with pytest.raises(StageFailedError, match="scene_rules.yaml is not a valid rules file"):
         load_scene_rules(tmp_path / "prompts")
+
+
+def test_the_template_writers_phrases_keep_the_scene_rules():
+    """The template writer is held to the rules the LLM writers are: every phrase it may put into a scene or a
+    style (the review found 'rhythm' in three of them)."""
+    from services.scripting import template_writer
+
+    rules = load_scene_rules()
+    phrases = [p for table in template_writer.PHRASES_BY_GROUP.values() for value in table.values()
+               for p in ((value,) if isinstance(value, str) else value)]
+    assert len(phrases) > 30
+    broken = {p: rules.problems(p, style=True) for p in phrases if rules.problems(p, style=True)}
+    assert not broken

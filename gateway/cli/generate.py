@@ -29,6 +29,7 @@ from gateway.cli.supervisor import note_run_folder
 from gateway.pipeline.layout import JobLayout
 from gateway.pipeline.options import JobOptions, read_lyrics_file
 from gateway.pipeline.orchestrator import JobSpec, Orchestrator
+from gateway.pipeline.states import Stage, StageState
 
 # The flags that stand for a backend setting (services/common/envs.py), as a stage service's environment gives it.
 BACKEND_FLAGS = {"clap_weights": "MVGEN_CLAP_WEIGHTS", "llm_url": "MVGEN_LLM_URL", "llm_model": "MVGEN_LLM_MODEL",
@@ -134,6 +135,11 @@ def _generate(args: argparse.Namespace, scratch: Path) -> int:
     print(f"mvgen: {args.output or final}  {clock(info.duration, 1)}, {segments} segments, script by {written_by}"
           f"{fallback}, {frames} frames at {options.fps} fps, made in {time.monotonic() - started:.1f} s  "
           f"(run folder: {run_dir})")
+    review = manifest.data["stages"].get(Stage.REVIEW, {})
+    if review.get("state") == StageState.SUCCEEDED:
+        print(f"mvgen: storyboard {store.path(layout.storyboard)}  (figures: mvgen evaluate {run_dir})")
+    elif review.get("state") == StageState.FAILED:
+        print(f"mvgen: no storyboard: the review failed: {review.get('error', '?')}")
     return 0
 
 

@@ -16,6 +16,7 @@ import sys
 from services.common import envs
 from services.common.errors import InvalidInputError, JobCancelledError, MvgenError
 from services.common.stage_api import SegmenterParams
+from gateway.cli.evaluate import add_evaluate_command, evaluate
 from gateway.cli.generate import generate
 from gateway.cli.output import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, fail
 from gateway.cli.remote import COMMANDS as CLIENT_COMMANDS
@@ -132,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     video.add_argument("--max-duration", type=float, default=15 * 60, metavar="S",
                        help="longest song accepted, seconds")
     video.add_argument("-q", "--quiet", action="store_true", help="print only the summary line")
+    add_evaluate_command(commands, _HelpFormatter)
     add_client_commands(commands, _HelpFormatter)
     return parser
 
@@ -144,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in CLIENT_COMMANDS:
         return run_client_command(args)
     try:
-        return generate(args)
+        return evaluate(args) if args.command == "evaluate" else generate(args)
     except InvalidInputError as exc:
         return fail(str(exc), EXIT_BAD_INPUT)
     except JobCancelledError:

@@ -140,4 +140,24 @@ def stage_summary(stage: Stage | str, info: dict) -> str:
     if stage == Stage.ASSEMBLY:
         return (f"{info.get('frames', '?')} frames, {info.get('duration', 0):.1f} s, "
                 f"{info.get('clips_reencoded', 0)} clips re-encoded")
+    if stage == Stage.REVIEW:
+        return review_summary(info)
     return ""
+
+
+def review_summary(info: dict) -> str:
+    """The review's headline figures (evaluation.json holds them all, each with its meaning)."""
+    parts = []
+    if info.get("cuts.on_beat") is not None:
+        parts.append(f"{info['cuts.on_beat']:.0%} cuts on a beat")
+    if info.get("script.music_fit") is not None:
+        shuffled = info.get("script.music_fit_shuffled") or 0.0
+        parts.append(f"music–text fit {info['script.music_fit']:+.3f} (shuffled {shuffled:+.3f})")
+    for key, name in (("script.near_duplicates", "near-duplicate pairs"), ("script.rule_breaks", "rule breaks")):
+        if info.get(key):
+            parts.append(f"{info[key]:.0%} scenes with {name}" if key == "script.rule_breaks"
+                         else f"{info[key]} {name}")
+    parts.append(f"{info.get('flags', 0)} flags")
+    if info.get("preview"):
+        parts.append("a preview: picture figures mean nothing")
+    return ", ".join(parts)

@@ -1,8 +1,8 @@
-"""Stage clients that call the five stage services over gRPC: the deployed system's `StageClients`.
+"""Stage clients that call the six stage services over gRPC: the deployed system's `StageClients`.
 
 Each call turns the stage_api dataclass into its request message, calls with a deadline, and turns
 the StageResult back; a status code comes back as the error it stands for (INVALID_ARGUMENT as
-InvalidInputError, and so on), with the server's message. The four other stages are retried with
+InvalidInputError, and so on), with the server's message. The other stages are retried with
 backoff while they are unavailable or busy (scripting streams its progress, and a retry resumes
 from what it saved); clips go through the video replica pool (gateway/pipeline/video_pool.py).
 """
@@ -27,6 +27,8 @@ from services.common.pb import (
     analysis_service_pb2_grpc,
     assembly_service_pb2,
     assembly_service_pb2_grpc,
+    review_service_pb2,
+    review_service_pb2_grpc,
     scripting_service_pb2,
     scripting_service_pb2_grpc,
     segmentation_service_pb2,
@@ -38,6 +40,7 @@ from services.common.stage_api import (
     AnalyzeRequest,
     AssembleRequest,
     GenerateClipRequest,
+    ReviewRequest,
     SegmentRequest,
     StageResult,
     TellStoryRequest,
@@ -80,6 +83,7 @@ UNARY_STAGES = {
                               "ScriptingService", "WriteScript", "WriteScriptRequest"),
     "assembly": _stage_rpc(assembly_service_pb2, assembly_service_pb2_grpc,
                              "AssemblyService", "Assemble", "AssembleRequest"),
+    "review": _stage_rpc(review_service_pb2, review_service_pb2_grpc, "ReviewService", "Review", "ReviewRequest"),
 }
 # The scripting service's second RPC (LALM pipeline), on the scripting stage's channel. Both of its RPCs
 # stream progress (the plan, each section), then the result.
@@ -101,6 +105,7 @@ class GrpcStagesSettings:
     # MVGEN_VIDEO_ADDR: host:port, a comma-separated list of replicas, or dns:///name:port (re-resolved)
     video_address: str = envs.default("MVGEN_VIDEO_ADDR")
     assembly_address: str = envs.default("MVGEN_ASSEMBLY_ADDR")
+    review_address: str = envs.default("MVGEN_REVIEW_ADDR")
     stage_timeout_seconds: float = envs.default("MVGEN_STAGE_TIMEOUT_SECONDS")  # one unary stage call
     # MVGEN_SCRIPT_TIMEOUT_SECONDS: deadline of writing one script (a 7-minute song on a CPU takes minutes)
     script_timeout_seconds: float = envs.default("MVGEN_SCRIPT_TIMEOUT_SECONDS")
@@ -125,6 +130,7 @@ class GrpcStagesSettings:
             scripting_address=get("MVGEN_SCRIPTING_ADDR"),
             video_address=get("MVGEN_VIDEO_ADDR"),
             assembly_address=get("MVGEN_ASSEMBLY_ADDR"),
+            review_address=get("MVGEN_REVIEW_ADDR"),
             stage_timeout_seconds=get("MVGEN_STAGE_TIMEOUT_SECONDS"),
             script_timeout_seconds=get("MVGEN_SCRIPT_TIMEOUT_SECONDS"),
             clip_timeout_seconds=get("MVGEN_CLIP_TIMEOUT_SECONDS"),
@@ -223,6 +229,9 @@ class GrpcStageClients(StageClients):
 
     async def assemble(self, req: AssembleRequest) -> StageResult:
         return await self._call("assembly", req)
+
+    async def review(self, req: ReviewRequest) -> StageResult:
+        return await self._call("review", req)
 
     async def _call(self, stage: str, req: Any, spec: _StageRpc | None = None) -> StageResult:
         spec = spec or UNARY_STAGES[stage]

@@ -19,6 +19,7 @@ from services.common.stage_api import (
     AnalyzeRequest,
     AssembleRequest,
     GenerateClipRequest,
+    ReviewRequest,
     SegmentRequest,
     StageResult,
     TellStoryRequest,
@@ -50,9 +51,12 @@ class InProcessStages:
         return self._clip_workers
 
     async def wait_ready(self) -> None:
-        """Build and load every stage now (cog's setup), so a bad backend name fails before any work."""
+        """Build and load every stage now (cog's setup), so a bad backend name fails before any work. The
+        review's models are loaded when the first review starts: a review that cannot load fails the review
+        alone (the video is made without it)."""
         for name in STAGE_NAMES:
-            await asyncio.to_thread(self._stage, name)
+            if name != "review":
+                await asyncio.to_thread(self._stage, name)
 
     async def backend_config(self, stage: str) -> str:
         # The settings the backends read when they load (the CLI's flags included).
@@ -81,6 +85,9 @@ class InProcessStages:
 
     async def assemble(self, req: AssembleRequest) -> StageResult:
         return await self._call("assembly", req)
+
+    async def review(self, req: ReviewRequest) -> StageResult:
+        return await self._call("review", req)
 
     async def _call(self, name: str, *args: Any) -> StageResult:
         # Both loading and running happen off the event loop, which keeps serving progress events.
@@ -111,6 +118,10 @@ class InProcessStages:
             from services.video.stage import VideoStage
 
             return VideoStage(self.store, enabled=self._backends["video"], environ=self.environ)
+        if name == "review":
+            from services.review.stage import ReviewStage
+
+            return ReviewStage(self.store, environ=self.environ)
         from services.assembly.stage import AssemblyStage
 
         return AssemblyStage(self.store)

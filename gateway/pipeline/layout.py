@@ -91,3 +91,23 @@ class JobLayout:
     @property
     def final(self) -> str:
         return self.key("final.mp4")
+
+    @property
+    def edit(self) -> str:
+        return self.key("edit.json")
+
+    @property
+    def edit_text(self) -> str:
+        return self.key("edit.txt")
+
+    @property
+    def evaluation(self) -> str:
+        return self.key("evaluation.json")
+
+    @property
+    def evaluation_text(self) -> str:
+        return self.key("evaluation.txt")
+
+    @property
+    def storyboard(self) -> str:
+        return self.key("storyboard.html")

@@ -1,4 +1,4 @@
-"""The interface through which the orchestrator drives the five stages.
+"""The interface through which the orchestrator drives the six stages.
 
 Two implementations: `InProcessStages` (the CLI: stage logic called in this process) and, in the
 deployed system, gRPC clients of the stage services. The orchestrator cannot tell them apart.
@@ -13,6 +13,7 @@ from services.common.stage_api import (
     AnalyzeRequest,
     AssembleRequest,
     GenerateClipRequest,
+    ReviewRequest,
     SegmentRequest,
     StageResult,
     TellStoryRequest,
@@ -51,6 +52,8 @@ class StageClients(Protocol):
                             is_cancelled: CancelCheck, on_retry: RetryCallback) -> StageResult: ...
 
     async def assemble(self, req: AssembleRequest) -> StageResult: ...
+
+    async def review(self, req: ReviewRequest) -> StageResult: ...
 
     def clip_concurrency(self) -> int:
         """How many clips may be generated at once (in-process workers, or ready video replicas)."""

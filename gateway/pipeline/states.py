@@ -51,13 +51,14 @@ class ProtoMapped(StrEnum):
 
 
 class Stage(ProtoMapped):
-    """The five stages, in the order a job runs them."""
+    """The six stages, in the order a job runs them; review judges a finished video and never fails it."""
 
     SEGMENTATION = "segmentation"
     ANALYSIS = "analysis"
     SCRIPTING = "scripting"
     VIDEO = "video"
     ASSEMBLY = "assembly"
+    REVIEW = "review"
 
 
 class JobState(ProtoMapped):

@@ -17,6 +17,7 @@ from services.common.errors import InvalidInputError
 from services.common.untrusted import quoted
 
 SEGMENTERS = ("rules", "random")
+TRANSITION_MODES = ("auto", "none")  # AssembleRequest.transitions: a transition chosen at each cut, or hard cuts
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -177,6 +178,35 @@ class AssembleRequest:
     width: int  # of the final video; a clip of another size is scaled and padded to it
     height: int
     video_key: str  # final.mp4
+    # The edit (services/assembly/edit.py): "none" joins the clips by hard cuts, as assembly did before
+    # edits; "auto" puts a transition at every cut: edit.json's at edit_key when it fits the segments (a
+    # person may have changed it), else the one decided from the segments and labels, written there.
+    transitions: str = "none"  # one of TRANSITION_MODES
+    segments_key: str = ""  # segments.json: the cuts the edit is for; needed by "auto"
+    labels_key: str = ""  # labels.json: what the music does either side of each cut; '' = none (segments alone)
+    edit_key: str = ""  # edit.json: read when it is there, written when the edit is decided; '' = not kept
+    edit_text_key: str = ""  # edit.txt: the edit, a line per cut; '' = not written
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReviewRequest:
+    """Judge a finished video and draw its storyboard page: every artifact read by key, three written."""
+
+    song_key: str
+    segments_key: str
+    script_key: str
+    clip_keys: list[str]  # in segment order
+    frame_counts: list[int]  # each clip's exact frames in the final video
+    fps: int
+    video_key: str  # final.mp4
+    generator: str  # who made the clips: "animatic" makes them a preview, whose picture figures mean nothing
+    evaluation_key: str  # evaluation.json
+    evaluation_text_key: str  # evaluation.txt
+    storyboard_key: str  # storyboard.html
+    labels_key: str = ""  # labels.json; '' = none (the LALM pipeline without analysis)
+    lyrics_key: str = ""  # lyrics.json; '' = none
+    plan_key: str = ""  # plan.json: the sections drawn on the waveform; '' or missing = none
+    edit_key: str = ""  # edit.json: each cut's transition, shown on the page; '' or missing = none
 
 
 @dataclass

@@ -44,7 +44,7 @@ SUBJECT_BY_INTENSITY = {
 }
 ACTION_BY_FUNCTION = {
     "intro": ("comes into view", "appears out of the distance", "emerges slowly from the shadows"),
-    "groove": ("moves steadily forward", "sways in an even rhythm", "circles slowly around"),
+    "groove": ("moves steadily forward", "sways back and forth, evenly", "circles slowly around"),
     "transition": ("crosses a long bridge", "passes through a glowing archway", "turns a sharp corner"),
     "climax": ("races forward at full speed", "spins wildly", "leaps high into the air"),
     "breakdown": ("stops and stands still", "slows down and comes to rest", "hovers quietly in place"),
@@ -64,7 +64,7 @@ SETTING_BY_MOOD = {
                "inside a hall of drifting mirrors"),
 }
 MOTIF_BY_ELEMENT = {
-    "percussive": ("with lights flashing in a steady rhythm", "as dust jumps up in regular pulses",
+    "percussive": ("with lights flashing at a steady pace", "as dust jumps up in regular pulses",
                    "with strobes beating across every surface"),
     "bass": ("as the ground trembles underneath", "with deep shadows rolling across the ground",
              "as heavy waves of air ripple the scenery"),
@@ -78,7 +78,7 @@ MOTIF_BY_ELEMENT = {
 CAMERA_STYLE_BY_TEMPO = {
     "slow": "long, slow takes with gentle camera moves",
     "moderate": "smooth, measured camera moves",
-    "upbeat": "fluid tracking shots that move with the rhythm",
+    "upbeat": "fluid tracking shots that glide with every movement",
     "fast": "quick, energetic handheld camera work",
 }
 PHRASES_BY_GROUP: dict[str, dict[str, Any]] = {

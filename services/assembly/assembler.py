@@ -7,6 +7,9 @@ produce — is first conformed alone: scaled and padded to size, retimed to the 
 repeated or dropped, so motion keeps its real speed), then cut or padded with its last frame to
 its exact frame count, with the shared encoding. The frame counts come from the segments
 (services.common.timing), so the video ends with the song.
+
+With an edit (services.assembly.edit) that has transitions, only the frames around each transition
+are encoded again, and the rest of every clip is still copied (services.assembly.render).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,12 +26,15 @@ from typing import Any
 
 import numpy as np
 
+from services.assembly import render
+from services.assembly.edit import Edit
 from services.common import audio, encoding, ffmpeg
 from services.common.errors import InvalidInputError, StageFailedError
 from services.common.lifecycle import Backend
 
 DURATION_SAMPLE_RATE = 8000  # decoding rate for measuring the song: 1/8 ms resolution is plenty
 PROBE_WORKERS = 4  # ffprobe is mostly process start-up: a few at once hide it
+PIECE_WORKERS = 2  # transition pieces encoded at once: x264 threads too, and a piece is mostly start-up
 
 
 @dataclass(frozen=True)
@@ -61,9 +68,11 @@ class AssemblyReport:
     height: int
     fps: int
     reencoded: list[int]  # indices of the clips that had to be conformed
+    transition_frames: int = 0  # frames encoded again for the transitions (the rest is copied)
+    transition_seconds: float = 0.0  # time spent on them: keyframes probed, pieces encoded
 
     def to_info(self) -> dict[str, Any]:
-        return {
+        info = {
             "frames": self.frames,
             "duration": round(self.duration, 4),
             "song_duration": round(self.song_duration, 4),
@@ -72,6 +81,10 @@ class AssemblyReport:
             "clips_reencoded": len(self.reencoded),
             "reencoded_indices": self.reencoded,
         }
+        if self.transition_frames:
+            info |= {"transition_frames_encoded": self.transition_frames,
+                     "transition_seconds": round(self.transition_seconds, 3)}
+        return info
 
 
 class Assembler(Backend):
@@ -88,7 +101,9 @@ class Assembler(Backend):
             raise StageFailedError(f"this ffmpeg lacks the {', '.join(missing)} encoder(s) assembly needs")
 
     def assemble(self, clips: Sequence[Path], frame_counts: Sequence[int], fps: int, width: int, height: int,
-                 song: Path, out_path: Path) -> AssemblyReport:
+                 song: Path, out_path: Path, edit: Edit | None = None) -> AssemblyReport:
+        """The clips joined under the song into `out_path`: by hard cuts, or with the transitions of `edit`
+        (already checked against the segments the clips were made for)."""
         song_duration = audio.decode(song, DURATION_SAMPLE_RATE).size / DURATION_SAMPLE_RATE
         total_frames = sum(frame_counts)
         if abs(total_frames / fps - song_duration) > 1 / fps:
@@ -114,7 +129,14 @@ class Assembler(Backend):
                 parts.append(conformed)
                 reencoded.append(index)
             concat_list = scratch / "clips.txt"
-            concat_list.write_text("".join(f"file {_concat_quote(part)}\n" for part in parts))
+            transition_frames, transition_seconds = 0, 0.0
+            if edit is None or edit.is_hard:
+                concat_list.write_text("".join(f"file {_concat_quote(part)}\n" for part in parts))
+            else:
+                started = time.perf_counter()
+                transition_frames = self._transitions(parts, frame_counts, edit, fps, width, height, reference,
+                                                      scratch, concat_list)
+                transition_seconds = time.perf_counter() - started
             ffmpeg.run("ffmpeg", [
                 # auto_convert 0: the clips share their headers, so packets pass byte for byte (no
                 # round trip through Annex B that would repeat SPS/PPS in every keyframe).
@@ -131,8 +153,37 @@ class Assembler(Backend):
             raise StageFailedError(f"the assembled video has {produced.frames} frames; {total_frames} were expected")
         return AssemblyReport(
             frames=total_frames, duration=produced.container_duration or 0.0, song_duration=song_duration,
-            width=width, height=height, fps=fps, reencoded=reencoded,
+            width=width, height=height, fps=fps, reencoded=reencoded, transition_frames=transition_frames,
+            transition_seconds=transition_seconds,
         )
+
+    def _transitions(self, parts: Sequence[Path], frame_counts: Sequence[int], edit: Edit, fps: int, width: int,
+                     height: int, reference: StreamFormat, scratch: Path, concat_list: Path) -> int:
+        """Encode the pieces the edit's transitions need and write the concat list that copies the rest;
+        returns the frames encoded."""
+        render.validate_sources(edit, frame_counts)
+        probed = render.clips_to_probe(frame_counts, edit)
+        with ThreadPoolExecutor(PROBE_WORKERS) as pool:
+            keyframes = dict(zip(probed, pool.map(lambda clip: render.keyframes_of(parts[clip]), probed)))
+        timeline = render.plan(frame_counts, edit, keyframes)
+        pieces = {k: scratch / f"piece-{k:05d}.mp4" for k, entry in enumerate(timeline)
+                  if isinstance(entry, render.Piece)}
+
+        def encode(k: int) -> None:
+            piece = timeline[k]
+            assert isinstance(piece, render.Piece)
+            render.render_piece(piece, parts, fps, width, height, pieces[k])
+            if not fits(probe_clip(pieces[k]), reference, piece.end - piece.first, fps):
+                raise StageFailedError(f"the transition piece at frames {piece.first}-{piece.end} does not join "
+                                       "the clips by copy (another encoding or length)")
+
+        with ThreadPoolExecutor(PIECE_WORKERS) as pool:
+            list(pool.map(encode, pieces))
+        for entry in timeline:  # a copy starts on a keyframe of its clip, or the packets before it would be lost
+            if isinstance(entry, render.Copy) and entry.first and entry.first not in keyframes.get(entry.clip, ()):
+                raise StageFailedError(f"clip {entry.clip} would be copied from frame {entry.first}, not a keyframe")
+        concat_list.write_text(render.concat_entries(timeline, parts, pieces, fps, _concat_quote))
+        return render.encoded_frames(timeline)
 
     def _reference_format(self, width: int, height: int, fps: int, scratch: Path) -> StreamFormat:
         """The format of a clip made with the shared encoding at this size: one black frame, probed."""

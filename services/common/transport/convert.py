@@ -84,5 +84,16 @@ def result_from_message(message: Message) -> StageResult:
 
 def info_from_struct(struct: Message) -> dict[str, Any]:
     info = json_format.MessageToDict(struct)
-    # Struct carries every number as a double: give whole numbers back their integer form.
-    return {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in info.items()}
+    return {k: _whole(v) for k, v in info.items()}
+
+
+def _whole(value: Any) -> Any:
+    """Struct carries every number as a double: give whole numbers back their integer form, in nested
+    objects and lists too (assembly's count of each transition, the indices of the clips it re-encoded)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _whole(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole(v) for v in value]
+    return value

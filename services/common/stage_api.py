@@ -18,7 +18,6 @@ from services.common.untrusted import quoted
 
 SEGMENTERS = ("rules", "random")
 TRANSITION_MODES = ("auto", "none")  # AssembleRequest.transitions: a transition chosen at each cut, or hard cuts
-TRANSITION_MODES = ("auto", "none")  # AssembleRequest.transitions: a transition chosen at each cut, or hard cuts
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -179,14 +178,6 @@ class AssembleRequest:
     width: int  # of the final video; a clip of another size is scaled and padded to it
     height: int
     video_key: str  # final.mp4
-    # The edit (services/assembly/edit.py): "none" joins the clips by hard cuts, as assembly did before
-    # edits; "auto" puts a transition at every cut: edit.json's at edit_key when it fits the segments (a
-    # person may have changed it), else the one decided from the segments and labels, written there.
-    transitions: str = "none"  # one of TRANSITION_MODES
-    segments_key: str = ""  # segments.json: the cuts the edit is for; needed by "auto"
-    labels_key: str = ""  # labels.json: what the music does either side of each cut; '' = none (segments alone)
-    edit_key: str = ""  # edit.json: read when it is there, written when the edit is decided; '' = not kept
-    edit_text_key: str = ""  # edit.txt: the edit, a line per cut; '' = not written
     # The edit (services/assembly/edit.py): "none" joins the clips by hard cuts, as assembly did before
     # edits; "auto" puts a transition at every cut: edit.json's at edit_key when it fits the segments (a
     # person may have changed it), else the one decided from the segments and labels, written there.

@@ -34,7 +34,8 @@ from services.common.lifecycle import Backend
 
 DURATION_SAMPLE_RATE = 8000  # decoding rate for measuring the song: 1/8 ms resolution is plenty
 PROBE_WORKERS = 4  # ffprobe is mostly process start-up: a few at once hide it
-PIECE_WORKERS = 2  # transition pieces encoded at once: x264 threads too, and a piece is mostly start-up
+PIECE_WORKERS = 2  # ffmpeg runs encoding the transitions at once (x264 threads too)
+PIECES_PER_RUN = 12  # at most this many transitions' pieces per ffmpeg run: each opens a decoder per clip stretch
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class ClipProbe:
     duration_ticks: int | None  # the stream's duration in time_base units
     container_duration: float | None  # seconds, as the concat demuxer will read it
     streams: int
+    keyframes: tuple[int, ...] = ()  # the frames that are keyframes, when asked for (probe_clip(keyframes=True))
 
 
 @dataclass
@@ -110,32 +112,40 @@ class Assembler(Backend):
             raise InvalidInputError(
                 f"the clips' frame counts add up to {total_frames} frames ({total_frames / fps:.3f} s at {fps} fps) "
                 f"but the song lasts {song_duration:.3f} s: they must come from this song's segments")
+        transitions = edit is not None and not edit.is_hard
         with ThreadPoolExecutor(PROBE_WORKERS) as pool:
-            probes = list(pool.map(probe_clip, clips))
+            if transitions:  # where a copy may start: the keyframes, read in the same probe
+                probes = list(pool.map(lambda clip: probe_clip(clip, keyframes=True), clips))
+            else:
+                probes = list(pool.map(probe_clip, clips))
 
         with tempfile.TemporaryDirectory(prefix="mvgen-assembly-") as scratch_dir:
             scratch = Path(scratch_dir)
             reference = self._reference_format(width, height, fps, scratch)
             parts: list[Path] = []
+            keyframes: list[tuple[int, ...]] = []
             reencoded: list[int] = []
             for index, (clip, probe, frames) in enumerate(zip(clips, probes, frame_counts)):
                 if fits(probe, reference, frames, fps):
                     parts.append(clip)
+                    keyframes.append(probe.keyframes)
                     continue
                 conformed = scratch / f"conformed-{index:05d}.mp4"
                 conform_clip(clip, conformed, frames, fps, width, height)
-                if not fits(probe_clip(conformed), reference, frames, fps):
+                probe = probe_clip(conformed, keyframes=transitions)
+                if not fits(probe, reference, frames, fps):
                     raise StageFailedError(f"clip {index} ({clip.name}) still does not fit after conforming it")
                 parts.append(conformed)
+                keyframes.append(probe.keyframes)
                 reencoded.append(index)
             concat_list = scratch / "clips.txt"
             transition_frames, transition_seconds = 0, 0.0
-            if edit is None or edit.is_hard:
+            if edit is None or not transitions:
                 concat_list.write_text("".join(f"file {_concat_quote(part)}\n" for part in parts))
             else:
                 started = time.perf_counter()
-                transition_frames = self._transitions(parts, frame_counts, edit, fps, width, height, reference,
-                                                      scratch, concat_list)
+                transition_frames = self._transitions(parts, keyframes, frame_counts, edit, fps, width, height,
+                                                      reference, scratch, concat_list)
                 transition_seconds = time.perf_counter() - started
             ffmpeg.run("ffmpeg", [
                 # auto_convert 0: the clips share their headers, so packets pass byte for byte (no
@@ -157,32 +167,34 @@ class Assembler(Backend):
             transition_seconds=transition_seconds,
         )
 
-    def _transitions(self, parts: Sequence[Path], frame_counts: Sequence[int], edit: Edit, fps: int, width: int,
-                     height: int, reference: StreamFormat, scratch: Path, concat_list: Path) -> int:
+    def _transitions(self, parts: Sequence[Path], keyframes: Sequence[tuple[int, ...]], frame_counts: Sequence[int],
+                     edit: Edit, fps: int, width: int, height: int, reference: StreamFormat, scratch: Path,
+                     concat_list: Path) -> int:
         """Encode the pieces the edit's transitions need and write the concat list that copies the rest;
         returns the frames encoded."""
         render.validate_sources(edit, frame_counts)
-        probed = render.clips_to_probe(frame_counts, edit)
-        with ThreadPoolExecutor(PROBE_WORKERS) as pool:
-            keyframes = dict(zip(probed, pool.map(lambda clip: render.keyframes_of(parts[clip]), probed)))
-        timeline = render.plan(frame_counts, edit, keyframes)
-        pieces = {k: scratch / f"piece-{k:05d}.mp4" for k, entry in enumerate(timeline)
-                  if isinstance(entry, render.Piece)}
-
-        def encode(k: int) -> None:
-            piece = timeline[k]
-            assert isinstance(piece, render.Piece)
-            render.render_piece(piece, parts, fps, width, height, pieces[k])
-            if not fits(probe_clip(pieces[k]), reference, piece.end - piece.first, fps):
-                raise StageFailedError(f"the transition piece at frames {piece.first}-{piece.end} does not join "
-                                       "the clips by copy (another encoding or length)")
-
-        with ThreadPoolExecutor(PIECE_WORKERS) as pool:
-            list(pool.map(encode, pieces))
+        timeline = render.plan(frame_counts, edit, dict(enumerate(keyframes)))
         for entry in timeline:  # a copy starts on a keyframe of its clip, or the packets before it would be lost
-            if isinstance(entry, render.Copy) and entry.first and entry.first not in keyframes.get(entry.clip, ()):
+            if isinstance(entry, render.Copy) and entry.first and entry.first not in keyframes[entry.clip]:
                 raise StageFailedError(f"clip {entry.clip} would be copied from frame {entry.first}, not a keyframe")
-        concat_list.write_text(render.concat_entries(timeline, parts, pieces, fps, _concat_quote))
+        pieces = [k for k, entry in enumerate(timeline) if isinstance(entry, render.Piece)]
+        placed: dict[int, render.Placed] = {}
+
+        def encode(run: int, members: range) -> None:
+            path = scratch / f"transitions-{run:03d}.mp4"
+            batch = [entry for m in members if isinstance(entry := timeline[pieces[m]], render.Piece)]
+            offsets = render.render_pieces(batch, parts, fps, width, height, path)
+            probe = probe_clip(path, keyframes=True)
+            frames = sum(piece.end - piece.first for piece in batch)
+            if not fits(probe, reference, frames, fps) or not set(offsets) <= set(probe.keyframes):
+                raise StageFailedError(f"the transitions rendered into {path.name} do not join the clips by copy "
+                                       "(another encoding, another length, or a piece not on a keyframe)")
+            placed.update({pieces[m]: render.Placed(path, offset) for m, offset in zip(members, offsets)})
+
+        runs = render.batches(len(pieces), PIECE_WORKERS, PIECES_PER_RUN)
+        with ThreadPoolExecutor(PIECE_WORKERS) as pool:
+            list(pool.map(encode, range(len(runs)), runs))
+        concat_list.write_text(render.concat_entries(timeline, parts, placed, fps, _concat_quote))
         return render.encoded_frames(timeline)
 
     def _reference_format(self, width: int, height: int, fps: int, scratch: Path) -> StreamFormat:
@@ -196,12 +208,15 @@ class Assembler(Backend):
         return self._reference_formats[key]
 
 
-def probe_clip(path: Path) -> ClipProbe:
+def probe_clip(path: Path, keyframes: bool = False) -> ClipProbe:
+    """What fits() compares; with `keyframes`, also which frames are keyframes (from the packet index: no
+    decoding), for a copy that starts inside the clip."""
+    packets = ":packet=pts,flags" if keyframes else ""
     try:
         raw = ffmpeg.run("ffprobe", [
             "-show_data_hash", "sha256", "-select_streams", "v:0",
             "-show_entries", "stream=codec_name,pix_fmt,width,height,r_frame_rate,time_base,nb_frames,duration_ts,"
-                             "extradata_hash:format=nb_streams,duration",
+                             f"extradata_hash:format=nb_streams,duration{packets}",
             "-of", "json", str(path),
         ], timeout=60)
     except ffmpeg.ToolError as exc:
@@ -221,6 +236,9 @@ def probe_clip(path: Path) -> ClipProbe:
         duration_ticks=_int(stream.get("duration_ts")),
         container_duration=_float(container.get("duration")),
         streams=int(container.get("nb_streams", 0)),
+        keyframes=tuple(sorted(pts // encoding.TICKS_PER_FRAME for packet in meta.get("packets", [])
+                               if "K" in str(packet.get("flags", "")) and (pts := _int(packet.get("pts")))
+                               is not None)),
     )
 
 

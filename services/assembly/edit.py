@@ -14,8 +14,8 @@ analyser measured it). Its rules, in order (the first that holds decides):
   0. The start fades in from black and the end fades out to black (FADE_SECONDS).
   1. Into a burst or a climax that is louder than before (RISE_DB, or a step up in the intensity
      label): a flash on the cut, or a whip when the passage before was building up to it.
-  2. Into a calmer passage (quieter by DROP_DB or a step down in intensity, a breakdown, an outro,
-     a passage that fades), or out of a passage that fades: a dissolve.
+  2. Into a calmer passage (quieter by DROP_DB or a step down in intensity; the start of a breakdown,
+     of an outro, of a passage that fades), or out of a passage that fades: a dissolve.
   3. A cut the segmenter forced by length (`max`) that misses every beat: a dissolve, which hides a
      cut the music does not make. (Without labels this is the only rule beside 0 and 4.)
   4. Anything else, above all a cut on a beat inside a groove: a hard cut.
@@ -372,7 +372,10 @@ def _inner(segment: Segment, a: _Side, b: _Side, beats: list[float]) -> tuple[st
         if a.dynamic == "building":
             return "whip", f"whip into the {b.function or 'burst'} the music built up to: {why}{heard}"
         return "flash", f"flash into a sudden {b.dynamic or b.function}: {why}{heard}"
-    calmer = b.function in ("breakdown", "outro") or b.dynamic == "fading"
+    # Into a calmer passage: one that begins there (a breakdown or outro after something else, a passage that
+    # starts to fade), not the next cut inside the same breakdown.
+    calmer = (b.function in ("breakdown", "outro") and b.function != a.function) or \
+        (b.dynamic == "fading" and a.dynamic != "fading")
     if quieter or (calmer and not louder) or a.dynamic == "fading":  # 2
         if a.dynamic == "fading" and not (quieter or calmer):
             return "dissolve", f"dissolve out of a passage that fades: {why}{heard}"

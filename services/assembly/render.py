@@ -92,16 +92,8 @@ def _starts(frame_counts: Sequence[int]) -> list[int]:
     return starts
 
 
-def clips_to_probe(frame_counts: Sequence[int], edit: Edit) -> list[int]:
-    """The clips whose keyframes plan() reads: those in which a transition ends (a copy resumes there)."""
-    starts = _starts(frame_counts)
-    ends = {c.span()[1] for c in edit.cuts if not c.is_hard}
-    return sorted({bisect.bisect_right(starts, end) - 1 for end in ends if end < starts[-1]})
-
-
 def plan(frame_counts: Sequence[int], edit: Edit, keyframes: Mapping[int, Sequence[int]]) -> list[Copy | Piece]:
-    """The video as copies and pieces, in order. `keyframes[i]`: the local frames of clip i's keyframes, for
-    each clip of clips_to_probe()."""
+    """The video as copies and pieces, in order. `keyframes[i]`: the local frames of clip i's keyframes."""
     starts = _starts(frame_counts)
     total = starts[-1]
 
@@ -176,21 +168,20 @@ def _side(clip: int | None, a: int, b: int, starts: list[int], frame_counts: Seq
     return Source(clip, lo - starts[clip], hi - lo, lo - a, b - hi)
 
 
-def keyframes_of(path: Path) -> list[int]:
-    """The local frames of a clip's keyframes, from its packet index (no decoding)."""
-    raw = ffmpeg.run("ffprobe", ["-select_streams", "v:0", "-show_entries", "packet=pts,flags", "-of", "csv=p=0",
-                                 str(path)], timeout=60).decode()
-    found = []
-    for line in raw.splitlines():
-        pts, _, flags = line.partition(",")
-        if "K" in flags and pts.strip().lstrip("-").isdigit():
-            found.append(int(pts) // encoding.TICKS_PER_FRAME)
-    return sorted(found)
+def batches(count: int, workers: int, per_run: int) -> list[range]:
+    """The pieces 0..count-1 in contiguous runs of ffmpeg: one per worker, more when a run would hold too many."""
+    if not count:
+        return []
+    runs = max(min(workers, count), math.ceil(count / per_run))
+    bounds = [round(k * count / runs) for k in range(runs + 1)]
+    return [range(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
 
 
-def render_piece(piece: Piece, clips: Sequence[Path], fps: int, width: int, height: int, out_path: Path) -> None:
-    """Encode the piece's frames with the shared encoding into `out_path`."""
-    inputs: list[str] = []  # ffmpeg's input options, one -i per clip stretch
+def render_pieces(pieces: Sequence[Piece], clips: Sequence[Path], fps: int, width: int, height: int,
+                  out_path: Path) -> list[int]:
+    """Encode the pieces one after another into `out_path` with the shared encoding, in one ffmpeg run, each
+    starting on a keyframe; returns the frame each starts at there."""
+    inputs: list[str] = []  # ffmpeg's input options, one -i per stretch of a clip
     graph: list[str] = []
     labels: list[str] = []
     opened = 0
@@ -214,26 +205,32 @@ def render_piece(piece: Piece, clips: Sequence[Path], fps: int, width: int, heig
         graph.append(f"{chain},{retime}[{name}]")
         return name
 
-    for k, run in enumerate(piece.runs):
-        out = source(run.out, f"o{k}")
-        if run.into is None:
-            labels.append(out)
-            continue
-        into = source(run.into, f"i{k}")
-        graph.append(f"[{out}][{into}]{_composite(run.transition, run.frames, fps, width, height)}[t{k}]")
-        labels.append(f"t{k}")
-    frames = piece.end - piece.first
+    offsets, frames = [], 0
+    for p, piece in enumerate(pieces):
+        offsets.append(frames)
+        frames += piece.end - piece.first
+        for k, run in enumerate(piece.runs):
+            out = source(run.out, f"p{p}o{k}")
+            if run.into is None:
+                labels.append(out)
+                continue
+            into = source(run.into, f"p{p}i{k}")
+            graph.append(f"[{out}][{into}]{_composite(run.transition, run.frames, fps, width, height)}[p{p}t{k}]")
+            labels.append(f"p{p}t{k}")
     graph.append("".join(f"[{label}]" for label in labels)
                  + f"concat=n={len(labels)}:v=1:a=0,settb=1/{fps},setpts=N[v]")
+    # Each piece begins with a keyframe (an IDR frame: the GOP is closed), where the concat list starts a copy.
+    keyframes = "expr:" + "+".join(f"eq(n,{offset})" for offset in offsets)
     try:
         ffmpeg.run("ffmpeg", [
             "-y", *inputs, "-filter_complex", ";".join(graph), "-map", "[v]", "-frames:v", str(frames),
-            "-r", str(fps), *encoding.h264_encoder_args(fps), *encoding.mp4_muxer_args(fps), "-f", "mp4",
-            str(out_path),
+            "-r", str(fps), *encoding.h264_encoder_args(fps), "-force_key_frames", keyframes,
+            *encoding.mp4_muxer_args(fps), "-f", "mp4", str(out_path),
         ], timeout=600)
     except ffmpeg.ToolError as exc:
-        raise StageFailedError(f"the transition at frames {piece.first}-{piece.end} could not be rendered: {exc}") \
-            from exc
+        spans = ", ".join(f"{piece.first}-{piece.end}" for piece in pieces)
+        raise StageFailedError(f"the transitions at frames {spans} could not be rendered: {exc}") from exc
+    return offsets
 
 
 def _composite(transition: str, frames: int, fps: int, width: int, height: int) -> str:
@@ -257,24 +254,33 @@ def _composite(transition: str, frames: int, fps: int, width: int, height: int) 
     raise StageFailedError(f"no renderer for the transition {transition!r}")
 
 
-def concat_entries(timeline: Sequence[Copy | Piece], clips: Sequence[Path], pieces: dict[int, Path], fps: int,
+@dataclass(frozen=True)
+class Placed:
+    """Where a rendered piece lies: the file of pieces and the frame it starts at there."""
+
+    path: Path
+    offset: int
+
+
+def concat_entries(timeline: Sequence[Copy | Piece], clips: Sequence[Path], placed: Mapping[int, Placed], fps: int,
                    quote: Callable[[Path], str]) -> str:
-    """The concat demuxer's list: each copy from a keyframe (inpoint) to its last frame (outpoint), each piece
-    whole, every entry with its exact duration, so that the video's timestamps are frame / fps throughout."""
+    """The concat demuxer's list: every entry a stretch of a file (a clip, or the file of rendered pieces) from
+    one of its keyframes (inpoint) to its last frame (outpoint), with its exact duration, so that the video's
+    timestamps are frame / fps throughout."""
     lines = []
     position = 0
     for k, entry in enumerate(timeline):
+        frames = entry.end - entry.first
         if isinstance(entry, Piece):
-            lines.append(f"file {quote(pieces[k])}")
-            frames = entry.end - entry.first
+            path, first = placed[k].path, placed[k].offset
         else:
-            lines.append(f"file {quote(clips[entry.clip])}")
-            if entry.first:
-                # Rounded up, so that the demuxer's seek (to the keyframe at or before it) finds this keyframe.
-                lines.append(f"inpoint {math.ceil(entry.first * 1_000_000 / fps) / 1_000_000:.6f}")
-            # Half a frame before the first frame left out: packets from there on are dropped.
-            lines.append(f"outpoint {(entry.end - 0.5) / fps:.6f}")
-            frames = entry.end - entry.first
+            path, first = clips[entry.clip], entry.first
+        lines.append(f"file {quote(path)}")
+        if first:
+            # Rounded up, so that the demuxer's seek (to the keyframe at or before it) finds this keyframe.
+            lines.append(f"inpoint {math.ceil(first * 1_000_000 / fps) / 1_000_000:.6f}")
+        # Half a frame before the first frame left out: packets from there on are dropped.
+        lines.append(f"outpoint {(first + frames - 0.5) / fps:.6f}")
         # Durations in microseconds that add up to each entry's exact start: no rounding carries over.
         start_us, end_us = round(position * 1_000_000 / fps), round((position + frames) * 1_000_000 / fps)
         lines.append(f"duration {(end_us - start_us) / 1_000_000:.6f}")

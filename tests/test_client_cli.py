@@ -1,9 +1,10 @@
-"""`mvgen submit | jobs | status | cancel` as a user runs them, against `python -m gateway.server` in
+"""`mvgen submit | revise | jobs | status | cancel` as a user runs them, against `python -m gateway.server` in
 its own process (stages in-process) with an S3 store (moto's server), so the video is downloaded.
 The gateway is also restarted under a watching `mvgen submit`, which reconnects and gets its video."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -185,3 +186,45 @@ def test_the_readme_python_example_makes_a_video(gateway, songs, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "job JOB_STATE_SUCCEEDED" in done.stdout and "clip 0 done" in done.stdout
     assert video_stream(probe_streams(tmp_path / "video.mp4"))["width"] == 640
+
+
+def test_revise_makes_a_new_video_from_a_finished_job_and_refuses_bad_input_in_one_line(gateway, songs, tmp_path):
+    made = mvgen("submit", str(songs / "song.wav"), "--server", gateway.address, "-o", "first.mp4", *SMALL,
+                 cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    job_id = made.stdout.split("(job ")[1].split(")")[0]
+    style = tmp_path / "style.json"
+    style.write_text(json.dumps({"palette": ["#203040", "#e0c080"], "look": "grainy 16 mm film",
+                                 "lighting": "low golden sun", "camera": "slow push-ins", "atmosphere": "warm"}))
+
+    text = "A red kite climbs over a quiet harbour at dawn."
+    revised = mvgen("revise", job_id, "--scene", "1", text, "--style-file", str(style), "--server", gateway.address,
+                    "-o", "revised.mp4", cwd=tmp_path)
+    assert revised.returncode == 0, revised.stderr
+    assert f"revises job {job_id} (scene 1, style)" in revised.stderr and "✓ video" in revised.stderr
+    assert "mvgen: revised.mp4" in revised.stdout
+    assert video_stream(probe_streams(tmp_path / "revised.mp4"))["width"] == 160
+    revision_id = revised.stdout.split("(job ")[1].split(")")[0]
+    assert revision_id != job_id
+    status = mvgen("status", revision_id, "--server", gateway.address, cwd=tmp_path)
+    assert f"revises       {job_id}: scene 1, style" in status.stdout, status.stdout
+
+    detached = mvgen("revise", job_id, "--scene", "0", "Two children chase paper boats along a canal.", "--detach",
+                     "--server", gateway.address, cwd=tmp_path)
+    assert detached.returncode == 0 and len(detached.stdout.strip()) == 32, detached.stderr
+
+    cases = (
+        (("revise", job_id), 2, "nothing to revise"),
+        (("revise", job_id, "--scene", "one", text), 2, "--scene takes a scene number"),
+        (("revise", job_id, "--scene", "1", "The sound of the waves fills the bay."), 2,
+         "scene 1: it uses 'sound'"),
+        (("revise", job_id, "--scene", "99", text), 2, "scene 99: the script has no such scene"),
+        (("revise", job_id, "--style-file", "missing.json"), 2, "cannot read missing.json"),
+        (("revise", job_id, "--characters-file", str(style)), 2, "a JSON list of characters"),
+        (("revise", "0" * 32, "--scene", "1", text), 1, "no job"),
+    )
+    for args, code, says in cases:
+        done = mvgen(*args, "--server", gateway.address, cwd=tmp_path)
+        assert done.returncode == code, (args, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("mvgen: error: ") and says in lines[0], (args, done.stderr)

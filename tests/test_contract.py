@@ -137,6 +137,7 @@ SERVICES: dict[tuple[str, str], dict[str, tuple[bool, bool]]] = {
         "WatchJob": SERVER_STREAM,
         "CancelJob": UNARY,
         "ListJobs": UNARY,
+        "ReviseJob": UNARY,
     },
 }
 

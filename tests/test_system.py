@@ -16,6 +16,7 @@ what it waited for, with the end of the relevant processes' logs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
@@ -37,7 +39,7 @@ from services.common.pb import music_video_service_pb2 as api_pb2
 from services.common.pb import music_video_service_pb2_grpc as api_grpc
 from services.common.s3_store import S3ArtifactStore
 from gateway.cli.remote import apply_change
-from tests.media import audio_stream, counted_frames, probe_streams, video_stream
+from tests.media import audio_stream, counted_frames, decode_frames, probe_streams, video_stream
 from tests.servers import FAST_RECONNECT, dev_stack_store, stage_channel
 from tools.dev_stack import DevStack
 from tools.processes import log_tail
@@ -53,6 +55,7 @@ FAULT_SIZE = (640, 360)
 JOB_SECONDS = 150.0  # bound on one job's run on a loaded 2-core machine (they take ~10-30 s)
 TERMINAL = (job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED)
 RUNNING, SUCCEEDED = job_pb2.CLIP_STATE_RUNNING, job_pb2.CLIP_STATE_SUCCEEDED
+OTHER_TOKEN = "the-token-of-another-client-of-the-stack"
 
 
 @dataclass
@@ -75,8 +78,11 @@ class System:
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory) -> Iterator[System]:
-    stack = DevStack(tmp_path_factory.mktemp("system") / "stack", free_ports=True, grace_seconds=2,
-                     startup_timeout=120)
+    base = tmp_path_factory.mktemp("system")
+    # A second client of the gateway (its token's digest in MVGEN_GATEWAY_TOKENS_FILE, beside the dev token's).
+    (base / "tokens").write_text(hashlib.sha256(OTHER_TOKEN.encode()).hexdigest() + "\n")
+    stack = DevStack(base / "stack", free_ports=True, grace_seconds=2, startup_timeout=120,
+                     env={"gateway": {"MVGEN_GATEWAY_TOKENS_FILE": str(base / "tokens")}})
     try:
         state = stack.start()
         store = dev_stack_store(state)
@@ -330,6 +336,63 @@ def test_create_job_with_the_same_request_id_returns_the_same_job(system, songs)
         assert sum(j == first.job_id for j in client.job_ids()) == 1
     finally:
         client.close()
+
+
+def test_create_revise_two_scenes_and_only_their_clips_are_made_again(system, songs, tmp_path):
+    """ReviseJob through the gateway and the stage services: the revision of two scenes generates exactly
+    their two clips and copies everything else; the video's other scenes are frame for frame the first
+    video's. Another client cannot see the job to revise it; a retry gives the same revision; a job not
+    finished cannot be revised."""
+    client, other = Client(system), Client(system, token=OTHER_TOKEN)
+    try:
+        song_path, truth = songs["song"]
+        song = client.upload(song_path)
+        parent = client.follow(client.create(song.song_id, small_options(51)).job_id, logs=("gateway",))
+        assert parent.state == job_pb2.JOB_STATE_SUCCEEDED and len(parent.clips) >= 4, describe(parent)
+        texts = {1: "A red kite climbs over a quiet harbour at dawn.",
+                 3: "Two children chase paper boats along a narrow canal."}
+        request = api_pb2.ReviseJobRequest(
+            request_id=str(uuid.uuid4()), job_id=parent.job_id,
+            scenes=[job_pb2.SceneRevision(index=i, text=t) for i, t in texts.items()])
+        with pytest.raises(grpc.RpcError) as hidden:  # another client's job is unknown to it
+            other.stub.ReviseJob(request, metadata=other.auth, timeout=30)
+        assert hidden.value.code() == grpc.StatusCode.NOT_FOUND, hidden.value.details()
+        revision = client.stub.ReviseJob(request, metadata=client.auth, timeout=30).job
+        assert client.stub.ReviseJob(request, metadata=client.auth, timeout=30).job.job_id == revision.job_id
+        assert revision.revision.revises_job_id == parent.job_id
+        ended = client.follow(revision.job_id, logs=("gateway", "video", "assembly"))
+        assert ended.state == job_pb2.JOB_STATE_SUCCEEDED, describe(ended)
+
+        running = client.create(client.upload(songs["long"][0]).song_id, fault_options(52))
+        with pytest.raises(grpc.RpcError) as early:
+            client.stub.ReviseJob(api_pb2.ReviseJobRequest(request_id=str(uuid.uuid4()), job_id=running.job_id,
+                                                           scenes=request.scenes), metadata=client.auth, timeout=30)
+        assert early.value.code() == grpc.StatusCode.FAILED_PRECONDITION, early.value.details()
+        client.stub.CancelJob(api_pb2.CancelJobRequest(job_id=running.job_id), metadata=client.auth, timeout=60)
+    finally:
+        client.close()
+        other.close()
+
+    assert sorted(c.index for c in ended.clips if not c.cached) == sorted(texts), describe(ended)
+    assert all(ended.clips[i].scene_text == text for i, text in texts.items())
+    manifest = manifest_of(system, revision.job_id)
+    parent_prefix = f"jobs/{parent.job_id}/"
+    assert sorted(int(k) for k, c in manifest["clips"].items() if "reused_from" not in c) == sorted(texts)
+    assert all(c["reused_from"] == parent_prefix for k, c in manifest["clips"].items() if int(k) not in texts)
+    assert manifest["stages"]["video"]["info"]["generated"] == 2
+    assert all(manifest["stages"][s]["reused_from"] == parent_prefix for s in ("segmentation", "analysis", "scripting"))
+    assert "reused_from" not in manifest["stages"]["assembly"]  # the video is assembled again
+    assert manifest["revision"]["revises_job_id"] == parent.job_id and manifest["revision"]["scenes"] == sorted(texts)
+
+    assert_complete_video(system, revision.job_id, truth, 12, tmp_path)
+    finals = {}
+    for name, job_id in (("parent", parent.job_id), ("revision", revision.job_id)):
+        with system.store.local_path(f"jobs/{job_id}/final.mp4") as final:
+            finals[name] = decode_frames(final, 160, 90)
+    for segment in segments_of(system, revision.job_id):
+        first, last = round(segment["start"] * 12), round(segment["end"] * 12)
+        same = np.array_equal(finals["parent"][first:last], finals["revision"][first:last])
+        assert same == (segment["index"] not in texts), segment
 
 
 def test_cancel_stops_a_running_job_and_keeps_its_finished_clips(system, songs):

@@ -1,16 +1,18 @@
-"""`mvgen submit | jobs | status | cancel`: the command line of a deployed gateway (MusicVideoService).
+"""`mvgen submit | revise | jobs | status | cancel`: the command line of a deployed gateway (MusicVideoService).
 
 The token comes from MVGEN_TOKEN, the address from --server or MVGEN_SERVER; --tls (or a CA file,
 --tls-ca or MVGEN_TLS_CA_FILE) connects over TLS, so the token never crosses the network in clear
 text. Calls that are safe
 to repeat are retried while the gateway is UNAVAILABLE (a restart, a rolling update): the upload
-(content-addressed), CreateJob (same request id) and WatchJob (every stream starts with a snapshot).
+(content-addressed), CreateJob and ReviseJob (same request id) and WatchJob (every stream starts
+with a snapshot).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import mimetypes
 import re
 import sys
@@ -23,10 +25,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
 
 from services.common import envs
 from services.common.errors import InvalidInputError
-from services.common.pb import job_pb2, stage_pb2
+from services.common.pb import artifacts_pb2, job_pb2, stage_pb2
 from services.common.pb import music_video_service_pb2 as api_pb2
 from services.common.pb import music_video_service_pb2_grpc as api_grpc
 from services.common.timing import clock
@@ -38,7 +42,8 @@ from gateway.pipeline.options import read_lyrics_file
 from gateway.pipeline.states import ClipState, EventKind, EventState, JobState, Stage, StageState
 
 T = TypeVar("T")
-COMMANDS = ("submit", "jobs", "status", "cancel")
+M = TypeVar("M", bound=Message)
+COMMANDS = ("submit", "revise", "jobs", "status", "cancel")
 CHUNK_BYTES = 1 << 20
 RETRY_DELAYS = (0.5, 1, 2, 4, 8)  # seconds between tries of a call the gateway answered UNAVAILABLE
 RECONNECT_SECONDS = 120  # how long a lost watch keeps reconnecting
@@ -104,6 +109,27 @@ def add_client_commands(commands: argparse._SubParsersAction, formatter: type[ar
     video.add_argument("--fps", type=int, help="frames per second of the final video")
     video.add_argument("--size", metavar="WxH", help="frame size of the final video, e.g. 640x360")
 
+    revise = commands.add_parser(
+        "revise", parents=[connection], formatter_class=formatter, help="revise a finished job on a gateway",
+        description="Make a new video from a finished job with new text for some scenes (and perhaps a new style "
+                    "bible or new characters): the gateway reuses everything else, generates exactly the clips of "
+                    "the changed scenes (every clip for a new style or cast) and assembles the video again. Follow "
+                    "the progress and download the video, as submit does. (`mvgen generate` revises its run "
+                    "folder instead: edit script.json there and run it again.)")
+    revise.add_argument("job_id", metavar="JOB_ID", help="the finished job to revise")
+    revise.add_argument("--scene", nargs=2, action="append", default=[], metavar=("N", "TEXT"),
+                        help="new text for scene N: one sentence (repeat for more scenes)")
+    revise.add_argument("--style-file", metavar="JSON",
+                        help="a new style bible: a JSON object as script.json's \"style\" (palette, look, lighting, "
+                             "camera, atmosphere), or a script.json, whose style is taken")
+    revise.add_argument("--characters-file", metavar="JSON",
+                        help="new characters, replacing all: a JSON list as script.json's \"characters\" (name, "
+                             "description; [] for none), or a script.json, whose characters are taken")
+    revise.add_argument("-o", "--output", metavar="OUT.mp4",
+                        help="where to save the video (default: <song>-<job>.mp4)")
+    revise.add_argument("--detach", action="store_true", help="print the new job's id and return without waiting")
+    revise.add_argument("-q", "--quiet", action="store_true", help="print only the summary line")
+
     jobs = commands.add_parser("jobs", parents=[connection], formatter_class=formatter,
                                help="list your jobs on a gateway, newest first")
     jobs.add_argument("--state", choices=[s.value for s in JobState if s is not JobState.INTERRUPTED])  # (queued)
@@ -123,7 +149,8 @@ def run_client_command(args: argparse.Namespace) -> int:
             raise UsageError("set MVGEN_TOKEN to your gateway token")
         with open_channel(args.server, tls=args.tls, ca_file=args.tls_ca) as channel:
             gateway = Gateway(api_grpc.MusicVideoServiceStub(channel), token)
-            command = {"submit": submit, "jobs": list_jobs, "status": show_status, "cancel": cancel_job}[args.command]
+            command = {"submit": submit, "revise": revise_job, "jobs": list_jobs, "status": show_status,
+                       "cancel": cancel_job}[args.command]
             return command(gateway, args)
     except (UsageError, InvalidInputError) as exc:
         return fail(str(exc), EXIT_BAD_INPUT)
@@ -165,12 +192,18 @@ def submit(gateway: Gateway, args: argparse.Namespace) -> int:
     uploaded = _retry_unavailable(lambda: gateway.stub.UploadSong(_upload_messages(song), metadata=gateway.metadata))
     request = api_pb2.CreateJobRequest(request_id=str(uuid.uuid4()), song_id=uploaded.song.song_id, options=options)
     job = _retry_unavailable(lambda: gateway.stub.CreateJob(request, metadata=gateway.metadata)).job
+    return follow_to_the_video(gateway, args, job, started, song.stem,
+                               f"job {job.job_id} for {song.name} ({clock(uploaded.song.duration_seconds, 1)})")
+
+
+def follow_to_the_video(gateway: Gateway, args: argparse.Namespace, job: job_pb2.Job, started: float, stem: str,
+                        heading: str) -> int:
+    """A job just created: its id (--detach), or its progress until it ends, then its video downloaded."""
     if args.detach:
         print(job.job_id)
         return 0
     if not args.quiet:
-        print(f"mvgen: job {job.job_id} for {song.name} ({clock(uploaded.song.duration_seconds, 1)}) on {args.server}",
-              file=sys.stderr)
+        print(f"mvgen: {heading} on {args.server}", file=sys.stderr)
     display = ProgressDisplay(enabled=not args.quiet)
     try:
         job = watch(gateway, job.job_id, ProgressTranslator(display).apply)
@@ -192,10 +225,65 @@ def submit(gateway: Gateway, args: argparse.Namespace) -> int:
         print(f"mvgen: the video is at {job.artifact_keys['video']} in the gateway's store, which gives no download "
               f"URL (a local folder)  {summary}")
         return 0
-    output = Path(args.output or f"{song.stem}-{job.job_id[:8]}.mp4")
+    output = Path(args.output or f"{stem}-{job.job_id[:8]}.mp4")
     download(result.video_url, output)
     print(f"mvgen: {output}  {summary}")
     return 0
+
+
+# --- revise --------------------------------------------------------------------------------------------
+
+def revise_job(gateway: Gateway, args: argparse.Namespace) -> int:
+    request = api_pb2.ReviseJobRequest(request_id=str(uuid.uuid4()), job_id=args.job_id,
+                                       scenes=[job_pb2.SceneRevision(index=_scene_index(n), text=text)
+                                               for n, text in args.scene])
+    if args.style_file:
+        request.style.CopyFrom(_read_json_message(args.style_file, "style", artifacts_pb2.StyleBible()))
+    if args.characters_file:
+        listed = _read_json(args.characters_file, "characters")
+        if not isinstance(listed, list):
+            raise UsageError(f"{args.characters_file}: a JSON list of characters (name, description) was expected")
+        request.characters.CopyFrom(_parsed(args.characters_file, {"characters": listed}, job_pb2.CharacterList()))
+    if not (request.scenes or args.style_file or args.characters_file):
+        raise UsageError("nothing to revise: give --scene N TEXT (repeatable), --style-file or --characters-file")
+    started = time.monotonic()
+    job = _retry_unavailable(lambda: gateway.stub.ReviseJob(request, metadata=gateway.metadata)).job
+    changed = [f"scene {', '.join(str(s.index) for s in job.revision.changes.scenes)}"] if request.scenes else []
+    changed += [name for name in ("style", "characters") if job.revision.changes.HasField(name)]
+    return follow_to_the_video(gateway, args, job, started, Path(job.song.file_name).stem or "video",
+                               f"job {job.job_id} revises job {args.job_id} ({', '.join(changed)})")
+
+
+def _scene_index(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(f"--scene takes a scene number and its text, not {text!r} as the number") from None
+
+
+def _read_json(path: str, key: str) -> Any:
+    """A JSON file's value, or its `key` when it is a script.json (an object holding `scenes`)."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise UsageError(f"{path} is not JSON: {exc}") from None
+    return value[key] if isinstance(value, dict) and "scenes" in value and key in value else value
+
+
+def _read_json_message(path: str, key: str, message: M) -> M:
+    value = _read_json(path, key)
+    if not isinstance(value, dict):
+        raise UsageError(f"{path}: a JSON object was expected")
+    return _parsed(path, value, message)
+
+
+def _parsed(path: str, value: dict[str, Any], message: M) -> M:
+    try:
+        return json_format.ParseDict(value, message)
+    except json_format.ParseError as exc:
+        raise UsageError(f"{path}: {str(exc).splitlines()[0]}") from None
 
 
 def requested_options(args: argparse.Namespace) -> job_pb2.JobOptions:
@@ -391,6 +479,11 @@ def show_status(gateway: Gateway, args: argparse.Namespace) -> int:
         state = StageState.from_proto(stage.state, "unspecified")
         print(f"  {Stage.from_proto(stage.stage, '?'):<13} {state:<10} {stage.backend}"
               f"{'  (cached)' if stage.cached else ''}{'  ' + stage.error_message if stage.error_message else ''}")
+    if job.HasField("revision"):
+        changes = job.revision.changes
+        changed = [f"scene {s.index}" for s in changes.scenes] + [n for n in ("style", "characters")
+                                                                   if changes.HasField(n)]
+        print(f"  revises       {job.revision.revises_job_id}: {', '.join(changed)}")
     if job.clips:
         print(f"  clips         {_clips_done(job)}")
     if job.error_message:

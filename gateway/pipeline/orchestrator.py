@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -24,6 +25,7 @@ from services.common.stage_api import (
     AnalyzeRequest,
     AssembleRequest,
     GenerateClipRequest,
+    ReviewRequest,
     SegmentRequest,
     StageResult,
     TellStoryRequest,
@@ -34,8 +36,11 @@ from gateway.pipeline.events import EventSink, JobEvent
 from gateway.pipeline.layout import JobLayout
 from gateway.pipeline.manifest import Manifest, fingerprint, utc_now
 from gateway.pipeline.options import JobOptions
+from gateway.pipeline.revision import Revision
 from gateway.pipeline.stage_clients import StageClients
 from gateway.pipeline.states import ClipState, EventKind, EventState, JobState, Stage, StageState
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,7 @@ class JobSpec:
     song_key: str
     song: dict[str, Any]  # sha256, duration, ... as probed
     options: JobOptions
+    revision: Revision | None = None  # a revision of another job (the gateway's ReviseJob): edits of its script
 
 
 @dataclass
@@ -147,6 +153,8 @@ class Orchestrator:
                 keep=self._keep_script(layout))
         script = self.state.script
         assert script is not None  # kept by _stage before it returns
+        if job.revision is not None:
+            script = await self._revise(job, manifest, script, script_fp)
 
         clips = await self._clips(job, manifest, segmentation, script)
 
@@ -155,6 +163,29 @@ class Orchestrator:
             AssembleRequest(song_key=job.song_key, clip_keys=[req.clip_key for req, _ in clips],
                             frame_counts=[req.frame_count for req, _ in clips], fps=opts.fps, width=opts.width,
                             height=opts.height, video_key=layout.final)))
+        await self._review(job, manifest, clips, fingerprint(final_fp, seg_fp, labels_fp, script_fp))
+
+    async def _review(self, job: JobSpec, manifest: Manifest, clips: list[tuple[GenerateClipRequest, str]],
+                      inputs_fp: str) -> None:
+        """Judge the finished video and draw its storyboard page. The video is made: a review that fails is
+        recorded (the stage FAILED, with its error) and the job still succeeds."""
+        layout, opts = job.layout, job.options
+        request = ReviewRequest(
+            song_key=job.song_key, segments_key=layout.segments, script_key=layout.script,
+            clip_keys=[req.clip_key for req, _ in clips], frame_counts=[req.frame_count for req, _ in clips],
+            fps=opts.fps, video_key=layout.final, generator=opts.generator, evaluation_key=layout.evaluation,
+            evaluation_text_key=layout.evaluation_text, storyboard_key=layout.storyboard,
+            labels_key=layout.labels if opts.runs_analysis else "",
+            lyrics_key=layout.lyrics if opts.runs_analysis and opts.wants_lyrics else "",
+            plan_key=layout.plan, edit_key=layout.edit)
+        review_fp = fingerprint("review", inputs_fp, await self._plan_digest(layout),
+                                await self.stages.backend_config(Stage.REVIEW))
+        try:
+            await self._stage(manifest, Stage.REVIEW, review_fp, "review", lambda: self.stages.review(request))
+        except (JobCancelledError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # recorded in the manifest by _stage; the video stands
+            log.warning("job %s: the review failed, the video stands: %s", job.job_id, exc)
 
     async def _analysis(self, job: JobSpec, manifest: Manifest, seg_fp: str) -> str:
         """Labels, and the lyrics when the job wants them (transcribed, or the person's aligned); their fingerprint."""
@@ -231,6 +262,56 @@ class Orchestrator:
                 return True
             return hashlib.sha256(plan).hexdigest() != written
         return edited
+
+    async def _plan_digest(self, layout: JobLayout) -> str:
+        """plan.json as it is now ('' when none): its sections are drawn on the storyboard page."""
+        try:
+            plan = await asyncio.to_thread(self.store.get_bytes, layout.plan)
+        except KeyError:
+            return ""
+        return hashlib.sha256(plan).hexdigest()
+
+    async def _revise(self, job: JobSpec, manifest: Manifest, script: artifacts.Script,
+                      script_fp: str) -> artifacts.Script:
+        """Apply the job's revision to the script the scripting stage wrote (copied from the job revised, as
+        a rule): script.json and script.txt. Idempotent: a resumed job applies it again to the same script.
+        The clips of the edited scenes (all clips for a new style or cast) then get new fingerprints."""
+        revision, layout = job.revision, job.layout
+        assert revision is not None
+        await self._keep_written_script(manifest, script_fp)
+        revised = revision.script_edits.apply(script)
+        if revised != script:  # script.txt first: script.json, once revised, says both are
+            await asyncio.to_thread(self.store.put_text, layout.script_text, revised.to_text())
+            await asyncio.to_thread(self.store.put_bytes, layout.script, artifacts.dumps(revised))
+        self.state.script = revised
+        manifest.data["revision"] = revision.to_dict()
+        await manifest.save_async()
+        return revised
+
+    async def _keep_written_script(self, manifest: Manifest, script_fp: str) -> None:
+        """Where this job ran the scripting stage itself (nothing to copy), its outputs are published under the
+        stage's fingerprint: a copy of them as written goes to written/ and is published there instead,
+        so that another job of that fingerprint never copies the revised script."""
+        if self.output_cache is None or "reused_from" in manifest.stage(Stage.SCRIPTING):
+            return
+        layout, entry_key = manifest.layout, f"{self.output_cache}{script_fp}.json"
+
+        def move() -> None:
+            try:
+                entry = json.loads(self.store.get_bytes(entry_key))
+            except KeyError:
+                return
+            if entry.get("prefix") != layout.prefix:
+                return  # already moved, or another job's
+            written = JobLayout(prefix=layout.key("written/"))
+            outputs = {}
+            for name, key in entry["outputs"].items():
+                outputs[name] = written.key(key[len(layout.prefix):])
+                self.store.copy(key, outputs[name])
+            entry.update(prefix=written.prefix, outputs=outputs)
+            self.store.put_bytes(entry_key, json.dumps(entry).encode())
+
+        await asyncio.to_thread(move)
 
     async def _skip(self, manifest: Manifest, name: Stage, reason: str) -> None:
         record = manifest.stage(name)

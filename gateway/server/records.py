@@ -19,6 +19,7 @@ from gateway.pipeline.layout import JobLayout
 from gateway.pipeline.orchestrator import JobSpec
 from gateway.pipeline.states import Stage, StageState
 from gateway.server.options import job_options
+from gateway.server.revisions import script_revision
 
 log = logging.getLogger(__name__)
 T = TypeVar('T')
@@ -26,7 +27,8 @@ T = TypeVar('T')
 
 @dataclass(frozen=True)
 class JobRecord:
-    """jobs/<id>/job.json: what was asked, by whom, when."""
+    """jobs/<id>/job.json: what was asked, by whom, when; for a revision (ReviseJob), of which job and what
+    it changes, so that a restarted gateway resumes a revision as it resumes any job."""
 
     job_id: str
     client: str
@@ -34,6 +36,7 @@ class JobRecord:
     song: song_pb2.Song
     options: job_pb2.JobOptions
     create_time: Timestamp
+    revision: job_pb2.JobRevision | None = None  # a revision of another job (ReviseJob)
 
     @property
     def layout(self) -> JobLayout:
@@ -45,6 +48,8 @@ class JobRecord:
             "create_time": self.create_time.ToJsonString(),
             "song": json_format.MessageToDict(self.song, preserving_proto_field_name=True),
             "options": json_format.MessageToDict(self.options, preserving_proto_field_name=True),
+            **({"revision": json_format.MessageToDict(self.revision, preserving_proto_field_name=True)}
+               if self.revision is not None else {}),
         }, indent=2) + "\n").encode()
 
     @classmethod
@@ -54,7 +59,8 @@ class JobRecord:
         created.FromJsonString(d["create_time"])
         return cls(d["job_id"], d["client"], d["request_id"],
                    json_format.ParseDict(d["song"], song_pb2.Song()),
-                   json_format.ParseDict(d["options"], job_pb2.JobOptions()), created)
+                   json_format.ParseDict(d["options"], job_pb2.JobOptions()), created,
+                   json_format.ParseDict(d["revision"], job_pb2.JobRevision()) if "revision" in d else None)
 
     def spec(self) -> JobSpec:
         song = self.song
@@ -62,7 +68,8 @@ class JobRecord:
                        song={"sha256": song.sha256, "source_name": song.file_name, "key": song.song_key,
                              "duration": song.duration_seconds, "sample_rate": song.sample_rate_hz,
                              "channels": song.channels},
-                       options=job_options(self.options))
+                       options=job_options(self.options),
+                       revision=script_revision(self.revision) if self.revision is not None else None)
 
 
 @dataclass(frozen=True)

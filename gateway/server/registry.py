@@ -104,15 +104,17 @@ class JobRegistry:
         return loaded
 
     async def create(self, client: str, request_id: str, request_fingerprint: str,
-                     song: Callable[[], Awaitable[song_pb2.Song]], options: job_pb2.JobOptions) -> job_pb2.Job:
+                     song: Callable[[], Awaitable[song_pb2.Song]], options: job_pb2.JobOptions,
+                     revision: job_pb2.JobRevision | None = None) -> job_pb2.Job:
         """A new job, or the one an earlier call with the same request id made. `song` resolves (and
-        probes) the song; it is called only when a job is created."""
+        probes) the song; it is called only when a job is created. `revision`: the job revises another
+        (ReviseJob); CreateJob and ReviseJob share a client's request ids."""
         if self._closing:
             raise TransientError("the gateway is shutting down; retry")
         if len(request_id) > MAX_REQUEST_ID_CHARS:
             raise InvalidInputError(f"request_id is longer than {MAX_REQUEST_ID_CHARS} characters")
         if not request_id:
-            return await self._create_counted(client, request_id, song, options)
+            return await self._create_counted(client, request_id, song, options, revision)
         lock = self._request_locks.setdefault((client, request_id), asyncio.Lock())
         async with lock:
             key = f"requests/{client}/{hashlib.sha256(request_id.encode()).hexdigest()}.json"
@@ -121,15 +123,15 @@ class JobRegistry:
             if earlier and fresh and earlier["job_id"] in self._runs:
                 if earlier["request_fingerprint"] != request_fingerprint:
                     raise AlreadyExistsError(f"request_id {quoted(request_id)} was used for job {earlier['job_id']} "
-                                             "with another song or options")
+                                             "with another song or options" + (" or revision" if revision else ""))
                 return self._runs[earlier["job_id"]].status.snapshot()
-            job = await self._create_counted(client, request_id, song, options)
+            job = await self._create_counted(client, request_id, song, options, revision)
             entry = {"job_id": job.job_id, "request_fingerprint": request_fingerprint, "created": time.time()}
             await asyncio.to_thread(self.store.put_bytes, key, json.dumps(entry).encode())
             return job
 
     async def _create_counted(self, client: str, request_id: str, song: Callable[[], Awaitable[song_pb2.Song]],
-                              options: job_pb2.JobOptions) -> job_pb2.Job:
+                              options: job_pb2.JobOptions, revision: job_pb2.JobRevision | None) -> job_pb2.Job:
         """_create within the client's limit; a job being created counts from the start (no await
         between the count and the reservation), so concurrent calls cannot all slip under it."""
         live = self._creating.get(client, 0) + sum(
@@ -140,17 +142,18 @@ class JobRegistry:
                 "at once: wait for one to end, or cancel one")
         self._creating[client] = self._creating.get(client, 0) + 1
         try:
-            return await self._create(client, request_id, await song(), options)
+            return await self._create(client, request_id, await song(), options, revision)
         finally:
             self._creating[client] -= 1
 
-    async def _create(self, client: str, request_id: str, song: song_pb2.Song,
-                      options: job_pb2.JobOptions) -> job_pb2.Job:
-        record = JobRecord(new_job_id(), client, request_id, song, options, timestamp_now())
+    async def _create(self, client: str, request_id: str, song: song_pb2.Song, options: job_pb2.JobOptions,
+                      revision: job_pb2.JobRevision | None) -> job_pb2.Job:
+        record = JobRecord(new_job_id(), client, request_id, song, options, timestamp_now(), revision)
         await asyncio.to_thread(self.store.put_bytes, record.layout.key("job.json"), record.to_json())
         run = JobRun(JobStatus(record, self.store, self.observe_stage))
         self._runs[record.job_id] = run
-        log.info("job %s created by client %s for song %s", record.job_id, client, song.song_id)
+        log.info("job %s created by client %s for song %s%s", record.job_id, client, song.song_id,
+                 f", revising job {revision.revises_job_id}" if revision is not None else "")
         self._launch(run)
         return run.status.snapshot()
 

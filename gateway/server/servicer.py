@@ -13,20 +13,23 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from services.common.artifacts import Labels, Script, Segmentation, read_artifact
+from services.common.artifacts import Labels, Lyrics, Script, Segmentation, read_artifact
 from services.common.errors import InvalidInputError
-from services.common.pb import job_pb2
+from services.common.pb import job_pb2, song_pb2
 from services.common.pb import music_video_service_pb2 as api_pb2
 from services.common.pb import music_video_service_pb2_grpc as api_grpc
 from services.common.s3_store import S3ArtifactStore
 from services.common.store import ArtifactStore
 from services.common.untrusted import quoted
+from gateway.pipeline.states import JobState
 from gateway.server.auth import Authenticator
 from gateway.server.errors import PreconditionError
 from gateway.server.options import resolve_options
 from gateway.server.registry import JobRegistry
+from gateway.server.revisions import check_revision, job_revision, requested_changes
 from gateway.server.settings import GatewaySettings
 from gateway.server.songs import SongLibrary
+from gateway.server.status import JobStatus
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = api_pb2.DESCRIPTOR.services_by_name["MusicVideoService"].full_name
@@ -103,6 +106,49 @@ class MusicVideoServicer(api_grpc.MusicVideoServiceServicer):
                                          request.page_token)
         return api_pb2.ListJobsResponse(jobs=jobs, next_page_token=token)
 
+    async def ReviseJob(self, request: api_pb2.ReviseJobRequest,
+                        context: grpc.aio.ServicerContext) -> api_pb2.ReviseJobResponse:
+        client = self.auth.client_of(context)
+        parent = self.registry.get(client, _required(request.job_id, "job_id"))  # another client's: NOT_FOUND
+        changes = requested_changes(request)
+        if parent.job.state != job_pb2.JOB_STATE_SUCCEEDED:
+            state = JobState.from_proto(parent.job.state, "unspecified")
+            raise PreconditionError(f"job {parent.record.job_id} is {state}: only a job that has succeeded can be "
+                                    "revised" + ("; wait for it to end" if not parent.is_terminal else ""))
+        script, lyric_lines = await asyncio.to_thread(self._script_of, parent)
+        check_revision(request, changes, script, lyric_lines)
+        revision = job_revision(parent.record.job_id, changes, parent.record.revision)
+        asked = api_pb2.ReviseJobRequest()
+        asked.CopyFrom(request)
+        asked.ClearField("request_id")
+        # What a retry must repeat exactly for its request id to name the same job.
+        fingerprint = hashlib.sha256(b"revise\0" + asked.SerializeToString(deterministic=True)).hexdigest()
+
+        async def song() -> song_pb2.Song:
+            return parent.record.song
+
+        job = await self.registry.create(client, request.request_id, fingerprint, song, parent.record.options,
+                                         revision)
+        return api_pb2.ReviseJobResponse(job=job)
+
+    def _script_of(self, parent: JobStatus) -> tuple[Script, list[str]]:
+        """The script of a finished job, as it is, and the song's words (for the rule that no scene quotes them)."""
+        layout = parent.record.layout
+        try:
+            script = read_artifact(self.store, layout.script, Script)
+        except InvalidInputError as exc:
+            raise PreconditionError(f"job {parent.record.job_id} cannot be revised: its script cannot be read "
+                                    f"({exc})") from None
+        lines: list[str] = []
+        if "lyrics" in parent.job.artifact_keys:
+            try:
+                lyrics = read_artifact(self.store, parent.job.artifact_keys["lyrics"], Lyrics)
+                lines = [s.text for s in lyrics.segments if s.vocal and s.text]
+            except InvalidInputError:
+                log.warning("job %s: its lyrics cannot be read; a revision is checked without them",
+                            parent.record.job_id)
+        return script, lines
+
     def _presign(self, store: S3ArtifactStore, response: api_pb2.GetJobResponse) -> None:
         expires = timedelta(seconds=self.settings.presign_seconds)
         job = response.job
@@ -113,6 +159,8 @@ class MusicVideoServicer(api_grpc.MusicVideoServiceServicer):
                 response.clip_urls[clip.index] = store.presigned_get(clip.clip_key, expires)
         if job.state == job_pb2.JOB_STATE_SUCCEEDED and "video" in response.artifact_urls:
             response.video_url = response.artifact_urls["video"]
+        response.storyboard_url = response.artifact_urls.get("storyboard", "")
+        response.evaluation_url = response.artifact_urls.get("evaluation", "")
         response.urls_expire_time.CopyFrom(_after(expires))
 
     def _inline_artifacts(self, response: api_pb2.GetJobResponse) -> None:

@@ -37,10 +37,11 @@ class JobStatus:
         self.store = store
         self.observe_stage = observe_stage
         options = record.options
-        backends = (options.segmenter.segmenter, options.analyzer, options.writer, options.generator, "")
+        backends = (options.segmenter.segmenter, options.analyzer, options.writer, options.generator, "", "review")
         self.job = job_pb2.Job(
             job_id=record.job_id, request_id=record.request_id, state=JobState.QUEUED.proto,
             options=options, song=record.song, create_time=record.create_time, update_time=record.create_time,
+            revision=record.revision,
             stages=[job_pb2.StageStatus(stage=stage.proto, state=StageState.PENDING.proto, backend=backend)
                     for stage, backend in zip(STAGES, backends)],
             artifact_keys={"song": record.song.song_key})

@@ -117,7 +117,7 @@ def add_client_commands(commands: argparse._SubParsersAction, formatter: type[ar
                     "the progress and download the video, as submit does. (`mvgen generate` revises its run "
                     "folder instead: edit script.json there and run it again.)")
     revise.add_argument("job_id", metavar="JOB_ID", help="the finished job to revise")
-    revise.add_argument("--scene", nargs=2, action="append", default=[], metavar=("N", "TEXT"),
+    revise.add_argument("--scene", nargs=2, action="append", metavar=("N", "TEXT"),
                         help="new text for scene N: one sentence (repeat for more scenes)")
     revise.add_argument("--style-file", metavar="JSON",
                         help="a new style bible: a JSON object as script.json's \"style\" (palette, look, lighting, "
@@ -236,7 +236,7 @@ def follow_to_the_video(gateway: Gateway, args: argparse.Namespace, job: job_pb2
 def revise_job(gateway: Gateway, args: argparse.Namespace) -> int:
     request = api_pb2.ReviseJobRequest(request_id=str(uuid.uuid4()), job_id=args.job_id,
                                        scenes=[job_pb2.SceneRevision(index=_scene_index(n), text=text)
-                                               for n, text in args.scene])
+                                               for n, text in args.scene or ()])
     if args.style_file:
         request.style.CopyFrom(_read_json_message(args.style_file, "style", artifacts_pb2.StyleBible()))
     if args.characters_file:

@@ -4,7 +4,9 @@ Baselines: decoding the song (the floor of any stage that reads audio) for segme
 analysis; the descriptors analyser for the trained listeners (musicnn, Whisper's lyrics); for the LLM
 script writer (bench/llm_bench.py: songs of 1 to 7 minutes), each song's own duration and llama.cpp's
 raw generation rate; for `generate`, the song's own duration (real-time factor) and a plain ffmpeg encode of
-a blank video of the same length with the song's audio (the floor of making any video at all).
+a blank video of the same length with the song's audio (the floor of making any video at all); for
+assembly (bench/assembly_bench.py: 30-odd clips of the song), transitions against hard cuts, and hard
+cuts against a plain ffmpeg concat copy.
 System rows (bench/system_bench.py; --skip-system leaves them out): the same song through
 `mvgen submit` against the gateway and services on loopback, against `generate` in-process; the
 video stage with 1 and 2 video replicas.
@@ -26,6 +28,7 @@ from pathlib import Path
 from services.common import audio
 from services.common.stage_api import AnalyzeRequest, SegmenterParams, SegmentRequest
 from services.common.store import LocalArtifactStore
+from bench.assembly_bench import assembly_rows
 from bench.clap_bench import clap_rows
 from bench.listen_bench import musicnn_rows
 from bench.llm_bench import llm_rows
@@ -80,6 +83,7 @@ def main() -> None:
         rows += clap_rows(work / "song.wav", minutes)
         rows += musicnn_rows(work / "song.wav", minutes)
         rows += lyrics_rows(work / "song.wav", minutes)
+        rows += assembly_rows(work / "song.wav", minutes)
         rows += llm_rows(work, log=lambda message: print(message, file=sys.stderr, flush=True))
 
         floor = best_of(1, lambda: blank_video(work / "song.wav", truth.duration, work / "blank.mp4"))

@@ -17,7 +17,7 @@ from services.analysis.stage import AnalysisStage
 from services.assembly.edit import CutDecision, Edit, decide_edit
 from services.assembly.stage import AssemblyStage
 from services.common import encoding
-from services.common.artifacts import Labels, Segment, Segmentation, dumps
+from services.common.artifacts import LabelGroup, Labels, LabelScore, Segment, Segmentation, SegmentLabels, dumps
 from services.common.errors import InvalidInputError
 from services.common.pb import assembly_service_pb2, stage_pb2
 from services.common.stage_api import AnalyzeRequest, AssembleRequest, SegmenterParams, SegmentRequest, StageResult
@@ -183,6 +183,32 @@ def test_max_cuts_off_the_beat_dissolve_and_short_segments_keep_hard_cuts() -> N
     # The dissolve keeps to half of the 5-frame segment after it: 4 frames, 2 each side.
     assert edit.cuts[1].frames == 4
     edit.checked(segmentation, FPS)
+
+
+def test_the_rules_read_the_labels_on_both_sides_of_the_cut() -> None:
+    """Labels as any analyser writes them (texts of prompts/labels, no level measures): a dissolve where a
+    breakdown begins, hard cuts inside it, a whip into a climax the music built up to, a flash into a burst."""
+    def side(index: int, intensity: str, dynamic: str, function: str) -> SegmentLabels:
+        return SegmentLabels(index, {name: LabelGroup([LabelScore(text, 1.0)]) for name, text in (
+            ("instrumental_intensity", intensity), ("dynamic_shift", dynamic), ("rhythmic_function", function))})
+
+    song = [("intense, loud instrumentation", "holding a steady, constant energy", "steady rhythmic groove"),
+            ("soft, sparse instrumentation", "holding a steady, constant energy", "quiet breakdown"),
+            ("soft, sparse instrumentation", "holding a steady, constant energy", "quiet breakdown"),
+            ("moderate instrumentation", "building up in energy", "transition between sections"),
+            ("intense, loud instrumentation", "holding a steady, constant energy", "climax, the peak of the song"),
+            ("soft, sparse instrumentation", "holding a steady, constant energy", "quiet breakdown"),
+            ("intense, loud instrumentation", "bursting suddenly with energy", "steady rhythmic groove")]
+    bounds = [4.0 * k for k in range(len(song) + 1)]
+    segments = [Segment(i, a, b, "beats") for i, (a, b) in enumerate(zip(bounds, bounds[1:]))]
+    segmentation = Segmentation("rules", {}, bounds[-1], 120.0, [0.5 * k for k in range(1, 56)], segments)
+    labels = Labels("clap", {}, [side(i, *words) for i, words in enumerate(song)])
+
+    edit = decide_edit(segmentation, labels, FPS)
+
+    assert [c.transition for c in edit.cuts] == ["fade_in", "dissolve", "cut", "cut", "whip", "dissolve", "flash",
+                                                 "fade_out"], edit.to_text()
+    assert "dissolve into breakdown" in edit.cuts[1].reason and "inside a groove" in edit.cuts[2].reason
 
 
 # --- (b) the final video: exact frames, the song's audio, the rest copied ----------------------------

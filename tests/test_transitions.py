@@ -326,6 +326,23 @@ def test_each_transition_mixes_the_pictures_as_it_says(colour_store: LocalArtifa
     assert np.all(np.diff(brightness[216:]) < 0)
 
 
+def test_a_transition_may_end_on_the_cut_or_start_from_it(colour_store: LocalArtifactStore) -> None:
+    edit = written_edit(colour_store, ["cut", "dissolve", "dissolve", "cut", "cut"], [0, 12, 12, 0, 0],
+                        "aligned/edit.json")
+    edit.cuts[1] = replace(edit.cuts[1], align="end")  # red to blue over frames 48-59: blue is whole on the cut
+    edit.cuts[2] = replace(edit.cuts[2], align="start")  # blue to green over frames 120-131
+    colour_store.put_bytes("aligned/edit.json", dumps(edit))
+    AssemblyStage(colour_store).run(colour_request(colour_store, "aligned/edit.json", "aligned.mp4"))
+    colours = mean_colours(colour_store.path("aligned.mp4"))
+    assert len(colours) == 240
+    assert colours[47, 0] > 240 and colours[60, 2] > 240 and colours[60, 0] < 12
+    blue = colours[48:60, 2] / (colours[48:60, 0] + colours[48:60, 2])
+    assert np.all(np.diff(blue) > 0) and blue[0] < 0.1 and blue[-1] > 0.9
+    assert colours[119, 2] > 240 and colours[132, 1] > 240 and colours[132, 2] < 12
+    green = colours[120:132, 1] / (colours[120:132, 1] + colours[120:132, 2])
+    assert np.all(np.diff(green) > 0) and green[0] < 0.1 and green[-1] > 0.9
+
+
 # --- (d) a person's edit is used as written; one that does not fit is refused --------------------------
 
 

@@ -238,7 +238,10 @@ COPY --from=common /services/ services/
 COPY gateway/__init__.py gateway/
 COPY gateway/pipeline/ gateway/pipeline/
 COPY gateway/server/ gateway/server/
+# prompts/: the scene rules a revision's texts are held to (ReviseJob), as in scripting.
+COPY prompts/ prompts/
 ENV MVGEN_METRICS_PORT=9090 \
+    MVGEN_PROMPTS_DIR=/app/prompts \
     MVGEN_PORT=50050
 EXPOSE 50050 9090
 CMD ["python", "-m", "gateway.server"]

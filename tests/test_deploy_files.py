@@ -39,7 +39,7 @@ DOCKERFILE = REPO / "Dockerfile"
 REQUIREMENTS = {**{s: REPO / "services" / s / "requirements.txt" for s in STAGES},
                 "gateway": REPO / "gateway" / "requirements.txt"}
 # Stages that read prompts/ (label sets, prompt template) and stages that run ffmpeg/ffprobe.
-NEEDS_PROMPTS = {"analysis", "scripting"}
+NEEDS_PROMPTS = {"analysis", "scripting", "gateway"}  # the gateway: scene_rules.yaml (ReviseJob)
 # Model and DSP stacks the gateway must never carry (it holds no stage logic).
 HEAVY = {"torch", "torchaudio", "librosa", "msclap", "diffusers", "transformers", "numba", "llvmlite",
          "scikit-learn", "scipy", "vllm", "llama-cpp-python", "xllamacpp"}
@@ -440,7 +440,7 @@ def test_ffmpeg_and_prompts_where_the_code_needs_them(name):
     if "services.common.ffmpeg" in modules:
         assert any(i == "RUN" and re.search(r"apt-get install.*\bffmpeg\b", a) for i, a in runtime), \
             f"{name} runs ffmpeg but its image lacks it"
-    if "services.common.vocabulary" in modules:
+    if "services.common.vocabulary" in modules or "services.common.scene_rules" in modules:
         assert name in NEEDS_PROMPTS and "prompts" in runtime_copies(name)
 
 

@@ -462,6 +462,12 @@ def test_prompts_and_label_sets_come_from_the_repository_as_config_maps():
         sources = {v["name"]: v for v in spec["volumes"]}["prompts"]["projected"]["sources"]
         assert sources[0]["configMap"] == {"name": f"{RELEASE}-prompts"}
         assert {i["path"] for i in sources[1]["configMap"]["items"]} == {f"labels/{name}" for name in labels}
+    # The gateway holds a revision's scene texts (ReviseJob) to prompts/scene_rules.yaml, the scripting stage's.
+    spec = one(docs, "Deployment", f"{RELEASE}-gateway")["spec"]["template"]["spec"]
+    mount = {m["name"]: m for m in spec["containers"][0]["volumeMounts"]}["prompts"]
+    assert env_value(spec["containers"][0], "MVGEN_PROMPTS_DIR") == mount["mountPath"]
+    sources = {v["name"]: v for v in spec["volumes"]}["prompts"]["projected"]["sources"]
+    assert sources == [{"configMap": {"name": f"{RELEASE}-prompts"}}]
 
 
 def test_an_edited_prompt_reaches_the_config_map_and_restarts_its_readers():
@@ -475,6 +481,8 @@ def test_an_edited_prompt_reaches_the_config_map_and_restarts_its_readers():
 
     for stage in ("analysis", "scripting"):
         assert checksum(before, stage) != checksum(after, stage)
+    rules = tuple(documents(render({"prompts": {"files": {"scene_rules.yaml": "rules: []\n"}}})))
+    assert checksum(before, "gateway") != checksum(rules, "gateway")
 
 
 def test_scripting_points_at_the_vllm_servers():

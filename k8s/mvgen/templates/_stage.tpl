@@ -1,6 +1,6 @@
 {{/*
-The CPU stage services (segmentation, analysis, scripting, assembly) share one shape; each kind has
-its own template file per stage (deployment-analysis.yaml, ...) that includes these with
+The CPU stage services (segmentation, analysis, scripting, assembly, review) share one shape; each kind
+has its own template file per stage (deployment-analysis.yaml, ...) that includes these with
 (dict "root" $ "name" "analysis").
 */}}
 
@@ -23,7 +23,7 @@ prompts/) with prompts.files merged over it; labels/ likewise with prompts.label
 {{- end -}}
 
 {{- define "mvgen.stage.readsPrompts" -}}
-{{- if has . (list "analysis" "scripting") }}true{{ end -}}
+{{- if has . (list "analysis" "scripting" "review") }}true{{ end -}}
 {{- end -}}
 
 {{- define "mvgen.stage.deployment" -}}

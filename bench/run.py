@@ -33,6 +33,7 @@ from bench.clap_bench import clap_rows
 from bench.listen_bench import musicnn_rows
 from bench.llm_bench import llm_rows
 from bench.lyrics_bench import lyrics_rows
+from bench.review_bench import review_rows
 from bench.timing import best_of
 from tools.synth_song import render_song
 
@@ -96,6 +97,7 @@ def main() -> None:
                      "song duration", truth.duration))
         rows.append((f"generate end to end, {truth.duration:.0f} s song (animatic), s", e2e,
                      "blank-video encode", floor))
+        rows += review_rows(work / "run", e2e, truth.duration)
 
         if not args.skip_system:
             from bench.system_bench import system_rows

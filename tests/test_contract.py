@@ -420,7 +420,8 @@ def enum_suffixes(enum_type: Any, prefix: str) -> set[str]:
 def test_job_enums():
     job = pb("job_pb2")
     assert enum_suffixes(job.JobState, "JOB_STATE_") == {"QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"}
-    assert enum_suffixes(job.Stage, "STAGE_") == {"SEGMENTATION", "ANALYSIS", "SCRIPTING", "VIDEO", "ASSEMBLY"}
+    assert enum_suffixes(job.Stage, "STAGE_") == {"SEGMENTATION", "ANALYSIS", "SCRIPTING", "VIDEO", "ASSEMBLY",
+                                                  "REVIEW"}
     assert enum_suffixes(job.Pipeline, "PIPELINE_") == {"CLAP", "LALM"}
     assert {"PENDING", "RUNNING", "SUCCEEDED", "FAILED"} <= enum_suffixes(job.StageState, "STAGE_STATE_")
     assert {"PENDING", "RUNNING", "SUCCEEDED", "FAILED"} <= enum_suffixes(job.ClipState, "CLIP_STATE_")

@@ -75,15 +75,16 @@ def test_changed_settings_rerun_the_stages_they_touch(tmp_path):
     asyncio.run(Orchestrator(store, stages, on_event=events.append).run(
         JobSpec(job.job_id, job.layout, job.song_key, job.song, other_seed)))
     ran = [e.stage for e in events if e.kind == "stage" and e.state == "succeeded"]
-    assert ran == ["segmentation", "analysis", "scripting", "video", "assembly"]
+    assert ran == ["segmentation", "analysis", "scripting", "video", "assembly", "review"]
 
 
 # The template writer and the animatic ignore these settings, so the script and the clips come out
 # the same: a clip depends on its scene, not on how the script was made, and is reused.
 @pytest.mark.parametrize(("variable", "rerun"), [
-    ("MVGEN_VIDEO_GUIDANCE", ["video", "assembly"]),
-    ("MVGEN_CLAP_WEIGHTS", ["analysis", "scripting"]),
-    ("MVGEN_LLM_MODEL", ["scripting"]),
+    ("MVGEN_VIDEO_GUIDANCE", ["video", "assembly", "review"]),
+    # The review judges the script against the labels: new labels or a new script are judged again.
+    ("MVGEN_CLAP_WEIGHTS", ["analysis", "scripting", "review"]),
+    ("MVGEN_LLM_MODEL", ["scripting", "review"]),
 ])
 @pytest.mark.slow
 def test_a_changed_backend_setting_reruns_its_stage_and_what_follows_from_it(tmp_path, monkeypatch, variable, rerun):
@@ -94,7 +95,7 @@ def test_a_changed_backend_setting_reruns_its_stage_and_what_follows_from_it(tmp
     asyncio.run(Orchestrator(store, stages, on_event=events.append).run(job))
     stage_events = {e.stage: e.state for e in events if e.kind == "stage" and e.state in ("succeeded", "cached")}
     assert stage_events == {s: "succeeded" if s in rerun else "cached"
-                            for s in ("segmentation", "analysis", "scripting", "video", "assembly")}
+                            for s in ("segmentation", "analysis", "scripting", "video", "assembly", "review")}
 
 
 def test_an_unknown_backend_is_refused_before_any_work(tmp_path):
@@ -115,7 +116,7 @@ def test_a_second_job_with_the_same_song_and_settings_reuses_every_output(tmp_pa
 
     assert not [e for e in events if e.state == "succeeded"]  # nothing generated again
     assert {e.stage for e in events if e.kind == "stage" and e.state == "cached"} == \
-        {"segmentation", "analysis", "scripting", "video", "assembly"}
+        {"segmentation", "analysis", "scripting", "video", "assembly", "review"}
     assert all(c["reused_from"] == "jobs/a/" for c in manifest.data["clips"].values())
     assert store.get_bytes("jobs/b/final.mp4") == store.get_bytes("jobs/a/final.mp4")
     assert store.list("jobs/b/clips/") == [k.replace("jobs/a/", "jobs/b/") for k in store.list("jobs/a/clips/")]

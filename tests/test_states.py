@@ -12,7 +12,7 @@ from gateway.pipeline.states import STAGES, ClipState, EventState, JobState, Sta
 
 def test_values_are_the_strings_manifests_hold():
     # Manifests on disk and in S3 were written with these strings: they must read the same.
-    assert [str(s) for s in STAGES] == ["segmentation", "analysis", "scripting", "video", "assembly"]
+    assert [str(s) for s in STAGES] == ["segmentation", "analysis", "scripting", "video", "assembly", "review"]
     assert {s.value for s in JobState} == {"queued", "running", "succeeded", "failed", "cancelled", "interrupted"}
     assert {s.value for s in StageState} == {"pending", "running", "succeeded", "failed", "skipped", "cancelled"}
     assert {s.value for s in ClipState} == {"pending", "running", "succeeded", "failed", "cancelled"}

@@ -81,7 +81,7 @@ class Evaluation:
             "version": 1,
             "generator": self.generator,
             "preview": self.preview,
-            "preview_note": (f"the clips are a {self.generator} (a storyboard preview made on a CPU): figures about "
+            "preview_note": (f"the clips come from {self.generator}, a storyboard preview made on a CPU: figures about "
                              "the picture (look, motion, black, flat or frozen clips) mean nothing for a preview"
                              if self.preview else ""),
             "figures": [asdict(f) for f in self.figures],

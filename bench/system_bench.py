@@ -1,7 +1,7 @@
-"""The system rows of `make bench`: the deployed architecture (gateway + five stage services + S3) on
+"""The system rows of `make bench`: the deployed architecture (gateway + six stage services + S3) on
 loopback, against the in-process `mvgen generate` that bench/run.py has just measured.
 
-One dev stack (tools/dev_stack.py: moto's S3 server, the five stage services, the gateway) runs two
+One dev stack (tools/dev_stack.py: moto's S3 server, the six stage services, the gateway) runs two
 jobs of the same song through `mvgen submit` (upload, job, download all timed):
 
 1. with two video replicas, each MVGEN_MAX_CONCURRENT=1: the stack's own and a second one started
@@ -56,7 +56,7 @@ def system_rows(song: Path, song_seconds: float, generate_seconds: float, genera
         "video": {"MVGEN_MAX_CONCURRENT": "1"},
         "gateway": {"MVGEN_VIDEO_ADDR": f"{video_addr},{extra_addr}"},
     })
-    log("system bench: starting the dev stack (moto, five stage services, gateway)")
+    log("system bench: starting the dev stack (moto, six stage services, gateway)")
     started = time.perf_counter()
     state = stack.start()
     start_seconds = time.perf_counter() - started
@@ -90,11 +90,11 @@ def system_rows(song: Path, song_seconds: float, generate_seconds: float, genera
     ]
     inprocess = read_manifest(generate_run_dir / "manifest.json") if generate_run_dir else None
     if inprocess:
-        rows.append(("five stages' seconds summed (manifest), services, 2 video replicas, s",
+        rows.append(("six stages' seconds summed (manifest), services, 2 video replicas, s",
                      stages_seconds(two["manifest"]), "in-process", stages_seconds(inprocess)))
         rows.append((f"video stage, {clips} clips: 2 replicas (gRPC + S3), s", two["video_seconds"],
                      "in-process, 2 clip workers", stage_seconds(inprocess, "video")))
-    rows.append(("dev stack start (moto + 5 services + gateway, until all SERVING), s", start_seconds, "-", 0.0))
+    rows.append(("dev stack start (moto + 6 services + gateway, until all SERVING), s", start_seconds, "-", 0.0))
     return rows
 
 

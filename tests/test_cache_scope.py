@@ -6,7 +6,7 @@ own object, and nothing of B's names anything of A's. A client's own rerun still
 With the shared cache B's job copies A's outputs (every stage cached) and still holds nothing of A's:
 copies under its own job, its own song, no id of A's job or client in anything B can read.
 
-The saving is measured on the real loopback stack (tools/dev_stack.py: moto, the five stage services
+The saving is measured on the real loopback stack (tools/dev_stack.py: moto, the six stage services
 and the gateway, with a second gateway sharing the cache beside it): B's job with and without the
 shared cache, printed and written to build/reliability/cache-scope.json.
 """
@@ -125,7 +125,7 @@ def test_by_default_a_client_reuses_only_its_own_outputs_and_learns_nothing_of_a
         # A's own rerun (a new job) reuses every output of A's first job.
         rerun, _ = a.run(a.upload(song).song_id)
         stages, clips = cached(rerun.job)
-        assert len(stages) == 5 and clips == {c.index for c in rerun.job.clips}
+        assert len(stages) == 6 and clips == {c.index for c in rerun.job.clips}
     finally:
         gateway.stop()
 
@@ -137,7 +137,7 @@ def test_a_shared_cache_reuses_another_clients_outputs_and_still_holds_nothing_o
         a_answer, _ = a.run(a.upload(song).song_id)
         b_answer, _ = b.run(b.upload(song).song_id)
         stages, clips = cached(b_answer.job)
-        assert len(stages) == 5 and clips == {c.index for c in b_answer.job.clips}  # every output copied
+        assert len(stages) == 6 and clips == {c.index for c in b_answer.job.clips}  # every output copied
         assert_holds_nothing_of(b_answer, a_answer.job, TOKENS["A"])
         video = store.get_bytes(b_answer.job.artifact_keys["video"])
         assert video == store.get_bytes(a_answer.job.artifact_keys["video"])
@@ -185,7 +185,7 @@ def test_the_shared_cache_saves_the_second_clients_work_on_the_loopback_stack(st
     assert figures["per client"]["second_client_clips_generated"] >= figures["per client"]["clips"]
     assert figures["per client"]["second_client_stages_cached"] == 0
     assert figures["shared"]["second_client_clips_generated"] == 0
-    assert figures["shared"]["second_client_stages_cached"] == 5
+    assert figures["shared"]["second_client_stages_cached"] == 6
     assert figures["shared"]["second_client_seconds"] < figures["per client"]["second_client_seconds"]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "cache-scope.json").write_text(json.dumps(figures, indent=2) + "\n")

@@ -90,7 +90,7 @@ def test_a_rerun_regenerates_nothing_and_an_edited_scene_regenerates_one_clip(ge
 
     again = mvgen("generate", str(work / "song.ogg"), "--run-dir", str(run), cwd=tmp_path)
     assert again.returncode == 0, again.stderr
-    assert again.stderr.count("unchanged") == 5
+    assert again.stderr.count("unchanged") == 6  # every stage, the review included
     assert {p.name: p.stat().st_mtime_ns for p in (run / "clips").glob("*.mp4")} == clips_before
 
     script = json.loads((run / "script.json").read_text())

@@ -1,6 +1,6 @@
 """Faults injected into the real system on loopback, each a test that fails if anything is lost.
 
-One stack for the module (tools/dev_stack.py: moto, the five stage services with two video
+One stack for the module (tools/dev_stack.py: moto, the six stage services with two video
 replicas, the gateway), with the object store reached through a TCP proxy the tests can pause, so
 "the store is unreachable" is a real refused connection. Stages that answer wrongly or not at all
 are a fault injector (`FakeStages`): a gRPC server speaking the stage protocol, put in place of one

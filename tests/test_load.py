@@ -1,5 +1,5 @@
 """Load: many jobs at once through the gateway of the real system on loopback (tools/dev_stack.py:
-moto, the five stage services with two video replicas, the gateway; CPU backends), each from its
+moto, the six stage services with two video replicas, the gateway; CPU backends), each from its
 own client thread: upload, CreateJob, WatchJob to the end.
 
 All jobs must complete, each with a video of the right length. Measured and reported (printed, and

@@ -79,7 +79,7 @@ def _generate(args: argparse.Namespace, scratch: Path) -> int:
         transcriber=_transcriber(args, settings), lyrics=read_lyrics_file(args.lyrics) if args.lyrics else "",
         fallback_writer=args.fallback_writer, generator=args.generator,
         script_inputs=ScriptInputs(story=args.story, characters=args.characters, style=args.style),
-        seed=args.seed, top_k=args.top_k, fps=args.fps, width=width, height=height)
+        seed=args.seed, top_k=args.top_k, fps=args.fps, width=width, height=height, transitions=args.transitions)
     _check_options(options, args)
 
     readable, info = audio.ingest(song_path, scratch, max_seconds=args.max_duration)  # before anything is written

@@ -15,7 +15,7 @@ import sys
 
 from services.common import envs
 from services.common.errors import InvalidInputError, JobCancelledError, MvgenError
-from services.common.stage_api import SegmenterParams
+from services.common.stage_api import TRANSITION_MODES, SegmenterParams
 from gateway.cli.evaluate import add_evaluate_command, evaluate
 from gateway.cli.generate import generate
 from gateway.cli.output import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, fail
@@ -130,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     video = gen.add_argument_group("video")
     video.add_argument("--fps", type=int, default=24, help="frames per second of the final video")
     video.add_argument("--size", default="640x360", metavar="WxH", help="frame size of the final video")
+    video.add_argument("--transitions", choices=TRANSITION_MODES, default="auto",
+                       help="auto: a transition at each cut chosen by what the music does there (edit.json in the run "
+                            "folder: change a cut's transition there and rerun, only assembly runs again); none: "
+                            "hard cuts")
     video.add_argument("--max-duration", type=float, default=15 * 60, metavar="S",
                        help="longest song accepted, seconds")
     video.add_argument("-q", "--quiet", action="store_true", help="print only the summary line")

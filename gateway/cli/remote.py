@@ -33,6 +33,7 @@ from services.common.errors import InvalidInputError
 from services.common.pb import artifacts_pb2, job_pb2, stage_pb2
 from services.common.pb import music_video_service_pb2 as api_pb2
 from services.common.pb import music_video_service_pb2_grpc as api_grpc
+from services.common.stage_api import TRANSITION_MODES
 from services.common.timing import clock
 from services.common.transport.convert import info_from_struct
 from gateway.cli.output import fail
@@ -108,6 +109,8 @@ def add_client_commands(commands: argparse._SubParsersAction, formatter: type[ar
     video = submit.add_argument_group("video")
     video.add_argument("--fps", type=int, help="frames per second of the final video")
     video.add_argument("--size", metavar="WxH", help="frame size of the final video, e.g. 640x360")
+    video.add_argument("--transitions", choices=TRANSITION_MODES,
+                       help="auto: a transition at each cut chosen by what the music does there; none: hard cuts")
 
     revise = commands.add_parser(
         "revise", parents=[connection], formatter_class=formatter, help="revise a finished job on a gateway",
@@ -298,7 +301,7 @@ def requested_options(args: argparse.Namespace) -> job_pb2.JobOptions:
         segmenter=segmenter, analyzer=args.analysis or "", writer=args.writer or "", generator=args.generator or "",
         fallback_writer=args.fallback_writer or "", storyteller=args.storyteller or "",
         transcriber=args.transcriber or "", lyrics=read_lyrics_file(args.lyrics) if args.lyrics else "",
-        top_k=args.top_k or 0, fps=args.fps or 0,
+        top_k=args.top_k or 0, fps=args.fps or 0, transitions=args.transitions or "",
         script_inputs=stage_pb2.ScriptInputs(story=args.story or "", characters=args.characters or "",
                                              style=args.style or ""))
     if args.pipeline:

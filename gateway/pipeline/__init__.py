@@ -1,4 +1,4 @@
-"""One job through the five stages, whoever started it (the `mvgen` CLI or the gateway server).
+"""One job through the six stages, whoever started it (the `mvgen` CLI or the gateway server).
 
 The Orchestrator (orchestrator.py) drives a job (options.py: what it asks for) and keeps its
 memory in the manifest (manifest.py) beside its artifacts (layout.py: where each lives),

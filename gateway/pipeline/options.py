@@ -9,7 +9,7 @@ from typing import Any
 
 from services.common import encoding
 from services.common.errors import InvalidInputError
-from services.common.stage_api import LISTENING_STORYTELLERS, ScriptInputs, SegmenterParams
+from services.common.stage_api import LISTENING_STORYTELLERS, TRANSITION_MODES, ScriptInputs, SegmenterParams
 
 MAX_SCRIPT_INPUT_CHARS = 4000  # per user text; the writer trims further, this refuses the absurd
 MAX_LYRICS_CHARS = 32_000  # a 7-minute rap holds about 6,000; this refuses a book
@@ -36,11 +36,16 @@ class JobOptions:
     fps: int = 24
     width: int = 640
     height: int = 360
+    # The edit: "auto" chooses a transition at each cut from what the music does there (edit.json, which a
+    # person may change); "none" joins the clips by hard cuts.
+    transitions: str = "auto"
 
     def check(self) -> None:
         """Raise InvalidInputError for an option no stage could honour, before any work starts."""
         self.segmenter.check()
         problems = encoding.format_problems(self.fps, self.width, self.height)
+        if self.transitions not in TRANSITION_MODES:
+            problems.append(f"transitions must be one of {', '.join(TRANSITION_MODES)} (got {self.transitions!r})")
         if not 1 <= self.top_k <= 20:
             problems.append(f"top_k must be between 1 and 20 (got {self.top_k})")
         if self.seed < 0:

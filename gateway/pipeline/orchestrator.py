@@ -1,4 +1,4 @@
-"""The orchestrator: drives one job through the five stages, whatever carries the calls.
+"""The orchestrator: drives one job through the six stages, whatever carries the calls.
 
 Each stage's output is recorded in the manifest with the fingerprint of what produced it; a stage
 (or a clip) whose fingerprint and outputs are already there is not run again. That makes a rerun
@@ -158,12 +158,21 @@ class Orchestrator:
 
         clips = await self._clips(job, manifest, segmentation, script)
 
-        final_fp = fingerprint("assembly", song_fp, [fp for _, fp in clips], opts.fps)
+        # Hard cuts depend on the clips alone; an edit also on the cuts and what the music does at them.
+        edit_inputs = () if opts.transitions == "none" else (opts.transitions, seg_fp, labels_fp)
+        final_fp = fingerprint("assembly", song_fp, [fp for _, fp in clips], opts.fps, *edit_inputs)
+        edit_keys = {} if opts.transitions == "none" else dict(
+            segments_key=layout.segments, labels_key=layout.labels if labels_fp else "", edit_key=layout.edit,
+            edit_text_key=layout.edit_text)
         await self._stage(manifest, Stage.ASSEMBLY, final_fp, "ffmpeg", lambda: self.stages.assemble(
             AssembleRequest(song_key=job.song_key, clip_keys=[req.clip_key for req, _ in clips],
                             frame_counts=[req.frame_count for req, _ in clips], fps=opts.fps, width=opts.width,
-                            height=opts.height, video_key=layout.final)))
-        await self._review(job, manifest, clips, fingerprint(final_fp, seg_fp, labels_fp, script_fp))
+                            height=opts.height, video_key=layout.final, transitions=opts.transitions,
+                            **edit_keys)),
+            edited=self._edit_edited(layout) if edit_keys else None)
+        # The edit a person changed reassembles under the same fingerprint: the review sees it by its digest.
+        edit_used = (manifest.stage(Stage.ASSEMBLY).get("info") or {}).get("edit_sha256", "")
+        await self._review(job, manifest, clips, fingerprint(final_fp, edit_used, seg_fp, labels_fp, script_fp))
 
     async def _review(self, job: JobSpec, manifest: Manifest, clips: list[tuple[GenerateClipRequest, str]],
                       inputs_fp: str) -> None:
@@ -261,6 +270,20 @@ class Orchestrator:
             except KeyError:
                 return True
             return hashlib.sha256(plan).hexdigest() != written
+        return edited
+
+    def _edit_edited(self, layout: JobLayout) -> Callable[[dict[str, Any]], Awaitable[bool]]:
+        """Whether edit.json differs from the edit the video was last assembled with (a person changed a cut's
+        transition, or deleted the file to have the edit decided again): assembly then runs again, alone."""
+        async def edited(record: dict[str, Any]) -> bool:
+            used = (record.get("info") or {}).get("edit_sha256")
+            if not used:
+                return False
+            try:
+                edit = await asyncio.to_thread(self.store.get_bytes, layout.edit)
+            except KeyError:
+                return True
+            return hashlib.sha256(edit).hexdigest() != used
         return edited
 
     async def _plan_digest(self, layout: JobLayout) -> str:

@@ -67,6 +67,7 @@ def resolve_options(requested: job_pb2.JobOptions, choices: BackendChoices) -> j
         fps=requested.fps or defaults.fps,
         width=requested.width or defaults.width,
         height=requested.height or defaults.height,
+        transitions=requested.transitions or defaults.transitions,
     )
     job_options(resolved).check()
     return resolved
@@ -98,4 +99,5 @@ def job_options(options: job_pb2.JobOptions) -> JobOptions:
         fallback_writer=options.fallback_writer, generator=options.generator,
         script_inputs=from_message(options.script_inputs, ScriptInputs), seed=options.seed,
         top_k=options.top_k, fps=options.fps, width=options.width, height=options.height,
-        transcriber=options.transcriber, lyrics=options.lyrics)
+        transcriber=options.transcriber, lyrics=options.lyrics,
+        transitions=options.transitions or JobOptions.transitions)

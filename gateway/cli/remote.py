@@ -231,6 +231,8 @@ def follow_to_the_video(gateway: Gateway, args: argparse.Namespace, job: job_pb2
     output = Path(args.output or f"{stem}-{job.job_id[:8]}.mp4")
     download(result.video_url, output)
     print(f"mvgen: {output}  {summary}")
+    if result.storyboard_url:
+        print(f"mvgen: storyboard (one page: cuts, scenes, frames, figures): {result.storyboard_url}")
     return 0
 
 
@@ -495,6 +497,8 @@ def show_status(gateway: Gateway, args: argparse.Namespace) -> int:
         print(f"  video: {result.video_url}")
     elif "video" in job.artifact_keys:
         print(f"  video: {job.artifact_keys['video']} (in the gateway's store)")
+    if result.storyboard_url:
+        print(f"  storyboard: {result.storyboard_url}")
     return 0
 
 

@@ -398,7 +398,9 @@ def _video_figures(inputs: ReviewInputs, by_index: dict[int, SegmentReview]) -> 
     expected = sum(inputs.frame_counts)
     match = inputs.audio
     frame_ms = 1000 / inputs.fps
-    in_sync = abs(match.offset_ms) < frame_ms / 2 and abs(match.duration_difference_ms) < frame_ms
+    # Shorter by less than a frame, or longer by less than a frame and the AAC stream's last frame of padding.
+    in_sync = abs(match.offset_ms) < frame_ms / 2 and -frame_ms < match.duration_difference_ms < \
+        frame_ms + match.padding_ms
     return [
         Figure("video.frames_exact", "video", "final frames exact", inputs.video_frames == expected,
                f"{inputs.video_frames} of {expected}", "the final video has exactly the frames its segments add up to"),
@@ -409,7 +411,8 @@ def _video_figures(inputs: ReviewInputs, by_index: dict[int, SegmentReview]) -> 
                                            "waveform; the AAC encode keeps it near 1)"),
         Figure("video.audio_is_song", "video", "audio is the song", in_sync,
                "yes" if in_sync else "no", f"the soundtrack lines up with the song within half a frame and lasts as "
-                                           f"long within a frame ({match.duration_difference_ms:+.1f} ms)"),
+                                           f"long, within a frame and the AAC stream's end padding "
+                                           f"({match.duration_difference_ms:+.1f} ms)"),
     ]
 
 

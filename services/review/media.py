@@ -38,6 +38,7 @@ FLAT_SPREAD = 2 / 255
 AUDIO_RATE = 8000  # Hz: alignment to an eighth of a millisecond is plenty against a frame of 40 ms
 MAX_AUDIO_LAG_SECONDS = 0.5
 PROBE_WORKERS = 4
+AAC_FRAME_SAMPLES = 1024
 
 
 @dataclass
@@ -73,6 +74,8 @@ class AudioMatch:
     offset_ms: float  # the video's audio lags the song by this much (negative: it leads)
     correlation: float  # of the two waveforms at that offset, -1..1 (the AAC encode keeps it near 1)
     duration_difference_ms: float  # the video's audio minus the song
+    # An AAC stream ends on a whole frame of 1024 samples, so its decode may run this much past the song.
+    padding_ms: float = 0.0
 
 
 def decode_clips(video: Path, frame_counts: Sequence[int], aspect: float) -> list[ClipPicture]:
@@ -186,7 +189,18 @@ def audio_match(reference: np.ndarray, video: Path) -> AudioMatch:
     norm = float(np.linalg.norm(shifted_a) * np.linalg.norm(shifted_b))
     correlation = float(np.dot(shifted_a, shifted_b) / norm) if norm > 0 else 0.0
     return AudioMatch(offset_ms=lag / AUDIO_RATE * 1000, correlation=correlation,
-                      duration_difference_ms=(heard.size - reference.size) / AUDIO_RATE * 1000)
+                      duration_difference_ms=(heard.size - reference.size) / AUDIO_RATE * 1000,
+                      padding_ms=AAC_FRAME_SAMPLES / _audio_rate(video) * 1000)
+
+
+def _audio_rate(video: Path) -> int:
+    """The sample rate of the video's first audio stream (the assembler keeps the song's, up to 48 kHz)."""
+    try:
+        raw = ffmpeg.run("ffprobe", ["-select_streams", "a:0", "-show_entries", "stream=sample_rate",
+                                     "-of", "json", str(video)], timeout=60)
+        return int((json.loads(raw).get("streams") or [{}])[0].get("sample_rate") or 48000)
+    except (StageFailedError, ValueError):
+        return 48000
 
 
 def video_size(video: Path) -> tuple[int, int]:

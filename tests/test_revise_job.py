@@ -110,6 +110,41 @@ def revisable(tmp_path_factory) -> Iterator[Revisable]:
 
 
 @pytest.mark.slow
+def test_a_revision_of_transitions_alone_assembles_again_and_makes_no_clip(revisable):
+    stub, store, parent = revisable.gateway.stub, revisable.store, revisable.parent
+    edit = json.loads(store.get_text(f"jobs/{parent.job_id}/edit.json"))
+    inner = [c for c in edit["cuts"] if 0 <= c["index"] < len(parent.clips) - 1]
+    changed = next(c for c in inner if c["transition"] == "cut")
+    cuts = [job_pb2.CutRevision(index=changed["index"], transition="dissolve", frames=4)]
+    created = revise(stub, parent.job_id, cuts=cuts)
+    assert [c.index for c in created.revision.changes.cuts] == [changed["index"]]
+    job = finished(stub, created.job_id)
+    assert all(c.cached for c in job.clips)  # no clip generated
+
+    manifest = manifest_of(store, created.job_id)
+    assert manifest["stages"]["video"]["info"]["generated"] == 0
+    assert all("reused_from" in c for c in manifest["clips"].values())
+    for stage in ("segmentation", "analysis", "scripting"):
+        assert manifest["stages"][stage]["reused_from"] == f"jobs/{parent.job_id}/", stage
+    assert "reused_from" not in manifest["stages"]["assembly"]  # assembled again, with the new transition
+    assert manifest["stages"]["assembly"]["info"]["transitions"]["dissolve"] == \
+        manifest_of(store, parent.job_id)["stages"]["assembly"]["info"]["transitions"].get("dissolve", 0) + 1
+    revised = json.loads(store.get_text(f"jobs/{created.job_id}/edit.json"))
+    after = next(c for c in revised["cuts"] if c["index"] == changed["index"])
+    assert (after["transition"], after["frames"]) == ("dissolve", 4)
+    assert [c for c in revised["cuts"] if c["index"] != changed["index"]] == \
+        [c for c in edit["cuts"] if c["index"] != changed["index"]]
+    assert store.get_bytes(f"jobs/{created.job_id}/final.mp4") != store.get_bytes(f"jobs/{parent.job_id}/final.mp4")
+
+    # A cut the edit lacks, an unknown transition, or the same transitions again are refused with the cut named.
+    for bad, says in (([job_pb2.CutRevision(index=999, transition="dissolve")], "cut 999"),
+                      ([job_pb2.CutRevision(index=changed["index"], transition="spin")], "unknown transition"),
+                      ([job_pb2.CutRevision(index=changed["index"], transition="cut")], "changes nothing")):
+        error = refused(lambda b=bad: revise(stub, parent.job_id, cuts=b))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and says in error.details(), error.details()
+
+
+@pytest.mark.slow
 def test_a_revision_generates_exactly_the_changed_clips_and_reuses_everything_else(revisable):
     stub, store, parent = revisable.gateway.stub, revisable.store, revisable.parent
     request_id = str(uuid.uuid4())
@@ -142,7 +177,7 @@ def test_a_revision_generates_exactly_the_changed_clips_and_reuses_everything_el
         assert manifest["stages"][stage]["reused_from"] == parent_prefix, stage
     assert "reused_from" not in manifest["stages"]["assembly"]  # made again from the new clips
     assert manifest["revision"] == {"revises_job_id": parent.job_id, "scenes": sorted(NEW_TEXTS), "style": False,
-                                    "characters": False, "edited_scenes": sorted(NEW_TEXTS)}
+                                    "characters": False, "cuts": [], "edited_scenes": sorted(NEW_TEXTS)}
 
     script = script_of(store, created.job_id)
     assert script == Script(**{**revisable.script.__dict__, "scenes": [
@@ -250,7 +285,8 @@ def test_a_new_style_and_cast_regenerate_every_clip_and_a_revision_of_a_revision
     assert [s.text for s in script.scenes][1:3] == [NEW_TEXTS[1], NEW_TEXTS[2]]
     assert script.style.look == STYLE.look and script.style.palette == list(STYLE.palette) and script.characters == []
     assert manifest_of(store, second.job_id)["revision"] == {
-        "revises_job_id": first.job_id, "scenes": [2], "style": True, "characters": True, "edited_scenes": [1, 2]}
+        "revises_job_id": first.job_id, "scenes": [2], "style": True, "characters": True, "cuts": [],
+        "edited_scenes": [1, 2]}
 
 
 @pytest.mark.slow

@@ -122,6 +122,10 @@ def add_client_commands(commands: argparse._SubParsersAction, formatter: type[ar
     revise.add_argument("job_id", metavar="JOB_ID", help="the finished job to revise")
     revise.add_argument("--scene", nargs=2, action="append", metavar=("N", "TEXT"),
                         help="new text for scene N: one sentence (repeat for more scenes)")
+    revise.add_argument("--cut", nargs=2, action="append", metavar=("N", "TRANSITION[:FRAMES]"),
+                        help="a new transition at cut N of the edit (edit.json: -1 the start, i the cut after segment "
+                             "i): cut, dissolve, flash, whip, fade_in, fade_out, with its length in frames after a "
+                             "colon (repeat for more cuts); only cuts changed: no clip is made again")
     revise.add_argument("--style-file", metavar="JSON",
                         help="a new style bible: a JSON object as script.json's \"style\" (palette, look, lighting, "
                              "camera, atmosphere), or a script.json, whose style is taken")
@@ -241,7 +245,8 @@ def follow_to_the_video(gateway: Gateway, args: argparse.Namespace, job: job_pb2
 def revise_job(gateway: Gateway, args: argparse.Namespace) -> int:
     request = api_pb2.ReviseJobRequest(request_id=str(uuid.uuid4()), job_id=args.job_id,
                                        scenes=[job_pb2.SceneRevision(index=_scene_index(n), text=text)
-                                               for n, text in args.scene or ()])
+                                               for n, text in args.scene or ()],
+                                       cuts=[_cut_revision(n, text) for n, text in args.cut or ()])
     if args.style_file:
         request.style.CopyFrom(_read_json_message(args.style_file, "style", artifacts_pb2.StyleBible()))
     if args.characters_file:
@@ -249,14 +254,25 @@ def revise_job(gateway: Gateway, args: argparse.Namespace) -> int:
         if not isinstance(listed, list):
             raise UsageError(f"{args.characters_file}: a JSON list of characters (name, description) was expected")
         request.characters.CopyFrom(_parsed(args.characters_file, {"characters": listed}, job_pb2.CharacterList()))
-    if not (request.scenes or args.style_file or args.characters_file):
-        raise UsageError("nothing to revise: give --scene N TEXT (repeatable), --style-file or --characters-file")
+    if not (request.scenes or request.cuts or args.style_file or args.characters_file):
+        raise UsageError("nothing to revise: give --scene N TEXT or --cut N TRANSITION (repeatable), --style-file "
+                         "or --characters-file")
     started = time.monotonic()
     job = _retry_unavailable(lambda: gateway.stub.ReviseJob(request, metadata=gateway.metadata)).job
     changed = [f"scene {', '.join(str(s.index) for s in job.revision.changes.scenes)}"] if request.scenes else []
     changed += [name for name in ("style", "characters") if job.revision.changes.HasField(name)]
+    changed += [f"cut {', '.join(str(c.index) for c in job.revision.changes.cuts)}"] if request.cuts else []
     return follow_to_the_video(gateway, args, job, started, Path(job.song.file_name).stem or "video",
                                f"job {job.job_id} revises job {args.job_id} ({', '.join(changed)})")
+
+
+def _cut_revision(number: str, transition: str) -> job_pb2.CutRevision:
+    name, _, frames = transition.partition(":")
+    try:
+        return job_pb2.CutRevision(index=int(number), transition=name, frames=int(frames) if frames else 0)
+    except ValueError:
+        raise UsageError(f"--cut takes a cut number and a transition (dissolve, or dissolve:12 for its frames), "
+                         f"not {number!r} {transition!r}") from None
 
 
 def _scene_index(text: str) -> int:
@@ -486,8 +502,8 @@ def show_status(gateway: Gateway, args: argparse.Namespace) -> int:
               f"{'  (cached)' if stage.cached else ''}{'  ' + stage.error_message if stage.error_message else ''}")
     if job.HasField("revision"):
         changes = job.revision.changes
-        changed = [f"scene {s.index}" for s in changes.scenes] + [n for n in ("style", "characters")
-                                                                   if changes.HasField(n)]
+        changed = [f"scene {s.index}" for s in changes.scenes] + [f"cut {c.index}" for c in changes.cuts]
+        changed += [n for n in ("style", "characters") if changes.HasField(n)]
         print(f"  revises       {job.revision.revises_job_id}: {', '.join(changed)}")
     if job.clips:
         print(f"  clips         {_clips_done(job)}")

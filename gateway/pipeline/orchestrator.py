@@ -158,8 +158,11 @@ class Orchestrator:
 
         clips = await self._clips(job, manifest, segmentation, script)
 
-        # Hard cuts depend on the clips alone; an edit also on the cuts and what the music does at them.
-        edit_inputs = () if opts.transitions == "none" else (opts.transitions, seg_fp, labels_fp)
+        # Hard cuts depend on the clips alone; an edit also on the cuts and what the music does at them, and a
+        # revision's new transitions.
+        edit_inputs: tuple[object, ...] = () if opts.transitions == "none" else (opts.transitions, seg_fp, labels_fp)
+        if job.revision is not None and job.revision.script_edits.cuts and opts.transitions != "none":
+            edit_inputs += (await self._revise_edit(job),)
         final_fp = fingerprint("assembly", song_fp, [fp for _, fp in clips], opts.fps, *edit_inputs)
         edit_keys = {} if opts.transitions == "none" else dict(
             segments_key=layout.segments, labels_key=layout.labels if labels_fp else "", edit_key=layout.edit,
@@ -310,6 +313,21 @@ class Orchestrator:
         manifest.data["revision"] = revision.to_dict()
         await manifest.save_async()
         return revised
+
+    async def _revise_edit(self, job: JobSpec) -> list[tuple[int, str, int]]:
+        """Write this job's edit.json: the job revised's with the revision's transitions, before assembly reads it
+        (as a person's edit: used as written). Idempotent; returns the cuts, for the fingerprint."""
+        revision, layout = job.revision, job.layout
+        assert revision is not None
+        cuts = revision.script_edits.cuts
+        try:
+            base = json.loads(await asyncio.to_thread(self.store.get_text, revision.revised_edit_key or layout.edit))
+        except (KeyError, ValueError) as exc:
+            raise MvgenError(f"the revision changes transitions, but the edit of job {revision.revises_job_id} "
+                             f"cannot be read ({exc})") from None
+        revised = revision.script_edits.apply_to_edit(base)
+        await asyncio.to_thread(self.store.put_text, layout.edit, json.dumps(revised, indent=2) + "\n")
+        return list(cuts)
 
     async def _keep_written_script(self, manifest: Manifest, script_fp: str) -> None:
         """Where this job ran the scripting stage itself (nothing to copy), its outputs are published under the

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from google.protobuf import json_format
@@ -69,7 +69,9 @@ class JobRecord:
                              "duration": song.duration_seconds, "sample_rate": song.sample_rate_hz,
                              "channels": song.channels},
                        options=job_options(self.options),
-                       revision=script_revision(self.revision) if self.revision is not None else None)
+                       revision=replace(script_revision(self.revision),
+                                        revised_edit_key=JobLayout(prefix=f"jobs/{self.revision.revises_job_id}/").edit)
+                       if self.revision is not None else None)
 
 
 @dataclass(frozen=True)

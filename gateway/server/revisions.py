@@ -10,6 +10,7 @@ is quoted only through `untrusted.quoted`.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from services.common.artifacts import Character, Script, StyleBible
 from services.common.errors import InvalidInputError
@@ -20,6 +21,8 @@ from services.common.script_checks import HEX_COLOUR, character_problems, senten
 from services.common.untrusted import quoted
 from gateway.pipeline.revision import Revision, ScriptEdits
 
+TRANSITIONS = ("cut", "dissolve", "flash", "whip", "fade_in", "fade_out")  # services/assembly/edit.py's
+MAX_CUT_FRAMES = 240  # ten seconds at 24 fps: the assembly stage holds a transition to its segments
 MAX_SCENE_CHARS = 600  # a scene is one sentence of at most 60 words
 MAX_STYLE_CHARS = 300  # each of the style bible's texts
 MAX_CHARACTERS = 12
@@ -35,19 +38,21 @@ def requested_changes(request: api_pb2.ReviseJobRequest) -> ScriptEdits:
         scenes=tuple(sorted({scene.index: scene.text for scene in request.scenes}.items())),
         style=_style(request.style) if request.HasField("style") else None,
         characters=tuple(Character(c.name, c.description) for c in request.characters.characters)
-        if request.HasField("characters") else None)
+        if request.HasField("characters") else None,
+        cuts=tuple(sorted({cut.index: (cut.index, cut.transition, cut.frames) for cut in request.cuts}.values())))
     if changes.is_empty:
         raise InvalidInputError("the revision changes nothing: give new text for at least one scene (scenes), "
-                                "a new style bible (style) or new characters (characters)")
+                                "a new style bible (style), new characters (characters) or new transitions (cuts)")
     return changes
 
 
 def check_revision(request: api_pb2.ReviseJobRequest, changes: ScriptEdits, script: Script,
-                   lyric_lines: Sequence[str] = ()) -> None:
+                   lyric_lines: Sequence[str] = (), edit: dict[str, Any] | None = None) -> None:
     """InvalidInputError naming every problem of `changes` to `script` (the script of the job revised, as it
-    is), each with its scene (or its part of the style or cast)."""
+    is) and to `edit` (its edit.json; None: it was made with hard cuts), each with its scene (or its part of
+    the style or cast, or its cut)."""
     rules = load_scene_rules().with_lyrics(lyric_lines)
-    problems = []
+    problems = _cut_problems(request, changes, edit)
     indices = [scene.index for scene in request.scenes]
     have = {scene.index: scene.text for scene in script.scenes}
     for index in sorted({i for i in indices if indices.count(i) > 1}):
@@ -81,13 +86,38 @@ def check_revision(request: api_pb2.ReviseJobRequest, changes: ScriptEdits, scri
                              _text_problems(character.description, MAX_DESCRIPTION_CHARS, rules, scene=False)]
     if not problems:
         problems += _repeats(changes, script)
-    if not problems and changes.apply(script) == script:
-        problems.append("the revision changes nothing: the script already reads so")
+    if not problems and changes.apply(script) == script and (edit is None or changes.apply_to_edit(edit) == edit):
+        problems.append("the revision changes nothing: the script (and the edit) already read so")
     if problems:
         shown = problems[:SHOWN_PROBLEMS]
         more = len(problems) - len(shown)
         raise InvalidInputError("the revision is not valid: " + "; ".join(shown) +
                                 (f"; and {more} more problems" if more else ""))
+
+
+def _cut_problems(request: api_pb2.ReviseJobRequest, changes: ScriptEdits, edit: dict[str, Any] | None) -> list[str]:
+    """What is wrong with the new transitions: a cut the edit does not have, an unknown transition, a length.
+    Whether a transition fits its place and the segments beside it, the assembly stage says (Edit.checked)."""
+    if not changes.cuts:
+        return []
+    if edit is None:
+        return ["cuts: the job was made with hard cuts (transitions none), so it has no edit to change; create a "
+                "job with transitions auto"]
+    have = {cut.get("index") for cut in edit.get("cuts", []) if isinstance(cut, dict)}
+    indices = [cut.index for cut in request.cuts]
+    problems = [f"cut {index} is given {indices.count(index)} times; give each cut once"
+                for index in sorted({i for i in indices if indices.count(i) > 1})]
+    for index, transition, frames in changes.cuts:
+        if index not in have:
+            problems.append(f"cut {index}: the edit has no such cut (its cuts are -1, the start, to "
+                            f"{max(i for i in have if isinstance(i, int))}, the end)")
+        if transition not in TRANSITIONS:
+            problems.append(f"cut {index}: unknown transition {quoted(transition)}; "
+                            f"use one of {', '.join(TRANSITIONS)}")
+        if not 0 <= frames <= MAX_CUT_FRAMES:
+            problems.append(f"cut {index}: frames must be 0 (the edit's own length) to {MAX_CUT_FRAMES}, "
+                            f"not {frames}")
+    return problems
 
 
 def _text_problems(text: str, limit: int, rules: SceneRules, *, scene: bool) -> list[str]:
@@ -143,11 +173,13 @@ def edits_of(message: job_pb2.ScriptEdits) -> ScriptEdits:
         scenes=tuple(sorted((scene.index, scene.text) for scene in message.scenes)),
         style=_style(message.style) if message.HasField("style") else None,
         characters=tuple(Character(c.name, c.description) for c in message.characters.characters)
-        if message.HasField("characters") else None)
+        if message.HasField("characters") else None,
+        cuts=tuple(sorted((cut.index, cut.transition, cut.frames) for cut in message.cuts)))
 
 
 def edits_message(edits: ScriptEdits) -> job_pb2.ScriptEdits:
-    message = job_pb2.ScriptEdits(scenes=[job_pb2.SceneRevision(index=i, text=t) for i, t in edits.scenes])
+    message = job_pb2.ScriptEdits(scenes=[job_pb2.SceneRevision(index=i, text=t) for i, t in edits.scenes],
+                                  cuts=[job_pb2.CutRevision(index=i, transition=t, frames=f) for i, t, f in edits.cuts])
     if edits.style is not None:
         style = edits.style
         message.style.CopyFrom(artifacts_pb2.StyleBible(palette=style.palette, look=style.look,

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import re
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import grpc
 from google.protobuf import json_format
@@ -116,7 +118,8 @@ class MusicVideoServicer(api_grpc.MusicVideoServiceServicer):
             raise PreconditionError(f"job {parent.record.job_id} is {state}: only a job that has succeeded can be "
                                     "revised" + ("; wait for it to end" if not parent.is_terminal else ""))
         script, lyric_lines = await asyncio.to_thread(self._script_of, parent)
-        check_revision(request, changes, script, lyric_lines)
+        check_revision(request, changes, script, lyric_lines,
+                       await asyncio.to_thread(self._edit_of, parent) if changes.cuts else None)
         revision = job_revision(parent.record.job_id, changes, parent.record.revision)
         asked = api_pb2.ReviseJobRequest()
         asked.CopyFrom(request)
@@ -148,6 +151,14 @@ class MusicVideoServicer(api_grpc.MusicVideoServiceServicer):
                 log.warning("job %s: its lyrics cannot be read; a revision is checked without them",
                             parent.record.job_id)
         return script, lines
+
+    def _edit_of(self, parent: JobStatus) -> dict[str, Any] | None:
+        """The edit (edit.json) of a finished job; None when it was made with hard cuts (transitions none)."""
+        try:
+            edit = json.loads(self.store.get_text(parent.record.layout.edit))
+        except (KeyError, ValueError):
+            return None
+        return edit if isinstance(edit, dict) else None
 
     def _presign(self, store: S3ArtifactStore, response: api_pb2.GetJobResponse) -> None:
         expires = timedelta(seconds=self.settings.presign_seconds)

@@ -28,7 +28,7 @@ def mvgen(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def generate(work: Path, *extra: str) -> subprocess.CompletedProcess:
     done = mvgen("generate", "song.wav", "--run-dir", "run", "--analysis", "descriptors", "--transcriber", "none",
-                 "--size", "160x90", "--fps", str(FPS), "-q", *extra, cwd=work)
+                 "--size", "160x90", "--fps", str(FPS), "-q", *(extra or ("--transitions", "auto")), cwd=work)
     assert done.returncode == 0, done.stderr
     return done
 
@@ -86,7 +86,7 @@ def test_a_broken_edit_is_refused_in_one_line(tmp_path):
     edit["cuts"][1]["transition"] = "spin"
     (run / "edit.json").write_text(json.dumps(edit))
     done = mvgen("generate", "song.wav", "--run-dir", "run", "--analysis", "descriptors", "--transcriber", "none",
-                 "--size", "160x90", "--fps", str(FPS), "-q", cwd=tmp_path)
+                 "--size", "160x90", "--fps", str(FPS), "-q", "--transitions", "auto", cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "spin" in done.stderr
     assert (run / "final.mp4").exists()  # the earlier video is kept

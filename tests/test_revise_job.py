@@ -39,8 +39,9 @@ from tests.test_gateway import (  # noqa: F401
 OTHER_TOKEN = "the-token-of-another-client"
 OTHER_AUTH = (("authorization", f"Bearer {OTHER_TOKEN}"),)
 # A 24 s song in 4-8 s segments: four or five scenes.
+# Transitions auto: a revision may change the edit's cuts too.
 OPTIONS = job_pb2.JobOptions(segmenter=stage_pb2.SegmenterParams(segmenter="random", seed=3), fps=12, width=160,
-                             height=90)
+                             height=90, transitions="auto")
 NEW_TEXTS = {1: "A red kite climbs over a quiet harbour at dawn.",
              2: "Two children chase paper boats along a narrow canal."}
 STYLE = artifacts_pb2.StyleBible(palette=["#102030", "#F0C020"], look="grainy 16 mm film",

@@ -313,7 +313,8 @@ def test_submit_makes_the_video_through_every_service(system, songs, tmp_path):
         client.close()
     assert job.state == job_pb2.JOB_STATE_SUCCEEDED
     assert [(s.state, s.backend) for s in job.stages] == [
-        (job_pb2.STAGE_STATE_SUCCEEDED, backend) for backend in ("random", "descriptors", "template", "animatic", "")]
+        (job_pb2.STAGE_STATE_SUCCEEDED, backend)
+        for backend in ("random", "descriptors", "template", "animatic", "", "review")]
     assert [c.index for c in job.clips] == [s["index"] for s in segments_of(system, job_id)]
     assert all(c.state == SUCCEEDED and not c.cached for c in job.clips)
 

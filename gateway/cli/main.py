@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     video = gen.add_argument_group("video")
     video.add_argument("--fps", type=int, default=24, help="frames per second of the final video")
     video.add_argument("--size", default="640x360", metavar="WxH", help="frame size of the final video")
-    video.add_argument("--transitions", choices=TRANSITION_MODES, default="auto",
+    video.add_argument("--transitions", choices=TRANSITION_MODES, default="none",
                        help="auto: a transition at each cut chosen by what the music does there (edit.json in the run "
                             "folder: change a cut's transition there and rerun, only assembly runs again); none: "
                             "hard cuts")

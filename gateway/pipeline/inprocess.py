@@ -10,6 +10,7 @@ import asyncio
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from services.common.backend_config import backend_config_digest
@@ -46,6 +47,7 @@ class InProcessStages:
         self._clip_workers = clip_workers or min(2, os.cpu_count() or 1)
         self._stages: dict[str, Any] = {}
         self._load_lock = threading.Lock()
+        self._review_thread = ThreadPoolExecutor(1, thread_name_prefix="mvgen-review")
 
     def clip_concurrency(self) -> int:
         return self._clip_workers
@@ -87,7 +89,10 @@ class InProcessStages:
         return await self._call("assembly", req)
 
     async def review(self, req: ReviewRequest) -> StageResult:
-        return await self._call("review", req)
+        # One thread of its own: torch keeps buffers per thread that runs it, and the event loop's pool would
+        # let every one of its threads grow them in turn (hundreds of MB in a long-lived process).
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._review_thread, lambda: self._stage("review").run(req))
 
     async def _call(self, name: str, *args: Any) -> StageResult:
         # Both loading and running happen off the event loop, which keeps serving progress events.

@@ -36,9 +36,10 @@ class JobOptions:
     fps: int = 24
     width: int = 640
     height: int = 360
-    # The edit: "auto" chooses a transition at each cut from what the music does there (edit.json, which a
-    # person may change); "none" joins the clips by hard cuts.
-    transitions: str = "auto"
+    # The edit: "none" joins the clips by hard cuts; "auto" chooses a transition at each cut from what the
+    # music does there (edit.json, which a person may change). Hard cuts stay the default until auto has
+    # been through every fault test (a conformed clip of another format gave one frame too many).
+    transitions: str = "none"
 
     def check(self) -> None:
         """Raise InvalidInputError for an option no stage could honour, before any work starts."""

@@ -54,8 +54,9 @@ IMAGE_DIM = 1280
 IMAGE_SIZE = 224
 IMAGE_MEAN, IMAGE_STD = 127.0, 128.0  # on 0..255 values, every channel
 
-# Texts per forward pass: scenes are one sentence (~20 tokens), sorted by length so a batch pads little.
-DEFAULT_TEXT_BATCH = 32
+# Texts per forward pass, sorted by length so a batch pads little: scenes are ~20 tokens, but a segment's
+# lyrics reach the 256-token limit, where a batch of 32 holds ~100 MB of attention at once.
+DEFAULT_TEXT_BATCH = 8
 # Frames per forward pass: on 2 cores 4 frames a pass ran fastest (45-70 frames/s, 480p frames resized
 # included); 8 or 16 ran at 25-37 frames/s, their activations outgrowing the caches.
 DEFAULT_IMAGE_BATCH = 4

@@ -37,6 +37,7 @@ FROZEN_DIFFERENCE = 10 ** (-60 / 20)
 FLAT_SPREAD = 2 / 255
 AUDIO_RATE = 8000  # Hz: alignment to an eighth of a millisecond is plenty against a frame of 40 ms
 MAX_AUDIO_LAG_SECONDS = 0.5
+LAG_WINDOW_SECONDS = 30
 PROBE_WORKERS = 4
 AAC_FRAME_SAMPLES = 1024
 
@@ -180,11 +181,14 @@ def audio_match(reference: np.ndarray, video: Path) -> AudioMatch:
                           duration_difference_ms=(heard.size - reference.size) / AUDIO_RATE * 1000)
     n = min(reference.size, heard.size)
     a, b = reference[:n] - reference[:n].mean(), heard[:n] - heard[:n].mean()
-    lags = signal.correlation_lags(n, n, mode="full")
-    xcorr = signal.correlate(b, a, mode="full", method="fft")
-    window = np.abs(lags) <= int(MAX_AUDIO_LAG_SECONDS * AUDIO_RATE)
-    best = int(np.argmax(np.where(window, xcorr, -np.inf)))
-    lag = int(lags[best])
+    # The lag is found on a window of the song against the soundtrack around it (±MAX_AUDIO_LAG_SECONDS): a
+    # full cross-correlation of a 15-minute song takes FFTs of 2^24 points, hundreds of MB.
+    reach = min(int(MAX_AUDIO_LAG_SECONDS * AUDIO_RATE), (n - 1) // 3)  # a short song: smaller lags, a window left
+    width = min(n - 2 * reach, LAG_WINDOW_SECONDS * AUDIO_RATE)
+    start = (n - width) // 2  # at least `reach` from either end
+    xcorr = signal.correlate(b[start - reach:start + width + reach], a[start:start + width], mode="valid",
+                             method="fft")
+    lag = int(np.argmax(xcorr)) - reach
     shifted_a, shifted_b = (a[:n - lag], b[lag:]) if lag >= 0 else (a[-lag:], b[:n + lag])
     norm = float(np.linalg.norm(shifted_a) * np.linalg.norm(shifted_b))
     correlation = float(np.dot(shifted_a, shifted_b) / norm) if norm > 0 else 0.0

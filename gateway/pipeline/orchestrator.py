@@ -139,7 +139,7 @@ class Orchestrator:
                 seed=opts.seed, scene_writer=opts.writer, labels_key=layout.labels if labels_fp else "",
                 lyrics_key=lyrics_key, **journal)
             await self._stage(manifest, Stage.SCRIPTING, script_fp, opts.storyteller, lambda: self.stages.tell_story(
-                tell, script_progress, self._cancelled.is_set), edited=self._plan_edited(layout),
+                tell, script_progress, self._cancelled.is_set), edited=self._changed_since(layout.plan, "plan_sha256"),
                 keep=self._keep_script(layout))
         else:
             script_fp = fingerprint("scripting", labels_fp, opts.writer, opts.fallback_writer, opts.script_inputs,
@@ -149,7 +149,7 @@ class Orchestrator:
                 script_key=layout.script, script_text_key=layout.script_text, inputs=opts.script_inputs,
                 seed=opts.seed, fallback_writer=opts.fallback_writer, lyrics_key=lyrics_key, **journal)
             await self._stage(manifest, Stage.SCRIPTING, script_fp, opts.writer, lambda: self.stages.write_script(
-                write, script_progress, self._cancelled.is_set), edited=self._plan_edited(layout),
+                write, script_progress, self._cancelled.is_set), edited=self._changed_since(layout.plan, "plan_sha256"),
                 keep=self._keep_script(layout))
         script = self.state.script
         assert script is not None  # kept by _stage before it returns
@@ -172,7 +172,7 @@ class Orchestrator:
                             frame_counts=[req.frame_count for req, _ in clips], fps=opts.fps, width=opts.width,
                             height=opts.height, video_key=layout.final, transitions=opts.transitions,
                             **edit_keys)),
-            edited=self._edit_edited(layout) if edit_keys else None)
+            edited=self._changed_since(layout.edit, "edit_sha256") if edit_keys else None)
         # The edit a person changed reassembles under the same fingerprint: the review sees it by its digest.
         edit_used = (manifest.stage(Stage.ASSEMBLY).get("info") or {}).get("edit_sha256", "")
         await self._review(job, manifest, clips, fingerprint(final_fp, edit_used, seg_fp, labels_fp, script_fp))
@@ -190,7 +190,7 @@ class Orchestrator:
             labels_key=layout.labels if opts.runs_analysis else "",
             lyrics_key=layout.lyrics if opts.runs_analysis and opts.wants_lyrics else "",
             plan_key=layout.plan, edit_key=layout.edit)
-        review_fp = fingerprint("review", inputs_fp, await self._plan_digest(layout),
+        review_fp = fingerprint("review", inputs_fp, await self._digest(layout.plan),
                                 await self.stages.backend_config(Stage.REVIEW))
         try:
             await self._stage(manifest, Stage.REVIEW, review_fp, "review", lambda: self.stages.review(request))
@@ -261,41 +261,24 @@ class Orchestrator:
             self.state.script = await self._read(layout.script, artifacts.Script)
         return keep
 
-    def _plan_edited(self, layout: JobLayout) -> Callable[[dict[str, Any]], Awaitable[bool]]:
-        """Whether plan.json differs from the plan the scripting stage last wrote the scenes from (a person
-        edited it, or deleted it to plan anew): the scenes are then written again from it."""
+    def _changed_since(self, key: str, info_digest: str) -> Callable[[dict[str, Any]], Awaitable[bool]]:
+        """Whether the file at `key` differs from the one the stage last worked from (its sha256 in the stage's
+        info under `info_digest`): a person edited it, or deleted it to have it made anew, and the stage runs
+        again. plan.json for scripting (the scenes are written again from it), edit.json for assembly."""
         async def edited(record: dict[str, Any]) -> bool:
-            written = (record.get("info") or {}).get("plan_sha256")
-            if not written:
-                return False  # a writer without a plan (the template)
-            try:
-                plan = await asyncio.to_thread(self.store.get_bytes, layout.plan)
-            except KeyError:
-                return True
-            return hashlib.sha256(plan).hexdigest() != written
-        return edited
-
-    def _edit_edited(self, layout: JobLayout) -> Callable[[dict[str, Any]], Awaitable[bool]]:
-        """Whether edit.json differs from the edit the video was last assembled with (a person changed a cut's
-        transition, or deleted the file to have the edit decided again): assembly then runs again, alone."""
-        async def edited(record: dict[str, Any]) -> bool:
-            used = (record.get("info") or {}).get("edit_sha256")
+            used = (record.get("info") or {}).get(info_digest)
             if not used:
-                return False
-            try:
-                edit = await asyncio.to_thread(self.store.get_bytes, layout.edit)
-            except KeyError:
-                return True
-            return hashlib.sha256(edit).hexdigest() != used
+                return False  # the stage worked from no such file (the template writer has no plan)
+            return await self._digest(key) != used
         return edited
 
-    async def _plan_digest(self, layout: JobLayout) -> str:
-        """plan.json as it is now ('' when none): its sections are drawn on the storyboard page."""
+    async def _digest(self, key: str) -> str:
+        """sha256 of the file at `key` as it is now; '' when there is none."""
         try:
-            plan = await asyncio.to_thread(self.store.get_bytes, layout.plan)
+            data = await asyncio.to_thread(self.store.get_bytes, key)
         except KeyError:
             return ""
-        return hashlib.sha256(plan).hexdigest()
+        return hashlib.sha256(data).hexdigest()
 
     async def _revise(self, job: JobSpec, manifest: Manifest, script: artifacts.Script,
                       script_fp: str) -> artifacts.Script:

@@ -317,7 +317,7 @@ def _picture_figures(inputs: ReviewInputs, models: ReviewModels, by_index: dict[
             frozen += 1
             review.flags.append(Flag("frozen", "no frame of it moves: a still picture"))
 
-    look, motion = _feature_figures(pictures, models.image, by_index, flag=applies)
+    look, motion = _feature_figures(pictures, models.image, by_index, applies)
     n = len(pictures)
     return [
         _share("picture.exact_length", PICTURE_GROUP, "clips exact to the frame", n - wrong_length, n,
@@ -328,22 +328,24 @@ def _picture_figures(inputs: ReviewInputs, models: ReviewModels, by_index: dict[
                "clips whose frames are mostly one colour", applies=applies),
         _share("picture.frozen", PICTURE_GROUP, "frozen clips", frozen, n,
                "clips in which no frame moves (ffmpeg freezedetect's noise tolerance)", applies=applies),
-        *[replace_applies(f, applies) for f in (look + motion)],
+        *look, *motion,
     ]
 
 
 def _feature_figures(pictures: Sequence[ClipPicture], image: Embedder, by_index: dict[int, SegmentReview],
-                     flag: bool) -> tuple[list[Figure], list[Figure]]:
-    """Look and motion from the image features; `flag`: flag the clips off the look (not in a preview, whose
-    look is the animatic's own)."""
+                     applies: bool) -> tuple[list[Figure], list[Figure]]:
+    """Look and motion from the image features; `applies`: not a preview, whose look is the animatic's own (its
+    figures are marked so, and no clip is flagged off the look)."""
     frames = [frame for p in pictures for frame in p.samples]
     owners = [i for i, p in enumerate(pictures) for _ in p.samples]
     look_meaning = ("mean cosine between the clips' image features (EfficientNet-lite0): how much the clips "
                     "look like one film (the style bible held)")
     motion_meaning = "mean feature change between frames within a clip: how much a clip's picture changes"
     if len(frames) < 2:
-        return ([Figure("picture.look_consistency", PICTURE_GROUP, "look consistency", None, "n/a", look_meaning)],
-                [Figure("picture.motion", PICTURE_GROUP, "motion within clips", None, "n/a", motion_meaning)])
+        return ([Figure("picture.look_consistency", PICTURE_GROUP, "look consistency", None, "n/a", look_meaning,
+                        applies)],
+                [Figure("picture.motion", PICTURE_GROUP, "motion within clips", None, "n/a", motion_meaning,
+                        applies)])
     features = image.embed(frames)
     owner = np.asarray(owners)
     indices = list(by_index)
@@ -374,22 +376,18 @@ def _feature_figures(pictures: Sequence[ClipPicture], image: Embedder, by_index:
         if np.isnan(closeness):
             continue
         by_index[indices[i]].figures["look"] = round(float(closeness), 4)
-        if flag and closeness < median - 3 * spread and n >= 5:
+        if applies and closeness < median - 3 * spread and n >= 5:
             outliers += 1
             by_index[indices[i]].flags.append(Flag("off_look", f"it looks unlike the rest of the film (closeness "
                                                                f"{closeness:.2f}, the clips' median {median:.2f})"))
     motion = float(np.mean(motions)) if motions else None
     return ([Figure("picture.look_consistency", PICTURE_GROUP, "look consistency", round(pairwise, 4),
-                    f"{pairwise:.3f}", look_meaning),
+                    f"{pairwise:.3f}", look_meaning, applies),
              Figure("picture.off_look", PICTURE_GROUP, "clips off the look", outliers, f"{outliers} of {n}",
-                    "clips whose features are far from the film's (3 robust deviations below the median)")],
+                    "clips whose features are far from the film's (3 robust deviations below the median)", applies)],
             [Figure("picture.motion", PICTURE_GROUP, "motion within clips",
                     None if motion is None else round(motion, 4),
-                    "n/a" if motion is None else f"{motion:.3f}", motion_meaning)])
-
-
-def replace_applies(figure: Figure, applies: bool) -> Figure:
-    return figure if figure.applies == applies else Figure(**{**asdict(figure), "applies": applies})
+                    "n/a" if motion is None else f"{motion:.3f}", motion_meaning, applies)])
 
 
 # ---- the final video -----------------------------------------------------------------------------------
